@@ -1,0 +1,193 @@
+//! The seam between the platform-neutral engine and a platform backend.
+//!
+//! The engine sees only this trait. A backend owns storage (toolchain images, per-build
+//! container roots, resetting them) and isolation (running a command inside a container).
+//! Handles are owned values, never `Copy`; a backend's handle types release what they hold
+//! in `Drop` as a last resort, but the engine always destroys them explicitly so that errors
+//! are reported.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::exec::PreparedCommand;
+
+/// Identifies a toolchain image: sccache's `Toolchain.archive_id` (a hex digest), or any
+/// name of `[A-Za-z0-9_.-]{1,128}` not starting with `.`. Validated because it becomes part
+/// of dataset names and directory names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ToolchainId(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid toolchain id {0:?}: expected 1-128 characters of [A-Za-z0-9_.-], not starting with '.'")]
+pub struct InvalidToolchainId(pub String);
+
+impl ToolchainId {
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidToolchainId> {
+        let id = id.into();
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(ToolchainId(id))
+        } else {
+            Err(InvalidToolchainId(id))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ToolchainId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The unprivileged identity compiles run as. Never root unless the operator insists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Per-build resource limits, enforced by the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock limit of one compile; on expiry every process of the sandbox is killed.
+    pub timeout: Duration,
+    /// Bytes of stdout and of stderr kept each; the rest is drained and dropped.
+    pub output_stream_cap: usize,
+    /// Address-space limit (RLIMIT_AS) of each process, bytes; 0 = unlimited.
+    pub memory_bytes: u64,
+    /// Processes of the build user (RLIMIT_NPROC); 0 = unlimited.
+    pub max_processes: u64,
+    /// Open files per process (RLIMIT_NOFILE); 0 = unlimited.
+    pub max_open_files: u64,
+    /// Largest file a process may write (RLIMIT_FSIZE), bytes; 0 = unlimited.
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(600),
+            output_stream_cap: 4 << 20,
+            memory_bytes: 8 << 30,
+            max_processes: 256,
+            max_open_files: 1024,
+            max_file_bytes: 4 << 30,
+        }
+    }
+}
+
+/// How a sandboxed command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal (not by us).
+    Signal(i32),
+    /// Killed by the backend because `Limits::timeout` expired.
+    TimedOut,
+}
+
+impl ExitStatus {
+    /// The code sccache reports: the exit code, or 128 + signal as a shell would.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::TimedOut => 128 + libc::SIGKILL,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+/// What a sandboxed command produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// True when the stream exceeded `Limits::output_stream_cap` and was cut.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// A platform backend: images, containers, isolation. See DESIGN.md "The hot path".
+///
+/// Contract:
+/// - `create_image` unpacks a gzip'd toolchain tar (untrusted) into a new read-only image
+///   with [`crate::untrusted::unpack_tar_gz`]; it may take seconds and is called at most
+///   once at a time per toolchain by the engine, concurrently for different toolchains.
+/// - `create_container` makes a ready container from an image: its root is a writable view
+///   of the image, isolated from the host and from other containers.
+/// - `root` is the host path of the container's root directory; the engine unpacks inputs
+///   into it and reads outputs from it, beneath it only ([`crate::untrusted`]).
+/// - `exec` runs one command inside the container as `user` within `limits`; when it
+///   returns, no process it started is still running unless `reset` will kill it.
+///   Nothing but the command itself is spawned.
+/// - `reset` kills every process in the container and returns its filesystem to the state
+///   `create_container` left. A container whose reset failed must be destroyed.
+/// - `remove_leftovers` is called once at start-up, before anything else: it takes the
+///   instance lock and removes whatever an earlier crashed instance left behind.
+pub trait Backend: Send + Sync + 'static {
+    type Image: Send + Sync + 'static;
+    type Container: Send + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Short name for logs and `doctor`: "freebsd-jail-zfs", "linux-ns-overlay", ...
+    fn kind(&self) -> &'static str;
+
+    fn remove_leftovers(&self) -> Result<CleanupReport, Self::Error>;
+
+    fn create_image(
+        &self,
+        id: &ToolchainId,
+        toolchain_tar_gz: &mut dyn Read,
+    ) -> Result<Self::Image, Self::Error>;
+
+    fn destroy_image(&self, image: Self::Image) -> Result<(), Self::Error>;
+
+    fn create_container(&self, image: &Self::Image) -> Result<Self::Container, Self::Error>;
+
+    fn root<'c>(&self, container: &'c Self::Container) -> &'c Path;
+
+    fn exec(
+        &self,
+        container: &Self::Container,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> Result<ExecOutcome, Self::Error>;
+
+    fn reset(&self, container: &mut Self::Container) -> Result<(), Self::Error>;
+
+    fn destroy_container(&self, container: Self::Container) -> Result<(), Self::Error>;
+
+    /// Removes everything this backend instance created (images, containers, its state);
+    /// `jailbuilder clean`. Valid without `remove_leftovers` first.
+    fn clean_all(&self) -> Result<CleanupReport, Self::Error>;
+}
+
+/// What a clean-up found and removed, for logs and `jailbuilder clean`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// One line per removed object: "jail jb-ab12-3", "dataset pool/jb/c3", "mount /x".
+    pub removed: Vec<String>,
+}
+
+impl CleanupReport {
+    pub fn push(&mut self, what: impl Into<String>) {
+        self.removed.push(what.into());
+    }
+}

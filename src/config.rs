@@ -1,0 +1,1 @@
+//! Configuration (TOML) with defaults that work without a file.

@@ -1,0 +1,1 @@
+//! The platform-neutral engine: toolchain images, the warm pool, one build end to end.

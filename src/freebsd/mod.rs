@@ -1,0 +1,1 @@
+//! FreeBSD backend: jails + ZFS, orchestrated over a kernel seam.

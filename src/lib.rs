@@ -1,0 +1,34 @@
+//! jailbuilder: spawn-free build sandboxes for sccache-dist.
+//!
+//! Layers (arrows point one way, see DESIGN.md):
+//! CLI / [`sccache`] glue -> [`engine`] -> [`backend`] seam <- platform backends -> `sys/`.
+//!
+//! - [`backend`]: the seam between the platform-neutral engine and a platform.
+//! - [`engine`]: toolchain images, the warm container pool, one build end to end.
+//! - [`untrusted`]: the one place that touches client-supplied archives and paths.
+//! - [`exec`]: command validation (before fork) and supervision of a sandboxed child.
+//! - [`freebsd`]: jails + ZFS orchestration over a kernel seam (fake-testable on any OS).
+//! - [`linux`]: overlayfs + namespaces.
+
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod exec;
+pub mod freebsd;
+pub mod untrusted;
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+
+#[cfg(any(target_os = "freebsd", feature = "zfs"))]
+pub mod zfs;
+
+#[cfg(feature = "sccache")]
+pub mod sccache;
+
+/// The backend this platform builds by default.
+#[cfg(target_os = "linux")]
+pub type NativeBackend = ();
+/// The backend this platform builds by default.
+#[cfg(target_os = "freebsd")]
+pub type NativeBackend = ();

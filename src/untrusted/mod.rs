@@ -1,0 +1,11 @@
+//! The one place that handles client-supplied data: toolchain and input archives, and
+//! output paths. Everything here works beneath a root directory without ever following a
+//! symlink out of it: each path component is opened with `O_NOFOLLOW` relative to its
+//! parent's descriptor, so a symlink planted by an archive or a build is never traversed
+//! on the host side. `..` is rejected, absolute names are taken relative to the root.
+
+mod beneath;
+mod unpack;
+
+pub use beneath::{make_dirs_beneath, read_file_beneath, BeneathError, RootDir};
+pub use unpack::{unpack_tar, unpack_tar_gz, UnpackError, UnpackLimits, UnpackStats};

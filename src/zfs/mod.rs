@@ -1,0 +1,1 @@
+//! Safe layer over libzfs_core and libnvpair (sys/).

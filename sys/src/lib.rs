@@ -1,0 +1,1 @@
+//! Raw declarations for libzfs_core and libnvpair.
