@@ -9,3 +9,6 @@ mod unpack;
 
 pub use beneath::{make_dirs_beneath, read_file_beneath, BeneathError, RootDir};
 pub use unpack::{unpack_tar, unpack_tar_gz, UnpackError, UnpackLimits, UnpackStats};
+
+#[cfg(test)]
+mod tests;
