@@ -24,7 +24,7 @@ enum Command {
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: anyhow::Result<ExitCode> = match cli.command {
         #[cfg(feature = "sccache")]
         Command::Serve(args) => serve::run(args),
     };
