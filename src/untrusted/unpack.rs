@@ -133,7 +133,7 @@ pub fn unpack_tar(
                 let dir = resolve_dir(root, &comps, Create::No, &path).map_err(path_err)?;
                 // Owner must be able to traverse: an archive's 0000 directory would
                 // otherwise make the rest of it fail to unpack.
-                nix::sys::stat::fchmod(dir.as_fd(), Mode::from_bits_truncate(mode | 0o700))
+                nix::sys::stat::fchmod(dir.as_fd(), Mode::from_bits_truncate((mode | 0o700) as libc::mode_t))
                     .map_err(|e| io("chmod", e))?;
             }
             EntryType::Regular | EntryType::Continuous => {
@@ -162,7 +162,7 @@ pub fn unpack_tar(
                 }
                 stats.bytes += size;
                 // setuid/setgid/sticky never survive: a client must not plant a setuid binary.
-                nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+                nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode as libc::mode_t))
                     .map_err(|e| io("chmod", e))?;
             }
             EntryType::Symlink => {
