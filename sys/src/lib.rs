@@ -103,6 +103,7 @@ extern "C" {
     pub fn fnvlist_free(nvl: *mut nvlist_t);
     pub fn fnvlist_num_pairs(nvl: *mut nvlist_t) -> usize;
     pub fn fnvlist_add_boolean(nvl: *mut nvlist_t, name: *const c_char);
+    pub fn fnvlist_add_int32(nvl: *mut nvlist_t, name: *const c_char, val: i32);
     pub fn fnvlist_add_uint64(nvl: *mut nvlist_t, name: *const c_char, val: u64);
     pub fn fnvlist_add_string(nvl: *mut nvlist_t, name: *const c_char, val: *const c_char);
     pub fn fnvlist_add_nvlist(nvl: *mut nvlist_t, name: *const c_char, val: *mut nvlist_t);
