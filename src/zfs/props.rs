@@ -29,19 +29,19 @@ pub const ON: u64 = 1;
 
 /// Values of the `sync` property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncMode {
     Standard,
     Always,
     Disabled,
 }
 
-impl Sync {
+impl SyncMode {
     /// The index value the kernel expects.
     pub fn index(self) -> u64 {
         u64::from(match self {
-            Sync::Standard => sys::ZFS_SYNC_STANDARD,
-            Sync::Always => sys::ZFS_SYNC_ALWAYS,
-            Sync::Disabled => sys::ZFS_SYNC_DISABLED,
+            SyncMode::Standard => sys::ZFS_SYNC_STANDARD,
+            SyncMode::Always => sys::ZFS_SYNC_ALWAYS,
+            SyncMode::Disabled => sys::ZFS_SYNC_DISABLED,
         })
     }
 }
@@ -50,7 +50,7 @@ impl Sync {
 /// (nothing in a build sandbox needs to survive a crash) and `atime=off`.
 pub fn throwaway_clone() -> NvList {
     let mut props = NvList::new();
-    props.add_u64_cstr(SYNC, Sync::Disabled.index());
+    props.add_u64_cstr(SYNC, SyncMode::Disabled.index());
     props.add_u64_cstr(ATIME, OFF);
     props
 }
@@ -74,8 +74,8 @@ mod tests {
 
     #[test]
     fn sync_indexes_follow_the_headers() {
-        assert_eq!(Sync::Standard.index(), 0);
-        assert_eq!(Sync::Always.index(), 1);
-        assert_eq!(Sync::Disabled.index(), 2);
+        assert_eq!(SyncMode::Standard.index(), 0);
+        assert_eq!(SyncMode::Always.index(), 1);
+        assert_eq!(SyncMode::Disabled.index(), 2);
     }
 }
