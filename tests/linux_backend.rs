@@ -450,8 +450,8 @@ fn destroy_leaves_no_mount_and_no_directory() {
         !f.backend.root(&c2).join("work/x").exists(),
         "containers share files"
     );
-    // 2 per container (tmpfs, overlay) + 3 namespace pins.
-    assert_eq!(mounts_beneath(&state).len(), 10);
+    // Per container: tmpfs, overlay and 4 namespace pins (net, ipc, uts, mnt).
+    assert_eq!(mounts_beneath(&state).len(), 12);
     f.backend.destroy_container(c1).unwrap();
     f.backend.destroy_container(c2).unwrap();
     let dir = img.dir().to_path_buf();
@@ -601,7 +601,7 @@ fn leftovers_of_a_crashed_instance_are_removed() {
         String::from_utf8_lossy(&out.stdout).contains("CRASHED-READY"),
         "{out:?}"
     );
-    assert_eq!(mounts_beneath(&state).len(), 10);
+    assert_eq!(mounts_beneath(&state).len(), 12);
 
     let b = LinuxBackend::new(config(&state)).unwrap();
     let report = b.remove_leftovers().unwrap();
@@ -610,7 +610,7 @@ fn leftovers_of_a_crashed_instance_are_removed() {
         .iter()
         .filter(|r| r.starts_with("mount "))
         .count();
-    assert_eq!(mounts, 10, "{report:?}");
+    assert_eq!(mounts, 12, "{report:?}");
     assert!(report
         .removed
         .iter()

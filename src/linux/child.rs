@@ -5,10 +5,11 @@
 //! failed step is reported with [`child_fail`] on the error pipe at fd 3.
 //!
 //! - A (forked by the server): moves its descriptors into place, joins the container's
-//!   net/ipc/uts namespaces, unshares a mount and a pid namespace, makes its mounts
-//!   private, forks B, waits for it and exits with its status. Nothing else.
+//!   net/ipc/uts namespaces and its mount namespace (pivoted into the container root when
+//!   the container was made, so joining it is the chroot), unshares a private copy of it
+//!   and a pid namespace, forks B, waits for it and exits with its status. Nothing else.
 //! - B (pid 1 of the new pid namespace): dies with A (`PR_SET_PDEATHSIG`), mounts /proc,
-//!   pivots into the container root, drops to the build user, sets rlimits, execs. When it
+//!   drops to the build user, sets rlimits, execs. When it
 //!   exits, the kernel kills every other process of its pid namespace before A sees it.
 
 use std::os::raw::{c_char, c_int, c_long, c_ulong};
@@ -31,12 +32,9 @@ pub(super) struct ChildPlan {
     pub stdout: c_int,
     pub stderr: c_int,
     pub error: c_int,
-    /// (descriptor, CLONE_NEW* type) of the net, ipc and uts namespaces to join.
-    pub ns: [(c_int, c_int); 3],
-    /// Host path of the container root (an overlay mount point).
-    pub root: *const c_char,
-    /// Host path of `<root>/proc`.
-    pub proc_dir: *const c_char,
+    /// (descriptor, CLONE_NEW* type) of the net, ipc, uts and mount namespaces to join;
+    /// the mount namespace is the container's, already pivoted into its root.
+    pub ns: [(c_int, c_int); 4],
     pub cwd: *const c_char,
     pub executable: *const c_char,
     pub argv: *const *const c_char,
@@ -73,7 +71,7 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     // Move every descriptor we need to >= 10 first, so that placing stdio and the error pipe
     // at 0..=3 below cannot clobber one that happens to sit there.
     let mut fds = [
-        p.stdin, p.stdout, p.stderr, p.error, p.ns[0].0, p.ns[1].0, p.ns[2].0,
+        p.stdin, p.stdout, p.stderr, p.error, p.ns[0].0, p.ns[1].0, p.ns[2].0, p.ns[3].0,
     ];
     for fd in fds.iter_mut() {
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor inherited from the server.
@@ -81,7 +79,7 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
         check(p.error, SetupStep::Dup2, moved as c_long);
         *fd = moved;
     }
-    let [stdin, stdout, stderr, error, net, ipc, uts] = fds;
+    let [stdin, stdout, stderr, error, net, ipc, uts, mnt] = fds;
     for (from, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
         // SAFETY: dup2(2) between descriptors we hold; the new one is not close-on-exec.
         let r = unsafe { libc::dup2(from, to) };
@@ -92,7 +90,8 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     let r = unsafe { libc::dup3(error, ERR_FD, libc::O_CLOEXEC) };
     check(error, SetupStep::Dup2, r as c_long);
 
-    for (fd, (_, nstype)) in [net, ipc, uts].into_iter().zip(p.ns) {
+    // Joining the mount namespace also moves root and cwd to the container root.
+    for (fd, (_, nstype)) in [net, ipc, uts, mnt].into_iter().zip(p.ns) {
         // SAFETY: setns(2) with a namespace descriptor we hold and its type.
         let r = unsafe { libc::setns(fd, nstype) };
         check(ERR_FD, SetupStep::Setns, r as c_long);
@@ -104,20 +103,11 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
 
     reset_signals();
 
+    // A private copy of the container's mount namespace (one mount, all private) for this
+    // command's /proc, and a pid namespace for B.
     // SAFETY: unshare(2) with integer flags; this process is single-threaded.
     let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) };
     check(ERR_FD, SetupStep::Unshare, r as c_long);
-    // SAFETY: mount(2) with a static path and NULL source/type/data (propagation change).
-    let r = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    check(ERR_FD, SetupStep::MountPrivate, r as c_long);
 
     // A descriptor on ourselves, for B to check that we were still alive once its parent
     // death signal was armed (B's getppid() is 0 in its pid namespace, useless for that).
@@ -194,28 +184,18 @@ fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     // SAFETY: closing our copy of A's pidfd.
     unsafe { libc::close(parent_fd) };
 
-    // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings and a
-    // path prepared before fork.
+    // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
+    // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
         libc::mount(
             c"proc".as_ptr(),
-            p.proc_dir,
+            c"/proc".as_ptr(),
             c"proc".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         )
     };
     check(ERR_FD, SetupStep::MountProc, r as c_long);
-    // pivot_root(".", ".") stacks the old root on the new one; detaching "." then drops it.
-    // SAFETY: chdir(2) with a path prepared before fork.
-    let r = unsafe { libc::chdir(p.root) };
-    check(ERR_FD, SetupStep::PivotRoot, r as c_long);
-    // SAFETY: pivot_root(2) with static strings.
-    let r = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
-    check(ERR_FD, SetupStep::PivotRoot, r);
-    // SAFETY: umount2(2) with a static string.
-    let r = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
-    check(ERR_FD, SetupStep::UnmountOldRoot, r as c_long);
     // SAFETY: chdir(2) with the command's validated working directory.
     let r = unsafe { libc::chdir(p.cwd) };
     check(ERR_FD, SetupStep::Chdir, r as c_long);

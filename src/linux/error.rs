@@ -123,6 +123,12 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    #[error("preparing the mount namespace of {root} (private mounts, pivot_root): {source}")]
+    PivotRoot {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("namespace helper thread for {path} panicked")]
     NamespaceThread { path: PathBuf },
     #[error("creating pipes for a sandboxed command: {source}")]

@@ -11,28 +11,29 @@
 //!                       empty /proc, /tmp (1777): per-container reset needs no mknod
 //! containers/c<n>/tmp/  per-container tmpfs holding upper/ and work/
 //! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
-//! containers/c<n>/ns/{net,ipc,uts}  bind mounts pinning the container's namespaces
+//! containers/c<n>/ns/{net,ipc,uts,mnt}  bind mounts pinning the container's namespaces;
+//!                       mnt is already pivoted into root/ and holds only the overlay
 //! ```
 //!
 //! The skeleton is the *top* lower layer (not the bottom): the toolchain archive is
 //! untrusted, and with skel on top it cannot replace /dev/null with a file or turn /proc
 //! into a symlink that B's proc mount would follow.
 //!
-//! `exec` forks once; the child (A) joins the container's pinned net/ipc/uts namespaces,
-//! unshares mount + pid namespaces and forks the sandbox's init (B), which pivots into the
-//! root and execs the compiler; see [`child`]. When B exits the kernel kills every process
-//! left in its pid namespace before A's wait returns, so nothing outlives a compile.
+//! `exec` forks once; the child (A) joins the container's pinned net/ipc/uts namespaces and
+//! its mount namespace (pivoted into the root when the container was made or reset, so the
+//! per-exec cost does not grow with the host's mount table), unshares a private copy of it
+//! plus a pid namespace and forks the sandbox's init (B), which mounts /proc, drops
+//! privileges and execs the compiler; see [`child`]. When B exits the kernel kills every
+//! process left in its pid namespace before A's wait returns, so nothing outlives a compile.
 
 mod child;
 mod error;
 mod probe;
 mod sys;
 
-use std::ffi::CString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +56,9 @@ pub const SANDBOX_HOSTNAME: &str = "jailbuilder";
 
 /// How long to wait for a killed sandbox's processes to disappear.
 const KILL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The namespaces pinned per container, by their /proc/<pid>/ns/ names.
+const NS_KINDS: [&str; 4] = ["net", "ipc", "uts", "mnt"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinuxConfig {
@@ -124,11 +128,12 @@ pub struct LinuxContainer {
     ns_dir: PathBuf,
     lowers: Vec<PathBuf>,
     tmpfs_size: u64,
-    root_c: CString,
-    proc_c: CString,
     net: Option<OwnedFd>,
     ipc: Option<OwnedFd>,
     uts: Option<OwnedFd>,
+    /// A mount namespace already pivoted into `root`, holding only the overlay: exec
+    /// setns's into it instead of copying the host's mount table and pivoting each time.
+    mnt: Option<OwnedFd>,
     /// (dev, ino) of the network namespace: every sandbox process is in it.
     netns_id: (u64, u64),
     /// Set while processes of this container may be alive (a killed or failed exec).
@@ -203,6 +208,7 @@ impl LinuxContainer {
         self.net = Some(sys::open_ns(&self.ns_path("net"))?);
         self.ipc = Some(sys::open_ns(&self.ns_path("ipc"))?);
         self.uts = Some(sys::open_ns(&self.ns_path("uts"))?);
+        self.mnt = Some(sys::open_ns(&self.ns_path("mnt"))?);
         if let Some(net) = &self.net {
             self.netns_id = sys::ns_identity(net).map_err(|source| LinuxError::Setns {
                 path: self.ns_path("net"),
@@ -218,8 +224,13 @@ impl LinuxContainer {
         self.net = None;
         self.ipc = None;
         self.uts = None;
+        self.mnt = None;
+        // The pinned mount namespace holds a reference to the overlay: release it first.
+        for kind in NS_KINDS {
+            sys::umount_if_mounted(&self.ns_path(kind))?;
+        }
         self.unmount_layers()?;
-        for kind in ["net", "ipc", "uts"] {
+        for kind in NS_KINDS {
             let p = self.ns_path(kind);
             sys::umount_if_mounted(&p)?;
             remove_file_if_exists(&p)?;
@@ -291,12 +302,6 @@ fn remove_tree_if_exists(path: &Path) -> Result<bool, LinuxError> {
             source,
         }),
     }
-}
-
-fn cstring(path: &Path) -> Result<CString, LinuxError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| LinuxError::UnusablePath {
-        path: path.to_path_buf(),
-    })
 }
 
 /// Fails unless the process can do what the backend needs.
@@ -537,7 +542,7 @@ impl LinuxBackend {
         mkdir(&c.tmp, 0o700)?;
         mkdir(&c.root, 0o755)?;
         mkdir(&c.ns_dir, 0o700)?;
-        for kind in ["net", "ipc", "uts"] {
+        for kind in NS_KINDS {
             let p = c.ns_path(kind);
             OpenOptions::new()
                 .write(true)
@@ -547,12 +552,13 @@ impl LinuxBackend {
                 .map_err(|source| LinuxError::CreateDir { path: p, source })?;
         }
         c.mount_layers()?;
-        let (net, ipc, uts) = (c.ns_path("net"), c.ns_path("ipc"), c.ns_path("uts"));
+        let [net, ipc, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
         sys::pin_new_namespaces(
             &sys::NsPins {
                 net: Some(&net),
                 ipc: Some(&ipc),
                 uts: Some(&uts),
+                mnt: Some((&mnt, &c.root)),
             },
             SANDBOX_HOSTNAME,
         )?;
@@ -656,8 +662,6 @@ impl Backend for LinuxBackend {
             name,
             tmp: dir.join("tmp"),
             ns_dir: dir.join("ns"),
-            root_c: cstring(&root)?,
-            proc_c: cstring(&root.join("proc"))?,
             root,
             dir,
             lowers,
@@ -665,6 +669,7 @@ impl Backend for LinuxBackend {
             net: None,
             ipc: None,
             uts: None,
+            mnt: None,
             netns_id: (0, 0),
             dirty: AtomicBool::new(false),
             torn_down: false,
@@ -685,8 +690,12 @@ impl Backend for LinuxBackend {
         user: BuildUser,
         limits: &Limits,
     ) -> Result<ExecOutcome, LinuxError> {
-        let (Some(net), Some(ipc), Some(uts)) = (&container.net, &container.ipc, &container.uts)
-        else {
+        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
+            &container.net,
+            &container.ipc,
+            &container.uts,
+            &container.mnt,
+        ) else {
             return Err(LinuxError::Setns {
                 path: container.ns_dir.clone(),
                 source: io::Error::from_raw_os_error(libc::EBADF),
@@ -709,9 +718,8 @@ impl Backend for LinuxBackend {
                 (net.as_raw_fd(), libc::CLONE_NEWNET),
                 (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
                 (uts.as_raw_fd(), libc::CLONE_NEWUTS),
+                (mnt.as_raw_fd(), libc::CLONE_NEWNS),
             ],
-            root: container.root_c.as_ptr(),
-            proc_dir: container.proc_c.as_ptr(),
             cwd: command.cwd().as_ptr(),
             executable: command.executable().as_ptr(),
             argv: command.argv_ptr(),
@@ -811,21 +819,27 @@ impl Backend for LinuxBackend {
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
         container.sweep()?;
+        // Release the pinned mount and ipc namespaces (the mount namespace references the
+        // old overlay), remount fresh layers, pin new ones: no file, SysV object or POSIX
+        // queue of the previous build survives.
+        let (ipc, mnt) = (container.ns_path("ipc"), container.ns_path("mnt"));
+        container.ipc = None;
+        container.mnt = None;
+        sys::umount_if_mounted(&mnt)?;
+        sys::umount_if_mounted(&ipc)?;
         container.unmount_layers()?;
         container.mount_layers()?;
-        // A fresh ipc namespace: no SysV objects or POSIX queues of the previous build.
-        let ipc = container.ns_path("ipc");
-        container.ipc = None;
-        sys::umount_if_mounted(&ipc)?;
         sys::pin_new_namespaces(
             &sys::NsPins {
                 net: None,
                 ipc: Some(&ipc),
                 uts: None,
+                mnt: Some((&mnt, &container.root)),
             },
             SANDBOX_HOSTNAME,
         )?;
         container.ipc = Some(sys::open_ns(&ipc)?);
+        container.mnt = Some(sys::open_ns(&mnt)?);
         Ok(())
     }
 

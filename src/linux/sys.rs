@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -93,64 +93,103 @@ pub(super) struct NsPins<'a> {
     pub net: Option<&'a Path>,
     pub ipc: Option<&'a Path>,
     pub uts: Option<&'a Path>,
+    /// (pin file, container root): a mount namespace whose root is the container root,
+    /// pivoted into already, holding nothing but the overlay.
+    pub mnt: Option<(&'a Path, &'a Path)>,
 }
 
 /// Creates new namespaces and pins each with a bind mount of its nsfs file onto an existing
-/// empty file, without creating a process: a short-lived thread unshares (net, ipc and uts
-/// may be unshared by one thread of a multi-threaded process) and bind-mounts
-/// `/proc/thread-self/ns/<kind>`; the namespaces outlive the thread through the mounts.
+/// empty file, without creating a process: a short-lived thread unshares (a thread of a
+/// multi-threaded process may unshare net, ipc, uts, and with CLONE_FS a mount namespace),
+/// opens `/proc/thread-self/ns/<kind>`, and for the mount namespace makes it private and
+/// pivots it into the container root. This thread then bind-mounts the descriptors; the
+/// namespaces outlive the helper thread through the mounts.
 pub(super) fn pin_new_namespaces(pins: &NsPins<'_>, hostname: &str) -> Result<(), LinuxError> {
-    let all: [(CloneFlags, &str, Option<&Path>); 3] = [
+    let kinds: [(CloneFlags, &str, Option<&Path>); 4] = [
         (CloneFlags::CLONE_NEWNET, "net", pins.net),
         (CloneFlags::CLONE_NEWIPC, "ipc", pins.ipc),
         (CloneFlags::CLONE_NEWUTS, "uts", pins.uts),
+        (
+            CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS,
+            "mnt",
+            pins.mnt.map(|(pin, _)| pin),
+        ),
     ];
-    let first = all
+    let first = kinds
         .iter()
         .find_map(|(_, _, p)| *p)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<(), LinuxError> {
+    let fds = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Vec<(OwnedFd, &Path)>, LinuxError> {
+            let unshare_err = |e| LinuxError::Unshare {
+                path: first.clone(),
+                source: io(e),
+            };
             let mut flags = CloneFlags::empty();
-            for (f, _, p) in &all {
+            for (f, _, p) in &kinds {
                 if p.is_some() {
                     flags |= *f;
                 }
             }
-            unshare(flags).map_err(|e| LinuxError::Unshare {
-                path: first.clone(),
-                source: io(e),
-            })?;
+            unshare(flags).map_err(unshare_err)?;
             if pins.uts.is_some() {
-                nix::unistd::sethostname(hostname).map_err(|e| LinuxError::Unshare {
-                    path: first.clone(),
-                    source: io(e),
-                })?;
+                nix::unistd::sethostname(hostname).map_err(unshare_err)?;
             }
-            for (_, kind, target) in &all {
+            let mut fds = Vec::new();
+            for (_, kind, target) in &kinds {
                 if let Some(target) = target {
-                    let src = format!("/proc/thread-self/ns/{kind}");
-                    mount(
-                        Some(src.as_str()),
-                        *target,
-                        None::<&str>,
-                        MsFlags::MS_BIND,
-                        None::<&str>,
-                    )
-                    .map_err(|e| LinuxError::BindNamespace {
-                        path: target.to_path_buf(),
-                        source: io(e),
-                    })?;
+                    let fd = open_ns(Path::new(&format!("/proc/thread-self/ns/{kind}")))?;
+                    fds.push((fd, *target));
                 }
             }
-            Ok(())
+            if let Some((_, root)) = pins.mnt {
+                pivot_into(root)?;
+            }
+            Ok(fds)
         })
         .join()
         .unwrap_or(Err(LinuxError::NamespaceThread {
             path: first.clone(),
         }))
-    })
+    })?;
+    for (fd, target) in fds {
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(
+            Some(src.as_str()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| LinuxError::BindNamespace {
+            path: target.to_path_buf(),
+            source: io(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// In a thread that has its own mount namespace and fs attributes: makes every mount
+/// private, pivots into `root` (a mount point) and detaches the old root, leaving a
+/// namespace that holds only the container's overlay.
+fn pivot_into(root: &Path) -> Result<(), LinuxError> {
+    let err = |e| LinuxError::PivotRoot {
+        root: root.to_path_buf(),
+        source: io(e),
+    };
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err)?;
+    nix::unistd::chdir(root).map_err(err)?;
+    nix::unistd::pivot_root(".", ".").map_err(err)?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
+    nix::unistd::chdir("/").map_err(err)
 }
 
 /// Opens a pinned namespace file for setns(2).
