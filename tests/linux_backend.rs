@@ -586,6 +586,16 @@ fn leftovers_of_a_crashed_instance_are_removed() {
         .tempdir()
         .unwrap();
     let state = std::fs::canonicalize(dir.path()).unwrap();
+    // Whatever happens below, leave no mount behind (dropped after the backend below).
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Ok(b) = LinuxBackend::new(config(&self.0)) {
+                let _ = b.clean_all();
+            }
+        }
+    }
+    let _cleanup = Cleanup(state.clone());
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
