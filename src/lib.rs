@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod exec;
 pub mod freebsd;
+pub mod toolchain;
 pub mod untrusted;
 
 #[cfg(target_os = "linux")]
