@@ -62,6 +62,20 @@ fn exec_overhead() {
         plain.push(t.elapsed());
     }
 
+    let mut fork_only = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        // SAFETY: fork; the child only calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: _exit in the child.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        fork_only.push(t.elapsed());
+    }
+
     let mut cmd = Vec::with_capacity(N);
     for _ in 0..N {
         let t = Instant::now();
@@ -128,6 +142,7 @@ fn exec_overhead() {
     }
 
     eprintln!("{N} runs of /bin/busybox true (static):");
+    summary("fork+_exit+waitpid (no exec)", fork_only);
     let p = summary("plain fork+execve+waitpid", plain);
     summary("std::process::Command::status", cmd);
     let s = summary("LinuxBackend::exec", sandbox);
