@@ -29,7 +29,7 @@ pub mod sccache;
 
 /// The backend this platform builds by default.
 #[cfg(target_os = "linux")]
-pub type NativeBackend = ();
+pub type NativeBackend = linux::LinuxBackend;
 /// The backend this platform builds by default.
 #[cfg(target_os = "freebsd")]
 pub type NativeBackend = ();
