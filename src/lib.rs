@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod exec;
 pub mod freebsd;
+pub mod native;
 pub mod toolchain;
 pub mod untrusted;
 
