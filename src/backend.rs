@@ -148,6 +148,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Short name for logs and `doctor`: "freebsd-jail-zfs", "linux-ns-overlay", ...
     fn kind(&self) -> &'static str;
 
+    /// True when `error` is the client's fault (a corrupt toolchain archive, a missing
+    /// executable or working directory), not the backend's: such errors fail the job but do
+    /// not count against the builder's health.
+    fn is_job_error(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     fn remove_leftovers(&self) -> Result<CleanupReport, Self::Error>;
 
     fn create_image(

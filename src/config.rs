@@ -1,1 +1,257 @@
-//! Configuration (TOML) with defaults that work without a file.
+//! Configuration: the `[builder]` section shared by `jailbuilder run/demo/bench` and
+//! `jailbuilder serve`. Every key has a default that works without a file; unknown keys and
+//! bad values are refused with a message naming the key (serde `deny_unknown_fields`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::{BuildUser, Limits};
+use crate::engine::EngineConfig;
+use crate::untrusted::UnpackLimits;
+
+/// `[builder]`: the sandbox backend and the engine's policy.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuilderConfig {
+    /// Linux: where images, containers and the instance lock live.
+    pub state_dir: PathBuf,
+    /// Linux: optional base root directory laid under every toolchain (a lower layer).
+    pub base_dir: Option<PathBuf>,
+    /// Linux: size of each container's tmpfs (its writable layer), bytes.
+    pub container_tmpfs_bytes: u64,
+
+    /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".
+    pub dataset_root: String,
+    /// FreeBSD: the directory containers are mounted under.
+    pub mount_root: PathBuf,
+    /// FreeBSD: snapshot of a FreeBSD userland that images are cloned from, e.g.
+    /// "zroot/jailbuilder/base@14.3-RELEASE". Without it images hold only the toolchain.
+    pub base_snapshot: Option<String>,
+    /// FreeBSD: devfs ruleset for jails (4 = devfsrules_jail).
+    pub devfs_ruleset: u32,
+
+    /// The unprivileged user and group compiles run as.
+    pub build_uid: u32,
+    pub build_gid: u32,
+
+    pub max_containers: usize,
+    pub max_containers_per_toolchain: usize,
+    pub warm_per_toolchain: usize,
+    pub max_images: usize,
+    pub recycler_threads: usize,
+    pub unhealthy_after: u32,
+    pub shutdown_grace_secs: u64,
+
+    /// Wall-clock limit of one compile.
+    pub timeout_secs: u64,
+    /// Bytes of stdout and of stderr kept per compile.
+    pub stream_cap_bytes: usize,
+    /// Address space per process (RLIMIT_AS); 0 = unlimited.
+    pub memory_bytes: u64,
+    /// Processes of the build user (RLIMIT_NPROC); 0 = unlimited.
+    pub max_processes: u64,
+    /// Open files per process (RLIMIT_NOFILE); 0 = unlimited.
+    pub max_open_files: u64,
+    /// Largest file a compile may write (RLIMIT_FSIZE); 0 = unlimited.
+    pub max_file_bytes: u64,
+    /// Largest output file returned.
+    pub max_output_bytes: u64,
+    /// Content bytes and entries of one inputs archive.
+    pub max_inputs_bytes: u64,
+    pub max_inputs_entries: u64,
+    /// Content bytes and entries of one toolchain archive.
+    pub max_toolchain_bytes: u64,
+    pub max_toolchain_entries: u64,
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        let l = &e.limits;
+        BuilderConfig {
+            state_dir: PathBuf::from("/var/lib/jailbuilder"),
+            base_dir: None,
+            container_tmpfs_bytes: 4 << 30,
+            dataset_root: "zroot/jailbuilder".into(),
+            mount_root: PathBuf::from("/var/jailbuilder"),
+            base_snapshot: None,
+            devfs_ruleset: 4,
+            build_uid: e.build_user.uid,
+            build_gid: e.build_user.gid,
+            max_containers: e.max_containers,
+            max_containers_per_toolchain: e.max_containers_per_toolchain,
+            warm_per_toolchain: e.warm_per_toolchain,
+            max_images: e.max_images,
+            recycler_threads: e.recycler_threads,
+            unhealthy_after: e.unhealthy_after,
+            shutdown_grace_secs: e.shutdown_grace.as_secs(),
+            timeout_secs: l.timeout.as_secs(),
+            stream_cap_bytes: l.output_stream_cap,
+            memory_bytes: l.memory_bytes,
+            max_processes: l.max_processes,
+            max_open_files: l.max_open_files,
+            max_file_bytes: l.max_file_bytes,
+            max_output_bytes: e.max_output_bytes,
+            max_inputs_bytes: e.inputs_limits.max_bytes,
+            max_inputs_entries: e.inputs_limits.max_entries,
+            max_toolchain_bytes: e.toolchain_limits.max_bytes,
+            max_toolchain_entries: e.toolchain_limits.max_entries,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: [builder] {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+impl BuilderConfig {
+    /// Checks values serde cannot: zero where zero makes no sense, root as build user.
+    pub fn validate(&self, path: &std::path::Path) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if self.max_containers == 0 {
+            return bad("max_containers", "must be at least 1");
+        }
+        if self.max_containers_per_toolchain == 0 {
+            return bad("max_containers_per_toolchain", "must be at least 1");
+        }
+        if self.max_images == 0 {
+            return bad("max_images", "must be at least 1");
+        }
+        if self.timeout_secs == 0 {
+            return bad("timeout_secs", "must be at least 1");
+        }
+        if self.build_uid == 0 || self.build_gid == 0 {
+            return bad(
+                if self.build_uid == 0 {
+                    "build_uid"
+                } else {
+                    "build_gid"
+                },
+                "compiles never run as root; choose an unprivileged id",
+            );
+        }
+        if !self.state_dir.is_absolute() {
+            return bad("state_dir", "must be an absolute path");
+        }
+        if !self.mount_root.is_absolute() {
+            return bad("mount_root", "must be an absolute path");
+        }
+        Ok(())
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_containers: self.max_containers,
+            max_containers_per_toolchain: self.max_containers_per_toolchain,
+            warm_per_toolchain: self.warm_per_toolchain,
+            max_images: self.max_images,
+            recycler_threads: self.recycler_threads,
+            build_user: BuildUser {
+                uid: self.build_uid,
+                gid: self.build_gid,
+            },
+            limits: Limits {
+                timeout: Duration::from_secs(self.timeout_secs),
+                output_stream_cap: self.stream_cap_bytes,
+                memory_bytes: self.memory_bytes,
+                max_processes: self.max_processes,
+                max_open_files: self.max_open_files,
+                max_file_bytes: self.max_file_bytes,
+            },
+            toolchain_limits: UnpackLimits {
+                max_bytes: self.max_toolchain_bytes,
+                max_entries: self.max_toolchain_entries,
+            },
+            inputs_limits: UnpackLimits {
+                max_bytes: self.max_inputs_bytes,
+                max_entries: self.max_inputs_entries,
+            },
+            max_output_bytes: self.max_output_bytes,
+            unhealthy_after: self.unhealthy_after,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}
+
+/// A file holding only `[builder]` (for `run`, `demo`, `bench`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderFile {
+    #[serde(default)]
+    pub builder: BuilderConfig,
+}
+
+/// Parses TOML `text` read from `path` into `T`, with errors naming the file and key.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads and parses a TOML file.
+pub fn load<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn empty_file_gives_working_defaults() {
+        let f: BuilderFile = parse(Path::new("x.toml"), "").unwrap();
+        f.builder.validate(Path::new("x.toml")).unwrap();
+        assert_ne!(f.builder.engine_config().build_user.uid, 0);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = parse::<BuilderFile>(Path::new("x.toml"), "[builder]\nmax_contaners = 3\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("max_contaners"), "{e}");
+        let e = parse::<BuilderFile>(Path::new("x.toml"), "[builder]\ntimeout_secs = \"ten\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("timeout_secs"), "{e}");
+        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid = 0\n").unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("build_uid"), "{e}");
+        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_containers = 0\n").unwrap();
+        assert!(f
+            .builder
+            .validate(Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("max_containers"));
+    }
+}

@@ -1,1 +1,7 @@
-fn main() {}
+//! The `jailbuilder` command. See `jailbuilder --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

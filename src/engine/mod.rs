@@ -1,1 +1,164 @@
-//! The platform-neutral engine: toolchain images, the warm pool, one build end to end.
+//! The platform-neutral engine: toolchain images (created once, single-flight per
+//! toolchain), a bounded warm pool of containers, a background recycler, and one build end
+//! to end (DESIGN.md "The hot path"). It sees a platform only through [`Backend`].
+
+mod build;
+mod error;
+mod pool;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use build::{BuildOutcome, BuildRequest, Output, PhaseTimings, ToolchainSource};
+pub use error::{BoxError, BuildError};
+
+use crate::backend::{Backend, BuildUser, Limits};
+use crate::untrusted::UnpackLimits;
+use pool::Pool;
+
+/// Engine policy. Defaults suit a 2-16 core build server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Containers alive at once, all toolchains together (busy, ready and recycling).
+    pub max_containers: usize,
+    /// Containers alive at once for one toolchain.
+    pub max_containers_per_toolchain: usize,
+    /// Ready containers the recycler keeps prepared per toolchain in use.
+    pub warm_per_toolchain: usize,
+    /// Toolchain images kept; beyond this the least recently used idle image is evicted.
+    pub max_images: usize,
+    /// Threads resetting and creating containers in the background.
+    pub recycler_threads: usize,
+    /// Identity compiles run as.
+    pub build_user: BuildUser,
+    pub limits: Limits,
+    pub toolchain_limits: UnpackLimits,
+    pub inputs_limits: UnpackLimits,
+    /// Largest single output file returned.
+    pub max_output_bytes: u64,
+    /// Consecutive backend failures after which the builder reports itself unhealthy.
+    pub unhealthy_after: u32,
+    /// How long `shutdown` waits for running builds before killing them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        EngineConfig {
+            max_containers: 2 * cores + 2,
+            max_containers_per_toolchain: 2 * cores + 2,
+            warm_per_toolchain: cores,
+            max_images: 8,
+            recycler_threads: 2,
+            build_user: BuildUser {
+                uid: 65534,
+                gid: 65534,
+            },
+            limits: Limits::default(),
+            toolchain_limits: UnpackLimits {
+                max_bytes: 8 << 30,
+                max_entries: 1_000_000,
+            },
+            inputs_limits: UnpackLimits {
+                max_bytes: 2 << 30,
+                max_entries: 200_000,
+            },
+            max_output_bytes: 1 << 30,
+            unhealthy_after: 5,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters for logs, `serve` status and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub builds_ok: u64,
+    pub builds_failed: u64,
+    pub images_created: u64,
+    pub images_evicted: u64,
+    pub containers_created: u64,
+    pub containers_reset: u64,
+    pub containers_destroyed: u64,
+    pub reset_failures: u64,
+    /// Containers alive now (busy + ready + recycling + being created).
+    pub containers_alive: usize,
+    pub containers_ready: usize,
+    pub images: usize,
+}
+
+/// The engine. Share it with `Arc`; dropping it shuts it down (see [`Engine::shutdown`]).
+pub struct Engine<B: Backend> {
+    pool: Arc<Pool<B>>,
+}
+
+pub(crate) struct Health {
+    consecutive_failures: AtomicU32,
+    builds_ok: AtomicU64,
+    builds_failed: AtomicU64,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Starts the engine: removes what an earlier instance left behind (the backend's
+    /// `remove_leftovers`, which also takes the instance lock), then starts the recycler.
+    pub fn start(backend: B, config: EngineConfig) -> Result<Self, BuildError> {
+        let report = backend
+            .remove_leftovers()
+            .map_err(|e| BuildError::Backend {
+                step: "start-up clean-up",
+                backend: backend.kind(),
+                source: Box::new(e),
+            })?;
+        for line in &report.removed {
+            log::info!("removed leftover of an earlier run: {line}");
+        }
+        Ok(Engine {
+            pool: Pool::start(backend, config),
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.pool.backend
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.pool.config
+    }
+
+    /// False once `unhealthy_after` backend failures happened in a row (a successful build
+    /// resets the count). Job errors (bad requests) never count.
+    pub fn is_healthy(&self) -> bool {
+        self.pool
+            .health
+            .consecutive_failures
+            .load(Ordering::Relaxed)
+            < self.pool.config.unhealthy_after
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.pool.stats()
+    }
+
+    /// Blocks until the recycler has nothing queued: every container handed back is ready
+    /// or destroyed. For tests, benchmarks and orderly shutdown.
+    pub fn wait_idle(&self) {
+        self.pool.wait_idle();
+    }
+
+    /// Stops taking builds, waits up to `shutdown_grace` for running ones, then destroys
+    /// every container and image. Idempotent.
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+    }
+}
+
+impl<B: Backend> Drop for Engine<B> {
+    fn drop(&mut self) {
+        self.pool.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests;

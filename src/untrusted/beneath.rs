@@ -1,31 +1,347 @@
-//! Path resolution beneath a root directory descriptor, component by component.
-use std::path::Path;
+//! Path resolution beneath a root directory, by hand, component by component.
+//!
+//! Every component is opened with `O_NOFOLLOW | O_DIRECTORY` relative to its parent's
+//! descriptor, so the host never traverses a symlink it did not inspect. A symlinked
+//! *directory* inside the tree (merged-/usr toolchains have `lib -> usr/lib`) is resolved
+//! the way the sandbox itself would see it: an absolute target restarts at the root and
+//! `..` stops at the root, as Linux's openat2(RESOLVE_IN_ROOT) does. So no resolution here
+//! can name anything outside the root, whatever the tree contains. The final component is
+//! never followed: outputs must be regular files, and unpacking replaces what is there.
+//!
+//! This is portable POSIX (openat/mkdirat/readlinkat/fstatat), so FreeBSD and Linux share
+//! it; FreeBSD's O_RESOLVE_BENEATH and Linux's openat2 would refuse, not resolve, symlinks.
+
+use std::ffi::{CStr, CString};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use crate::backend::BuildUser;
 
+/// Longest path accepted from a client (PATH_MAX on both platforms).
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
+/// Longest component (NAME_MAX on both platforms).
+const MAX_NAME_BYTES: usize = 255;
+/// Symlinks followed while resolving one path (Linux's MAXSYMLINKS is 40).
+const MAX_SYMLINK_HOPS: usize = 40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BeneathError {
-    #[error("stub")]
-    Stub,
+    #[error("bad path {path:?}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("{path:?} does not exist")]
+    Missing { path: String },
+    #[error("{path:?} is a {kind}, not a regular file")]
+    NotRegular { path: String, kind: &'static str },
+    #[error("{path:?} is {size} bytes, more than the limit of {limit}")]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
-/// An open root directory.
-pub struct RootDir;
-
-impl RootDir {
-    pub fn open(_p: &Path) -> Result<RootDir, BeneathError> {
-        Err(BeneathError::Stub)
+fn io_err(op: &'static str, path: &[u8], e: impl Into<io::Error>) -> BeneathError {
+    BeneathError::Io {
+        op,
+        path: lossy(path),
+        source: e.into(),
     }
 }
 
-pub fn make_dirs_beneath(
-    _root: &RootDir,
-    _rel: &str,
-    _owner: Option<BuildUser>,
-) -> Result<(), BeneathError> {
-    Err(BeneathError::Stub)
+pub(crate) fn lossy(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
 }
 
-pub fn read_file_beneath(_root: &RootDir, _rel: &str, _cap: u64) -> Result<Vec<u8>, BeneathError> {
-    Err(BeneathError::Stub)
+/// An open directory that paths are resolved beneath.
+#[derive(Debug)]
+pub struct RootDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl RootDir {
+    /// Opens the root itself. The root's own path is the host's (trusted) and may be
+    /// followed.
+    pub fn open(path: &Path) -> Result<RootDir, BeneathError> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open root", path.as_os_str().as_bytes(), e))?;
+        Ok(RootDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Splits a client path into components: `/` and `.` are dropped (absolute paths are taken
+/// relative to the root), `..` is refused, as are NUL, over-long names and empty paths.
+pub(crate) fn split(path: &[u8]) -> Result<Vec<&[u8]>, BeneathError> {
+    let bad = |reason| BeneathError::BadPath {
+        path: lossy(path),
+        reason,
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if path.contains(&0) {
+        return Err(bad("contains a NUL byte"));
+    }
+    let mut out = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(bad("contains a '..' component")),
+            c if c.len() > MAX_NAME_BYTES => return Err(bad("has a component over 255 bytes")),
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("names the root itself"));
+    }
+    Ok(out)
+}
+
+pub(crate) fn cstr(name: &[u8]) -> CString {
+    // split() refused NUL bytes, so this cannot fail; map defensively anyway.
+    CString::new(name).unwrap_or_default()
+}
+
+fn openat_raw(dir: BorrowedFd<'_>, name: &CStr, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    loop {
+        // SAFETY: `name` is a valid C string, `dir` a live descriptor; on success the
+        // returned descriptor is new and owned by us.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags.bits(),
+                mode as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat just returned this descriptor to us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+pub(crate) fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &CStr) -> Result<FileStat, Errno> {
+    nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>, Errno> {
+    nix::fcntl::readlinkat(dir, name).map(|s| s.as_os_str().as_bytes().to_vec())
+}
+
+/// Where a directory may come from while resolving.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    /// Only existing directories.
+    No,
+    /// Create missing directories with mode 0755, owned by this user if given.
+    Yes(Option<BuildUser>),
+}
+
+/// Resolves the directory `components` beneath `root`, as the sandbox would see it, and
+/// returns its descriptor. `shown` is the client's path for error messages.
+pub(crate) fn resolve_dir(
+    root: &RootDir,
+    components: &[&[u8]],
+    create: Create,
+    shown: &[u8],
+) -> Result<OwnedFd, BeneathError> {
+    // A stack of open directories from the root down; `..` in a symlink target pops it
+    // (never past the root). Pending components are processed from the back.
+    let mut stack: Vec<OwnedFd> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = components.iter().rev().map(|c| c.to_vec()).collect();
+    let mut hops = 0;
+    while let Some(comp) = pending.pop() {
+        let cur = stack.last().map(|f| f.as_fd()).unwrap_or(root.fd());
+        match comp.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                stack.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let name = cstr(&comp);
+        match openat_raw(cur, &name, dir_flags(), 0) {
+            Ok(fd) => {
+                stack.push(fd);
+                continue;
+            }
+            Err(Errno::ENOENT) => {
+                let Create::Yes(owner) = create else {
+                    return Err(BeneathError::Missing { path: lossy(shown) });
+                };
+                match nix::sys::stat::mkdirat(cur, name.as_c_str(), Mode::from_bits_truncate(0o755))
+                {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(io_err("mkdir", shown, e)),
+                }
+                let fd = openat_raw(cur, &name, dir_flags(), 0)
+                    .map_err(|e| io_err("open directory", shown, e))?;
+                if let Some(u) = owner {
+                    chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", shown, e))?;
+                }
+                stack.push(fd);
+            }
+            // ELOOP: a symlink (O_NOFOLLOW); ENOTDIR: a symlink on FreeBSD, or a file.
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EMLINK) => {
+                let st = fstatat_nofollow(cur, &name).map_err(|e| io_err("stat", shown, e))?;
+                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFLNK {
+                    return Err(BeneathError::BadPath {
+                        path: lossy(shown),
+                        reason: "a parent component is not a directory",
+                    });
+                }
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(BeneathError::BadPath {
+                        path: lossy(shown),
+                        reason: "too many levels of symbolic links",
+                    });
+                }
+                let target = readlinkat(cur, &name).map_err(|e| io_err("readlink", shown, e))?;
+                if target.starts_with(b"/") {
+                    stack.clear();
+                }
+                for c in target.split(|b| *b == b'/').rev() {
+                    pending.push(c.to_vec());
+                }
+            }
+            Err(e) => return Err(io_err("open directory", shown, e)),
+        }
+    }
+    match stack.pop() {
+        Some(fd) => Ok(fd),
+        None => root
+            .fd
+            .try_clone()
+            .map_err(|e| io_err("dup root", shown, e)),
+    }
+}
+
+pub(crate) fn chown_fd(fd: BorrowedFd<'_>, user: BuildUser) -> Result<(), Errno> {
+    nix::unistd::fchown(
+        fd,
+        Some(nix::unistd::Uid::from_raw(user.uid)),
+        Some(nix::unistd::Gid::from_raw(user.gid)),
+    )
+}
+
+/// Creates directory `rel` and its missing parents beneath `root` (mode 0755). With `owner`
+/// the directories created, and `rel` itself, are given to that user so a build running as
+/// it can write there.
+pub fn make_dirs_beneath(
+    root: &RootDir,
+    rel: &str,
+    owner: Option<BuildUser>,
+) -> Result<(), BeneathError> {
+    let comps = split(rel.as_bytes())?;
+    let fd = resolve_dir(root, &comps, Create::Yes(owner), rel.as_bytes())?;
+    if let Some(u) = owner {
+        chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", rel.as_bytes(), e))?;
+    }
+    Ok(())
+}
+
+fn kind_of(mode: libc::mode_t) -> &'static str {
+    match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFLNK => "symbolic link",
+        SFlag::S_IFIFO => "FIFO",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFREG => "regular file",
+        _ => "special file",
+    }
+}
+
+/// Reads the regular file `rel` beneath `root`, at most `limit` bytes. A symlink as the
+/// final component, a FIFO (opened non-blocking, so it cannot hang), a device or a
+/// directory is refused; a larger file is refused without being read.
+pub fn read_file_beneath(root: &RootDir, rel: &str, limit: u64) -> Result<Vec<u8>, BeneathError> {
+    let shown = rel.as_bytes();
+    let comps = split(shown)?;
+    let (last, parents) = comps
+        .split_last()
+        .expect("split() returns at least one component");
+    let dir = resolve_dir(root, parents, Create::No, shown)?;
+    let name = cstr(last);
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOCTTY;
+    let fd = match openat_raw(dir.as_fd(), &name, flags, 0) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Err(BeneathError::Missing { path: lossy(shown) }),
+        Err(Errno::ELOOP | Errno::EMLINK) => {
+            return Err(BeneathError::NotRegular {
+                path: lossy(shown),
+                kind: "symbolic link",
+            })
+        }
+        Err(e) => return Err(io_err("open", shown, e)),
+    };
+    let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| io_err("stat", shown, e))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(BeneathError::NotRegular {
+            path: lossy(shown),
+            kind: kind_of(st.st_mode),
+        });
+    }
+    let size = st.st_size as u64;
+    if size > limit {
+        return Err(BeneathError::TooLarge {
+            path: lossy(shown),
+            size,
+            limit,
+        });
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    // take(limit + 1): a file that grows while we read is caught, never read without bound.
+    std::fs::File::from(fd)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_err("read", shown, e))?;
+    if buf.len() as u64 > limit {
+        return Err(BeneathError::TooLarge {
+            path: lossy(shown),
+            size: buf.len() as u64,
+            limit,
+        });
+    }
+    Ok(buf)
 }

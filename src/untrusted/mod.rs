@@ -8,4 +8,13 @@ mod beneath;
 mod unpack;
 
 pub use beneath::{make_dirs_beneath, read_file_beneath, BeneathError, RootDir};
+/// Checks a client path the way every function here will: no `..`, no NUL, bounded
+/// lengths, not the root itself.
+pub fn split_checked(path: &str) -> Result<(), BeneathError> {
+    beneath::split(path.as_bytes()).map(|_| ())
+}
+
 pub use unpack::{unpack_tar, unpack_tar_gz, UnpackError, UnpackLimits, UnpackStats};
+
+#[cfg(test)]
+mod tests;

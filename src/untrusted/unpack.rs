@@ -1,38 +1,267 @@
-//! Safe unpacking of untrusted tar archives beneath a root.
-use std::io::Read;
+//! Unpacking an untrusted tar archive beneath a root.
+//!
+//! The `tar` crate only parses here; every filesystem effect goes through the beneath-root
+//! resolution of [`super::beneath`], so no entry can create, change or read anything
+//! outside the root: `..` is refused, absolute names are taken from the root, a symlink in
+//! a parent is resolved inside the root, a final-component symlink is replaced rather than
+//! written through, hard links are made between paths resolved inside the root. Device
+//! nodes and FIFOs are refused, setuid/setgid/sticky bits dropped, and sizes, counts and
+//! name lengths are bounded (a gzip bomb stops at `max_bytes`).
 
-use super::RootDir;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
+use tar::EntryType;
+
+use super::beneath::{
+    cstr, fstatat_nofollow, lossy, resolve_dir, split, BeneathError, Create, RootDir,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("stub")]
-    Stub,
+    #[error("archive entry {path:?}: {source}")]
+    Path {
+        path: String,
+        #[source]
+        source: BeneathError,
+    },
+    #[error("archive entry {path:?} is a {kind}, which is not allowed")]
+    Unsupported { path: String, kind: &'static str },
+    #[error("archive holds more than {limit} bytes")]
+    TooManyBytes { limit: u64 },
+    #[error("archive holds more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("archive entry {path:?}: {op}: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt or truncated archive: {0}")]
+    Corrupt(#[source] io::Error),
 }
 
-#[derive(Clone, Debug)]
+/// Bounds on one archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnpackLimits {
+    /// Total bytes of file content (after decompression).
     pub max_bytes: u64,
+    /// Entries of any kind.
     pub max_entries: u64,
 }
 
-#[derive(Clone, Debug, Default)]
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 4 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     pub entries: u64,
     pub bytes: u64,
 }
 
-pub fn unpack_tar(
-    _r: &mut dyn Read,
-    _root: &RootDir,
-    _l: &UnpackLimits,
+/// Unpacks a gzip-compressed tar (a toolchain archive as sccache sends it).
+pub fn unpack_tar_gz(
+    reader: &mut dyn Read,
+    root: &RootDir,
+    limits: &UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
-    Err(UnpackError::Stub)
+    let mut gz = flate2::read::MultiGzDecoder::new(reader);
+    unpack_tar(&mut gz, root, limits)
 }
 
-pub fn unpack_tar_gz(
-    _r: &mut dyn Read,
-    _root: &RootDir,
-    _l: &UnpackLimits,
+/// Unpacks a plain tar (sccache's inputs, after its zlib layer).
+pub fn unpack_tar(
+    reader: &mut dyn Read,
+    root: &RootDir,
+    limits: &UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
-    Err(UnpackError::Stub)
+    let mut archive = tar::Archive::new(reader);
+    let mut stats = UnpackStats::default();
+    // The parent directory of the previous entry, reused while entries share it (tars are
+    // written directory by directory), dropped whenever a symlink could change resolution.
+    let mut parent_cache: Option<(Vec<u8>, OwnedFd)> = None;
+    for entry in archive.entries().map_err(UnpackError::Corrupt)? {
+        let mut entry = entry.map_err(UnpackError::Corrupt)?;
+        stats.entries += 1;
+        if stats.entries > limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        let path = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let shown = || lossy(&path);
+        let path_err = |source| UnpackError::Path {
+            path: lossy(&path),
+            source,
+        };
+        let comps = split(&path).map_err(path_err)?;
+        let (last, parents) = comps.split_last().expect("split() returns a component");
+        let parent_key = parents.join(&b'/');
+        let parent = match parent_cache.take() {
+            Some((key, fd)) if key == parent_key => fd,
+            _ => resolve_dir(root, parents, Create::Yes(None), &path).map_err(path_err)?,
+        };
+        let name = cstr(last);
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let io = |op, e: Errno| UnpackError::Io {
+            path: shown(),
+            op,
+            source: e.into(),
+        };
+        match kind {
+            EntryType::Directory => {
+                match nix::sys::stat::mkdirat(
+                    parent.as_fd(),
+                    name.as_c_str(),
+                    Mode::from_bits_truncate(0o700),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(io("mkdir", e)),
+                }
+                let dir = resolve_dir(root, &comps, Create::No, &path).map_err(path_err)?;
+                // Owner must be able to traverse: an archive's 0000 directory would
+                // otherwise make the rest of it fail to unpack.
+                nix::sys::stat::fchmod(dir.as_fd(), Mode::from_bits_truncate(mode | 0o700))
+                    .map_err(|e| io("chmod", e))?;
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let size = entry.header().size().map_err(UnpackError::Corrupt)?;
+                if stats.bytes.saturating_add(size) > limits.max_bytes {
+                    return Err(UnpackError::TooManyBytes {
+                        limit: limits.max_bytes,
+                    });
+                }
+                remove_non_dir(parent.as_fd(), &name).map_err(|e| io("replace", e))?;
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                let fd = openat_file(parent.as_fd(), &name, flags, 0o600)
+                    .map_err(|e| io("create", e))?;
+                let mut file = std::fs::File::from(fd);
+                let copied = io::copy(&mut (&mut entry).take(size), &mut file)
+                    .map_err(UnpackError::Corrupt)?;
+                if copied != size {
+                    return Err(UnpackError::Corrupt(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("entry {:?} ends after {copied} of {size} bytes", shown()),
+                    )));
+                }
+                stats.bytes += size;
+                // setuid/setgid/sticky never survive: a client must not plant a setuid binary.
+                nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+                    .map_err(|e| io("chmod", e))?;
+            }
+            EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or_else(|| {
+                    UnpackError::Corrupt(io::Error::other("symlink without target"))
+                })?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(UnpackError::Corrupt(io::Error::other(format!(
+                        "symlink {:?} has an empty or NUL target",
+                        shown()
+                    ))));
+                }
+                remove_non_dir(parent.as_fd(), &name).map_err(|e| io("replace", e))?;
+                nix::unistd::symlinkat(cstr(&target).as_c_str(), parent.as_fd(), name.as_c_str())
+                    .map_err(|e| io("symlink", e))?;
+                // A new symlink can change how later parents resolve.
+                parent_cache = None;
+                continue;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        UnpackError::Corrupt(io::Error::other("hard link without target"))
+                    })?
+                    .into_owned();
+                let tcomps = split(&target).map_err(path_err)?;
+                let (tlast, tparents) = tcomps.split_last().expect("split() returns a component");
+                let tdir = resolve_dir(root, tparents, Create::No, &target).map_err(path_err)?;
+                remove_non_dir(parent.as_fd(), &name).map_err(|e| io("replace", e))?;
+                // flags 0: never follow a symlink at the source (linkat(2)).
+                nix::unistd::linkat(
+                    tdir.as_fd(),
+                    cstr(tlast).as_c_str(),
+                    parent.as_fd(),
+                    name.as_c_str(),
+                    nix::fcntl::AtFlags::empty(),
+                )
+                .map_err(|e| io("hard link", e))?;
+            }
+            EntryType::XGlobalHeader | EntryType::XHeader => {}
+            other => {
+                return Err(UnpackError::Unsupported {
+                    path: shown(),
+                    kind: entry_kind(other),
+                });
+            }
+        }
+        parent_cache = Some((parent_key, parent));
+    }
+    Ok(stats)
+}
+
+fn entry_kind(t: EntryType) -> &'static str {
+    match t {
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        EntryType::Fifo => "FIFO",
+        EntryType::GNUSparse => "sparse file",
+        _ => "special entry",
+    }
+}
+
+fn openat_file(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    flags: OFlag,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    loop {
+        // SAFETY: valid C string and live directory descriptor; the result is ours.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags.bits(),
+                mode as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat just returned this descriptor to us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}
+
+/// Removes what stands at `name` unless it is a directory (an archive may overwrite a file
+/// or symlink, never silently replace a directory tree).
+fn remove_non_dir(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errno> {
+    match fstatat_nofollow(dir, name) {
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+            Err(Errno::EISDIR)
+        }
+        Ok(_) => nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir),
+    }
 }

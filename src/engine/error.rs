@@ -1,0 +1,62 @@
+//! Errors of one build, each named after the step that failed. `is_client_error` tells the
+//! job's fault (bad request data) from the builder's (a backend failure).
+
+use crate::backend::ToolchainId;
+use crate::exec::InvalidCommand;
+use crate::untrusted::{BeneathError, UnpackError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid command: {0}")]
+    Command(#[from] InvalidCommand),
+    #[error("invalid output path {path:?}: {reason}")]
+    OutputPath { path: String, reason: String },
+    #[error("toolchain {id}: opening the archive: {source}")]
+    ToolchainOpen {
+        id: ToolchainId,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The toolchain archive is unusable (corrupt, hostile): remove it from any cache.
+    #[error("toolchain {id} is unusable: {source}")]
+    Toolchain {
+        id: ToolchainId,
+        #[source]
+        source: BoxError,
+    },
+    #[error("inputs archive: {0}")]
+    Inputs(#[source] UnpackError),
+    #[error("creating directory {path:?}: {source}")]
+    Directory {
+        path: String,
+        #[source]
+        source: BeneathError,
+    },
+    /// The command could not start inside the sandbox (missing executable or cwd).
+    #[error("the command could not start in the sandbox: {0}")]
+    Start(#[source] BoxError),
+    #[error("output {path:?}: {source}")]
+    Output {
+        path: String,
+        #[source]
+        source: BeneathError,
+    },
+    #[error("{step} failed ({backend} backend): {source}")]
+    Backend {
+        step: &'static str,
+        backend: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("the builder is shutting down")]
+    ShuttingDown,
+}
+
+impl BuildError {
+    /// True when the request was at fault; false when the builder was.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, BuildError::Backend { .. } | BuildError::ShuttingDown)
+    }
+}

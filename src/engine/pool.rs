@@ -1,0 +1,578 @@
+//! Images and the container pool, with the background recycler.
+//!
+//! One mutex guards the bookkeeping (never held across a backend call); a condvar wakes
+//! builds waiting for an image being built or a container coming back (no busy-waiting).
+//! Images are built single-flight per toolchain: concurrent builds of the same toolchain
+//! wait for the first, other toolchains proceed. A container handed back is reset by the
+//! recycler threads, off the build's critical path; one that fails to reset is destroyed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::build::ToolchainSource;
+use super::{BuildError, EngineConfig, EngineStats, Health};
+use crate::backend::{Backend, ToolchainId};
+
+enum ImageState<B: Backend> {
+    Building,
+    Ready(Arc<B::Image>),
+}
+
+struct Slot<B: Backend> {
+    image: ImageState<B>,
+    ready: Vec<B::Container>,
+    /// Containers of this image in any state: ready, lent, queued, being created.
+    alive: usize,
+    /// Builds between `image()` and `release()`: the image must not be evicted under them.
+    users: usize,
+    last_used: u64,
+}
+
+struct State<B: Backend> {
+    images: HashMap<ToolchainId, Slot<B>>,
+    alive: usize,
+    lent: usize,
+    queued: usize,
+    clock: u64,
+    shutting_down: bool,
+}
+
+enum Job<B: Backend> {
+    Reset(ToolchainId, B::Container),
+    Create(ToolchainId, Arc<B::Image>),
+    DestroyImage(ToolchainId, Arc<B::Image>, Vec<B::Container>),
+}
+
+#[derive(Default)]
+struct Counters {
+    images_created: AtomicU64,
+    images_evicted: AtomicU64,
+    containers_created: AtomicU64,
+    containers_reset: AtomicU64,
+    containers_destroyed: AtomicU64,
+    reset_failures: AtomicU64,
+}
+
+pub(crate) struct Pool<B: Backend> {
+    pub(crate) backend: B,
+    pub(crate) config: EngineConfig,
+    pub(crate) health: Health,
+    state: Mutex<State<B>>,
+    changed: Condvar,
+    jobs: Mutex<Option<mpsc::Sender<Job<B>>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    counters: Counters,
+}
+
+fn backend_error<B: Backend>(backend: &B, step: &'static str, e: B::Error) -> BuildError {
+    BuildError::Backend {
+        step,
+        backend: backend.kind(),
+        source: Box::new(e),
+    }
+}
+
+impl<B: Backend> Pool<B> {
+    pub(crate) fn start(backend: B, config: EngineConfig) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel::<Job<B>>();
+        let pool = Arc::new(Pool {
+            backend,
+            health: Health {
+                consecutive_failures: AtomicU32::new(0),
+                builds_ok: AtomicU64::new(0),
+                builds_failed: AtomicU64::new(0),
+            },
+            state: Mutex::new(State {
+                images: HashMap::new(),
+                alive: 0,
+                lent: 0,
+                queued: 0,
+                clock: 0,
+                shutting_down: false,
+            }),
+            changed: Condvar::new(),
+            jobs: Mutex::new(Some(tx)),
+            threads: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            config,
+        });
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for i in 0..pool.config.recycler_threads.max(1) {
+            let (pool, rx) = (Arc::clone(&pool), Arc::clone(&rx));
+            let spawned = std::thread::Builder::new()
+                .name(format!("jb-recycler-{i}"))
+                .spawn(move || loop {
+                    // The receiver lock is held only while waiting for the next job.
+                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    pool.run_job(job);
+                    pool.lock().queued -= 1;
+                    pool.changed.notify_all();
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => log::error!("cannot start recycler thread: {e}"),
+            }
+        }
+        *pool.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+        pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
+        // A panic elsewhere must not take the server down with a poisoned lock: the
+        // bookkeeping is updated in single statements and stays consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State<B>>) -> MutexGuard<'a, State<B>> {
+        self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job for the recycler; hands it back when there is none (shut down), for the
+    /// caller to run itself.
+    fn send(&self, st: &mut State<B>, job: Job<B>) -> Option<Job<B>> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = jobs.as_ref() else {
+            return Some(job);
+        };
+        match tx.send(job) {
+            Ok(()) => {
+                st.queued += 1;
+                None
+            }
+            Err(mpsc::SendError(job)) => Some(job),
+        }
+    }
+
+    fn dispatch(&self, jobs: Vec<Job<B>>) {
+        for job in jobs {
+            let left = {
+                let mut st = self.lock();
+                self.send(&mut st, job)
+            };
+            if let Some(job) = left {
+                self.run_job(job);
+            }
+        }
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_build(&self, ok: bool) {
+        if ok {
+            self.health.consecutive_failures.store(0, Ordering::Relaxed);
+            self.health.builds_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.health.builds_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The image for `id`, built from `source` if no one has built it yet. Single-flight:
+    /// a second caller waits for the first; other toolchains are not held up.
+    pub(crate) fn image(
+        &self,
+        id: &ToolchainId,
+        source: &dyn ToolchainSource,
+    ) -> Result<Arc<B::Image>, BuildError> {
+        let mut st = self.lock();
+        loop {
+            if st.shutting_down {
+                return Err(BuildError::ShuttingDown);
+            }
+            st.clock += 1;
+            let clock = st.clock;
+            match st.images.get_mut(id) {
+                Some(slot) => match &slot.image {
+                    ImageState::Ready(image) => {
+                        slot.users += 1;
+                        slot.last_used = clock;
+                        return Ok(Arc::clone(image));
+                    }
+                    ImageState::Building => st = self.wait(st),
+                },
+                None => break,
+            }
+        }
+        let victims = self.evict_images(&mut st, self.config.max_images.saturating_sub(1));
+        let clock = st.clock;
+        st.images.insert(
+            id.clone(),
+            Slot {
+                image: ImageState::Building,
+                ready: Vec::new(),
+                alive: 0,
+                users: 1,
+                last_used: clock,
+            },
+        );
+        drop(st);
+        self.dispatch(victims);
+
+        // If creation panics, waiters must not wait forever on a Building slot.
+        struct Unbuilt<'a, B: Backend>(&'a Pool<B>, &'a ToolchainId, bool);
+        impl<B: Backend> Drop for Unbuilt<'_, B> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    self.0.lock().images.remove(self.1);
+                    self.0.changed.notify_all();
+                }
+            }
+        }
+        let mut guard = Unbuilt(self, id, false);
+        let started = Instant::now();
+        let created = match source.open() {
+            Err(e) => Err(BuildError::ToolchainOpen {
+                id: id.clone(),
+                source: e,
+            }),
+            Ok(mut reader) => self.backend.create_image(id, &mut *reader).map_err(|e| {
+                if self.backend.is_job_error(&e) {
+                    BuildError::Toolchain {
+                        id: id.clone(),
+                        source: Box::new(e),
+                    }
+                } else {
+                    self.record_failure();
+                    backend_error(&self.backend, "creating the toolchain image", e)
+                }
+            }),
+        };
+        let image = Arc::new(created?);
+        guard.2 = true;
+        self.counters.images_created.fetch_add(1, Ordering::Relaxed);
+        log::info!("toolchain image {id} ready in {:?}", started.elapsed());
+
+        let mut st = self.lock();
+        let warm = self.prewarm_count(&st, 0, 0);
+        let mut jobs = Vec::new();
+        if let Some(slot) = st.images.get_mut(id) {
+            slot.image = ImageState::Ready(Arc::clone(&image));
+            let warm = warm.min(self.config.max_containers_per_toolchain);
+            slot.alive += warm;
+            jobs.extend((0..warm).map(|_| Job::Create(id.clone(), Arc::clone(&image))));
+            st.alive += warm;
+        }
+        drop(st);
+        self.changed.notify_all();
+        self.dispatch(jobs);
+        Ok(image)
+    }
+
+    /// How many containers to create in the background for a toolchain with `ready`
+    /// ready and `alive` alive containers, within the bounds.
+    fn prewarm_count(&self, st: &State<B>, ready: usize, alive: usize) -> usize {
+        let want = self.config.warm_per_toolchain.saturating_sub(ready);
+        let room_tc = self
+            .config
+            .max_containers_per_toolchain
+            .saturating_sub(alive);
+        let room = self.config.max_containers.saturating_sub(st.alive);
+        if st.shutting_down {
+            0
+        } else {
+            want.min(room_tc).min(room)
+        }
+    }
+
+    /// Removes least-recently-used idle images until at most `keep` remain; returns the
+    /// jobs that destroy them (containers first: a snapshot with clones cannot go).
+    fn evict_images(&self, st: &mut State<B>, keep: usize) -> Vec<Job<B>> {
+        let mut jobs = Vec::new();
+        while st.images.len() > keep {
+            let victim = st
+                .images
+                .iter()
+                .filter(|(_, s)| {
+                    s.users == 0
+                        && s.alive == s.ready.len()
+                        && matches!(s.image, ImageState::Ready(_))
+                })
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| id.clone());
+            let Some(id) = victim else {
+                log::warn!(
+                    "{} images exceed max_images {keep}, none idle to evict",
+                    st.images.len()
+                );
+                break;
+            };
+            // Its containers stay counted as alive until the recycler has destroyed them.
+            let slot = st.images.remove(&id).expect("victim is in the map");
+            if let ImageState::Ready(image) = slot.image {
+                log::info!("evicting idle toolchain image {id}");
+                self.counters.images_evicted.fetch_add(1, Ordering::Relaxed);
+                jobs.push(Job::DestroyImage(id, image, slot.ready));
+            }
+        }
+        jobs
+    }
+
+    /// A ready container of image `id`: from the warm pool, else created now within the
+    /// bounds, else (at the bound) after evicting another toolchain's idle container or
+    /// waiting for one to come back.
+    pub(crate) fn acquire(
+        &self,
+        id: &ToolchainId,
+        image: &Arc<B::Image>,
+    ) -> Result<B::Container, BuildError> {
+        let max = self.config.max_containers.max(1);
+        let max_tc = self.config.max_containers_per_toolchain.max(1);
+        let mut st = self.lock();
+        loop {
+            if st.shutting_down {
+                return Err(BuildError::ShuttingDown);
+            }
+            let total_alive = st.alive;
+            let Some(slot) = st.images.get_mut(id) else {
+                return Err(BuildError::ShuttingDown);
+            };
+            if let Some(container) = slot.ready.pop() {
+                let (ready, alive) = (slot.ready.len(), slot.alive);
+                st.lent += 1;
+                let warm = self.prewarm_count(&st, ready, alive).min(1);
+                let mut jobs = Vec::new();
+                if warm > 0 {
+                    st.alive += 1;
+                    if let Some(slot) = st.images.get_mut(id) {
+                        slot.alive += 1;
+                    }
+                    jobs.push(Job::Create(id.clone(), Arc::clone(image)));
+                }
+                drop(st);
+                self.dispatch(jobs);
+                return Ok(container);
+            }
+            if total_alive < max && slot.alive < max_tc {
+                slot.alive += 1;
+                st.alive += 1;
+                st.lent += 1;
+                drop(st);
+                return match self.backend.create_container(image) {
+                    Ok(c) => {
+                        self.counters
+                            .containers_created
+                            .fetch_add(1, Ordering::Relaxed);
+                        Ok(c)
+                    }
+                    Err(e) => {
+                        self.forget_container(Some(id), true);
+                        self.record_failure();
+                        Err(backend_error(&self.backend, "creating a container", e))
+                    }
+                };
+            }
+            if total_alive >= max {
+                if let Some((victim_id, victim)) = self.steal_idle_container(&mut st, id) {
+                    drop(st);
+                    self.destroy(victim);
+                    self.forget_container(Some(&victim_id), false);
+                    st = self.lock();
+                    continue;
+                }
+            }
+            st = self.wait(st);
+        }
+    }
+
+    /// Takes a ready container of the least recently used *other* toolchain, to make room.
+    /// It stays counted as alive until it is destroyed, so the bound holds throughout.
+    fn steal_idle_container(
+        &self,
+        st: &mut State<B>,
+        not: &ToolchainId,
+    ) -> Option<(ToolchainId, B::Container)> {
+        let id = st
+            .images
+            .iter()
+            .filter(|(k, s)| *k != not && !s.ready.is_empty())
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, _)| k.clone())?;
+        let c = st.images.get_mut(&id)?.ready.pop()?;
+        Some((id, c))
+    }
+
+    /// Bookkeeping for a container that no longer exists; `id` is None when its image's
+    /// slot is already gone (evicted, shut down).
+    fn forget_container(&self, id: Option<&ToolchainId>, was_lent: bool) {
+        let mut st = self.lock();
+        st.alive = st.alive.saturating_sub(1);
+        if was_lent {
+            st.lent = st.lent.saturating_sub(1);
+        }
+        if let Some(slot) = id.and_then(|id| st.images.get_mut(id)) {
+            slot.alive = slot.alive.saturating_sub(1);
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Hands a container back after a build: the recycler resets it.
+    pub(crate) fn release(&self, id: &ToolchainId, container: B::Container) {
+        let left = {
+            let mut st = self.lock();
+            st.lent -= 1;
+            self.send(&mut st, Job::Reset(id.clone(), container))
+        };
+        if let Some(job) = left {
+            self.run_job(job);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The build is done with the image (pairs with a successful `image()`).
+    pub(crate) fn done_with_image(&self, id: &ToolchainId) {
+        let mut st = self.lock();
+        if let Some(slot) = st.images.get_mut(id) {
+            slot.users = slot.users.saturating_sub(1);
+        }
+    }
+
+    fn destroy(&self, c: B::Container) {
+        if let Err(e) = self.backend.destroy_container(c) {
+            self.record_failure();
+            log::error!("destroying a container failed: {e}");
+        }
+        self.counters
+            .containers_destroyed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn run_job(&self, job: Job<B>) {
+        match job {
+            Job::Reset(id, mut c) => {
+                let result = self.backend.reset(&mut c);
+                let mut st = self.lock();
+                let keep = result.is_ok() && !st.shutting_down;
+                match (keep, st.images.get_mut(&id)) {
+                    (true, Some(slot)) => {
+                        slot.ready.push(c);
+                        drop(st);
+                        self.counters
+                            .containers_reset
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        drop(st);
+                        if let Err(e) = result {
+                            // Never reuse a container whose reset failed.
+                            log::warn!("container reset failed, destroying it: {e}");
+                            self.counters.reset_failures.fetch_add(1, Ordering::Relaxed);
+                            self.record_failure();
+                        }
+                        self.destroy(c);
+                        self.forget_container(Some(&id), false);
+                    }
+                }
+            }
+            Job::Create(id, image) => match self.backend.create_container(&image) {
+                Ok(c) => {
+                    self.counters
+                        .containers_created
+                        .fetch_add(1, Ordering::Relaxed);
+                    let mut st = self.lock();
+                    let keep = !st.shutting_down;
+                    match (keep, st.images.get_mut(&id)) {
+                        (true, Some(slot)) => slot.ready.push(c),
+                        _ => {
+                            drop(st);
+                            self.destroy(c);
+                            self.forget_container(Some(&id), false);
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("pre-warming a container for {id} failed: {e}");
+                    self.record_failure();
+                    self.forget_container(Some(&id), false);
+                }
+            },
+            Job::DestroyImage(id, image, containers) => {
+                for c in containers {
+                    self.destroy(c);
+                    self.forget_container(None, false);
+                }
+                match Arc::try_unwrap(image) {
+                    Ok(image) => {
+                        if let Err(e) = self.backend.destroy_image(image) {
+                            self.record_failure();
+                            log::error!("destroying toolchain image {id} failed: {e}");
+                        }
+                    }
+                    Err(_) => log::error!("toolchain image {id} still referenced; not destroyed"),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn wait_idle(&self) {
+        let mut st = self.lock();
+        while st.queued > 0 {
+            st = self.wait(st);
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        let mut st = self.lock();
+        if st.shutting_down && st.images.is_empty() {
+            return;
+        }
+        st.shutting_down = true;
+        self.changed.notify_all();
+        while st.lent > 0 || st.queued > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "shutdown: {} builds still running after the grace period",
+                    st.lent
+                );
+                break;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let slots: Vec<(ToolchainId, Slot<B>)> = st.images.drain().collect();
+        drop(st);
+        for (id, slot) in slots {
+            if let ImageState::Ready(image) = slot.image {
+                self.run_job(Job::DestroyImage(id, image, slot.ready));
+            }
+        }
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> EngineStats {
+        let st = self.lock();
+        let c = &self.counters;
+        EngineStats {
+            builds_ok: self.health.builds_ok.load(Ordering::Relaxed),
+            builds_failed: self.health.builds_failed.load(Ordering::Relaxed),
+            images_created: c.images_created.load(Ordering::Relaxed),
+            images_evicted: c.images_evicted.load(Ordering::Relaxed),
+            containers_created: c.containers_created.load(Ordering::Relaxed),
+            containers_reset: c.containers_reset.load(Ordering::Relaxed),
+            containers_destroyed: c.containers_destroyed.load(Ordering::Relaxed),
+            reset_failures: c.reset_failures.load(Ordering::Relaxed),
+            containers_alive: st.alive,
+            containers_ready: st.images.values().map(|s| s.ready.len()).sum(),
+            images: st.images.len(),
+        }
+    }
+}

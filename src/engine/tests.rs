@@ -1,0 +1,648 @@
+//! Engine tests over a directory-backed test backend that counts calls and injects faults.
+//! (The FreeBSD orchestration has its own fake kernel; this one isolates the engine.)
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::backend::{CleanupReport, ExecOutcome, ExitStatus, ToolchainId};
+use crate::exec::{CommandSpec, PreparedCommand};
+use crate::untrusted::{self, RootDir};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TestError(String, bool);
+
+type Program = dyn Fn(&Path, &PreparedCommand) -> ExecOutcome + Send + Sync;
+
+#[derive(Default)]
+struct Shared {
+    calls: Mutex<Vec<String>>,
+    /// step -> calls left before it fails (0 = fail now); absent = never fails.
+    faults: Mutex<HashMap<&'static str, usize>>,
+    alive: AtomicUsize,
+    max_alive: AtomicUsize,
+    next: AtomicUsize,
+    /// Image creation of a toolchain named "slow" waits on this barrier twice.
+    slow_gate: Mutex<Option<Arc<Barrier>>>,
+}
+
+struct TestBackend {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    program: Box<Program>,
+}
+
+struct TestContainer {
+    root: PathBuf,
+    image: PathBuf,
+}
+
+impl TestBackend {
+    fn step(&self, name: &'static str, detail: String) -> Result<(), TestError> {
+        self.shared
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("{name} {detail}"));
+        let mut faults = self.shared.faults.lock().unwrap();
+        if let Some(n) = faults.get_mut(name) {
+            if *n == 0 {
+                faults.remove(name);
+                return Err(TestError(format!("injected failure in {name}"), false));
+            }
+            *n -= 1;
+        }
+        Ok(())
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let ty = e.file_type().unwrap();
+        let dest = to.join(e.file_name());
+        if ty.is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(e.path()).unwrap(), dest).unwrap();
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+impl Backend for TestBackend {
+    type Image = PathBuf;
+    type Container = TestContainer;
+    type Error = TestError;
+
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn is_job_error(&self, e: &TestError) -> bool {
+        e.1
+    }
+
+    fn remove_leftovers(&self) -> Result<CleanupReport, TestError> {
+        self.step("remove_leftovers", String::new())?;
+        Ok(CleanupReport::default())
+    }
+
+    fn create_image(
+        &self,
+        id: &ToolchainId,
+        tc: &mut dyn std::io::Read,
+    ) -> Result<PathBuf, TestError> {
+        self.step("create_image", id.to_string())?;
+        if id.as_str() == "slow" {
+            let gate = self.shared.slow_gate.lock().unwrap().clone();
+            if let Some(g) = gate {
+                g.wait(); // tell the test we are inside create_image
+                g.wait(); // and wait until it lets us finish
+            }
+        }
+        let dir = self.dir.join("images").join(id.as_str());
+        fs::create_dir_all(&dir).unwrap();
+        let root = RootDir::open(&dir).unwrap();
+        untrusted::unpack_tar_gz(tc, &root, &Default::default())
+            .map_err(|e| TestError(e.to_string(), true))?;
+        Ok(dir)
+    }
+
+    fn destroy_image(&self, image: PathBuf) -> Result<(), TestError> {
+        self.step(
+            "destroy_image",
+            image.file_name().unwrap().to_string_lossy().into(),
+        )?;
+        fs::remove_dir_all(image).unwrap();
+        Ok(())
+    }
+
+    fn create_container(&self, image: &PathBuf) -> Result<TestContainer, TestError> {
+        self.step("create_container", String::new())?;
+        let n = self.shared.next.fetch_add(1, Ordering::SeqCst);
+        let root = self.dir.join(format!("c{n}"));
+        copy_tree(image, &root);
+        let alive = self.shared.alive.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.max_alive.fetch_max(alive, Ordering::SeqCst);
+        Ok(TestContainer {
+            root,
+            image: image.clone(),
+        })
+    }
+
+    fn root<'c>(&self, c: &'c TestContainer) -> &'c Path {
+        &c.root
+    }
+
+    fn exec(
+        &self,
+        c: &TestContainer,
+        cmd: &PreparedCommand,
+        user: BuildUser,
+        _l: &Limits,
+    ) -> Result<ExecOutcome, TestError> {
+        self.step("exec", format!("{} as {}", cmd.spec().executable, user.uid))?;
+        if !c
+            .root
+            .join(cmd.spec().executable.trim_start_matches('/'))
+            .exists()
+        {
+            return Err(TestError(
+                format!("{} not found", cmd.spec().executable),
+                true,
+            ));
+        }
+        Ok((self.program)(&c.root, cmd))
+    }
+
+    fn reset(&self, c: &mut TestContainer) -> Result<(), TestError> {
+        self.step("reset", String::new())?;
+        fs::remove_dir_all(&c.root).unwrap();
+        copy_tree(&c.image, &c.root);
+        Ok(())
+    }
+
+    fn destroy_container(&self, c: TestContainer) -> Result<(), TestError> {
+        self.step("destroy_container", String::new())?;
+        fs::remove_dir_all(&c.root).unwrap();
+        self.shared.alive.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn clean_all(&self) -> Result<CleanupReport, TestError> {
+        Ok(CleanupReport::default())
+    }
+}
+
+/// A "compiler" that concatenates its input arguments (relative to cwd) into `-o` output.
+fn fake_cc(root: &Path, cmd: &PreparedCommand) -> ExecOutcome {
+    let spec = cmd.spec();
+    let cwd = root.join(spec.cwd.trim_start_matches('/'));
+    let mut out = None;
+    let mut data = Vec::new();
+    let mut args = spec.arguments.iter();
+    while let Some(a) = args.next() {
+        if a == "-o" {
+            out = args.next().cloned();
+        } else if a == "--fail" {
+            return ExecOutcome {
+                status: ExitStatus::Code(1),
+                stdout: vec![],
+                stderr: b"error: asked to fail".to_vec(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+            };
+        } else if a == "--leave" {
+            fs::write(cwd.join("leftover.tmp"), b"x").unwrap();
+        } else {
+            match fs::read(cwd.join(a)) {
+                Ok(d) => data.extend(d),
+                Err(_) => data.extend(format!("[missing {a}]").bytes()),
+            }
+        }
+    }
+    if let Some(o) = out {
+        fs::write(cwd.join(o), &data).unwrap();
+    }
+    ExecOutcome {
+        status: ExitStatus::Code(0),
+        stdout: b"ok".to_vec(),
+        stderr: vec![],
+        stdout_truncated: false,
+        stderr_truncated: false,
+    }
+}
+
+fn toolchain_tgz() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o755);
+    h.set_cksum();
+    b.append_data(&mut h, "usr/bin/cc", &b"cc"[..]).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&b.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+fn inputs_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+struct Harness {
+    // Field order is drop order: the engine shuts down before its directory goes.
+    engine: Engine<TestBackend>,
+    shared: Arc<Shared>,
+    tc: Vec<u8>,
+    _tmp: tempfile::TempDir,
+}
+
+fn harness(config: EngineConfig) -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = Arc::new(Shared::default());
+    let backend = TestBackend {
+        dir: tmp.path().to_path_buf(),
+        shared: Arc::clone(&shared),
+        program: Box::new(fake_cc),
+    };
+    let engine = Engine::start(backend, config).unwrap();
+    Harness {
+        _tmp: tmp,
+        shared,
+        engine,
+        tc: toolchain_tgz(),
+    }
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        max_containers: 4,
+        max_containers_per_toolchain: 4,
+        warm_per_toolchain: 1,
+        max_images: 4,
+        build_user: BuildUser {
+            uid: 4242,
+            gid: 4242,
+        },
+        shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
+    }
+}
+
+impl Harness {
+    fn build(
+        &self,
+        tc: &str,
+        files: &[(&str, &[u8])],
+        args: &[&str],
+        outputs: &[&str],
+    ) -> Result<BuildOutcome, BuildError> {
+        let inputs = inputs_tar(files);
+        self.engine.build(BuildRequest {
+            toolchain: ToolchainId::new(tc).unwrap(),
+            toolchain_archive: &self.tc,
+            inputs: &mut inputs.as_slice(),
+            command: CommandSpec {
+                executable: "/usr/bin/cc".into(),
+                arguments: args.iter().map(|s| s.to_string()).collect(),
+                env_vars: vec![],
+                cwd: "/work".into(),
+            },
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn count(&self, step: &str) -> usize {
+        self.shared
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.split(' ').next() == Some(step))
+            .count()
+    }
+
+    fn fail(&self, step: &'static str, after: usize) {
+        self.shared.faults.lock().unwrap().insert(step, after);
+    }
+}
+
+#[test]
+fn a_build_runs_end_to_end_as_the_build_user() {
+    let h = harness(config());
+    let out = h
+        .build(
+            "tc1",
+            &[("work/a.c", b"AAA"), ("work/b.c", b"BBB")],
+            &["a.c", "b.c", "-o", "obj/ab.o"],
+            &["obj/ab.o", "never.o"],
+        )
+        .unwrap();
+    assert!(out.exec.status.success());
+    assert_eq!(
+        out.outputs,
+        vec![Output {
+            path: "obj/ab.o".into(),
+            data: b"AAABBB".to_vec()
+        }]
+    );
+    assert!(h
+        .shared
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"exec /usr/bin/cc as 4242".to_string()));
+    assert!(out.timings.total >= out.timings.exec);
+}
+
+#[test]
+fn a_reused_container_has_none_of_the_previous_build_files() {
+    let mut cfg = config();
+    cfg.max_containers = 1;
+    cfg.max_containers_per_toolchain = 1;
+    let h = harness(cfg);
+    h.build(
+        "tc1",
+        &[("work/a.c", b"A")],
+        &["a.c", "--leave", "-o", "a.o"],
+        &["a.o"],
+    )
+    .unwrap();
+    h.engine.wait_idle();
+    // Same single container, reset in between: leftover.tmp and a.c are gone.
+    let out = h
+        .build("tc1", &[], &["leftover.tmp", "a.c", "-o", "b.o"], &["b.o"])
+        .unwrap();
+    assert_eq!(out.outputs[0].data, b"[missing leftover.tmp][missing a.c]");
+    h.engine.wait_idle();
+    assert_eq!(
+        h.count("create_container"),
+        1,
+        "{:?}",
+        h.shared.calls.lock().unwrap()
+    );
+    assert_eq!(h.count("reset"), 2);
+}
+
+#[test]
+fn images_are_built_once_under_concurrency() {
+    let h = Arc::new(harness(config()));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                let name = format!("work/{i}.c");
+                h.build(
+                    "tc1",
+                    &[(&name, b"x")],
+                    &[&format!("{i}.c"), "-o", "o"],
+                    &["o"],
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().outputs[0].data, b"x");
+    }
+    assert_eq!(h.count("create_image"), 1);
+    assert!(
+        h.shared.max_alive.load(Ordering::SeqCst) <= 4,
+        "pool bound exceeded"
+    );
+}
+
+#[test]
+fn a_slow_image_does_not_block_other_toolchains() {
+    let h = Arc::new(harness(config()));
+    let gate = Arc::new(Barrier::new(2));
+    *h.shared.slow_gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let slow = {
+        let h = Arc::clone(&h);
+        std::thread::spawn(move || h.build("slow", &[], &["-o", "o"], &["o"]).unwrap())
+    };
+    gate.wait(); // "slow" is now inside create_image
+                 // Another toolchain builds to completion while "slow" is still being created.
+    h.build(
+        "fast",
+        &[("work/f.c", b"F")],
+        &["f.c", "-o", "f.o"],
+        &["f.o"],
+    )
+    .unwrap();
+    gate.wait();
+    slow.join().unwrap();
+}
+
+#[test]
+fn the_pool_bound_holds_and_waiters_are_served() {
+    let mut cfg = config();
+    cfg.max_containers = 2;
+    cfg.max_containers_per_toolchain = 2;
+    let h = Arc::new(harness(cfg));
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let h = Arc::clone(&h);
+            let tc = if i % 2 == 0 { "tc1" } else { "tc2" };
+            std::thread::spawn(move || h.build(tc, &[], &["-o", "o"], &["o"]).unwrap())
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        h.shared.max_alive.load(Ordering::SeqCst) <= 2,
+        "max {}",
+        h.shared.max_alive.load(Ordering::SeqCst)
+    );
+    h.engine.wait_idle();
+    assert!(h.engine.stats().containers_alive <= 2);
+}
+
+#[test]
+fn a_container_that_fails_to_reset_is_destroyed_and_replaced() {
+    let mut cfg = config();
+    cfg.max_containers = 1;
+    cfg.max_containers_per_toolchain = 1;
+    let h = harness(cfg);
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    h.engine.wait_idle();
+    h.fail("reset", 0);
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    h.engine.wait_idle();
+    let s = h.engine.stats();
+    assert_eq!(s.reset_failures, 1);
+    assert_eq!(h.count("destroy_container"), 1);
+    // The next build gets a fresh container.
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    assert_eq!(h.count("create_container"), 2);
+}
+
+#[test]
+fn repeated_backend_failures_make_the_builder_unhealthy_until_a_success() {
+    let mut cfg = config();
+    cfg.unhealthy_after = 3;
+    cfg.warm_per_toolchain = 0;
+    let h = harness(cfg);
+    assert!(h.engine.is_healthy());
+    for _ in 0..3 {
+        h.fail("create_container", 0);
+        let e = h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap_err();
+        assert!(!e.is_client_error(), "{e}");
+    }
+    assert!(!h.engine.is_healthy());
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    assert!(h.engine.is_healthy());
+}
+
+#[test]
+fn bad_requests_fail_the_job_only() {
+    let h = harness(config());
+    let inputs = inputs_tar(&[]);
+    let cases: Vec<(CommandSpec, Vec<String>, Vec<u8>)> = vec![
+        (
+            CommandSpec {
+                executable: "cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            vec![],
+            inputs.clone(),
+        ),
+        (
+            CommandSpec {
+                executable: "/usr/bin/cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            vec!["../../etc/passwd".into()],
+            inputs.clone(),
+        ),
+        (
+            CommandSpec {
+                executable: "/usr/bin/cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            vec![],
+            b"garbage that is not a tar archive at all".repeat(20),
+        ),
+        (
+            CommandSpec {
+                executable: "/no/such/cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            vec![],
+            inputs.clone(),
+        ),
+    ];
+    for (command, outputs, inputs) in cases {
+        let err = h
+            .engine
+            .build(BuildRequest {
+                toolchain: ToolchainId::new("tc1").unwrap(),
+                toolchain_archive: &h.tc,
+                inputs: &mut inputs.as_slice(),
+                command,
+                outputs,
+            })
+            .unwrap_err();
+        assert!(err.is_client_error(), "{err}");
+    }
+    // A corrupt toolchain is the job's fault and is reported as such.
+    let err = h
+        .engine
+        .build(BuildRequest {
+            toolchain: ToolchainId::new("broken").unwrap(),
+            toolchain_archive: &&b"not gzip"[..],
+            inputs: &mut inputs.as_slice(),
+            command: CommandSpec {
+                executable: "/usr/bin/cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            outputs: vec![],
+        })
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Toolchain { .. }), "{err}");
+    assert!(h.engine.is_healthy());
+    // The builder still serves, and the failed compile's stderr comes back.
+    let out = h.build("tc1", &[], &["--fail"], &["o"]).unwrap();
+    assert_eq!(out.exec.status, ExitStatus::Code(1));
+    assert_eq!(out.exec.stderr, b"error: asked to fail");
+    assert!(out.outputs.is_empty());
+    h.engine.wait_idle();
+    assert_eq!(
+        h.engine.stats().containers_alive,
+        h.engine.stats().containers_ready
+    );
+}
+
+#[test]
+fn a_symlinked_output_is_refused_not_followed() {
+    let h = harness(config());
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    fs::write(&secret, b"host secret").unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut hd = tar::Header::new_gnu();
+    hd.set_entry_type(tar::EntryType::Symlink);
+    hd.set_size(0);
+    hd.set_cksum();
+    b.append_link(&mut hd, "work/out.o", &secret).unwrap();
+    let inputs = b.into_inner().unwrap();
+    let err = h
+        .engine
+        .build(BuildRequest {
+            toolchain: ToolchainId::new("tc1").unwrap(),
+            toolchain_archive: &h.tc,
+            inputs: &mut inputs.as_slice(),
+            command: CommandSpec {
+                executable: "/usr/bin/cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            outputs: vec!["out.o".into()],
+        })
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Output { .. }), "{err}");
+}
+
+#[test]
+fn idle_images_are_evicted_least_recently_used_first() {
+    let mut cfg = config();
+    cfg.max_images = 2;
+    let h = harness(cfg);
+    for tc in ["tc1", "tc2"] {
+        h.build(tc, &[], &["-o", "o"], &["o"]).unwrap();
+    }
+    h.engine.wait_idle();
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap(); // tc2 is now the LRU
+    h.engine.wait_idle();
+    h.build("tc3", &[], &["-o", "o"], &["o"]).unwrap();
+    h.engine.wait_idle();
+    let calls = h.shared.calls.lock().unwrap().clone();
+    let destroyed: Vec<_> = calls
+        .iter()
+        .filter(|c| c.starts_with("destroy_image"))
+        .collect();
+    assert_eq!(destroyed, vec!["destroy_image tc2"]);
+    // Its containers went first (a snapshot with clones cannot be destroyed).
+    let img_at = calls.iter().position(|c| c == "destroy_image tc2").unwrap();
+    assert!(calls[..img_at]
+        .iter()
+        .any(|c| c.starts_with("destroy_container")));
+    assert_eq!(h.engine.stats().images, 2);
+    assert_eq!(h.engine.stats().images_evicted, 1);
+}
+
+#[test]
+fn shutdown_destroys_every_container_and_image() {
+    let h = harness(config());
+    for tc in ["tc1", "tc2"] {
+        h.build(tc, &[], &["-o", "o"], &["o"]).unwrap();
+    }
+    h.engine.shutdown();
+    assert_eq!(h.shared.alive.load(Ordering::SeqCst), 0);
+    assert_eq!(h.count("destroy_image"), 2);
+    let err = h.build("tc1", &[], &[], &[]).unwrap_err();
+    assert!(matches!(err, BuildError::ShuttingDown));
+}
