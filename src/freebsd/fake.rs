@@ -159,6 +159,7 @@ fn zerr(op: &'static str, name: &str, errno: i32) -> KernelError {
         op,
         name: name.to_string(),
         errno,
+        detail: String::new(),
     }
 }
 

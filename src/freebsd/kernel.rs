@@ -65,11 +65,13 @@ pub struct JailInfo {
 /// the kernel's own message.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("zfs {op} {name}: {}", errno_str(*.errno))]
+    #[error("zfs {op} {name}: {}{}", errno_str(*.errno), errmsg_suffix(.detail))]
     Zfs {
         op: &'static str,
         name: String,
         errno: i32,
+        /// More from the ZFS layer (per-snapshot errors, a rejected name), may be empty.
+        detail: String,
     },
     #[error("nmount {fstype} on {}: {}{}", .fspath.display(), errno_str(*.errno), errmsg_suffix(.errmsg))]
     Nmount {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{BuildUser, ExecOutcome, Limits};
 use crate::exec::{child_fail, errno, supervise, ExecError, PreparedCommand, SetupStep, SpawnedChild};
-use crate::zfs::{Zfs, ZfsError};
+use crate::zfs::{NvList, Zfs, ZfsError};
 
 use super::kernel::{check_rc, JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
 
@@ -38,27 +38,37 @@ pub struct RealKernel {
 impl RealKernel {
     /// Opens /dev/zfs (libzfs_core_init, refcounted and thread-safe).
     pub fn new() -> KResult<RealKernel> {
-        let zfs = Zfs::open().map_err(|e| zfs_err("init", "/dev/zfs", e))?;
+        let zfs = Zfs::new().map_err(|e| zfs_err("init", "/dev/zfs", e))?;
         Ok(RealKernel { zfs })
     }
 }
 
+/// Keeps the libzfs_core return code as the errno (equal to it but for OpenZFS's own
+/// ZFS_ERR_* codes, which the detail then names).
 fn zfs_err(op: &'static str, name: &str, e: ZfsError) -> KernelError {
     KernelError::Zfs {
         op,
         name: name.to_string(),
-        errno: e.errno(),
+        errno: e.code,
+        detail: e.to_string(),
     }
 }
 
-fn zfs_props(props: &[ZfsProp]) -> Vec<(&'static str, crate::zfs::PropValue)> {
-    props
-        .iter()
-        .map(|p| match p {
-            ZfsProp::U64(n, v) => (*n, crate::zfs::PropValue::U64(*v)),
-            ZfsProp::Str(n, v) => (*n, crate::zfs::PropValue::Str(v.clone())),
-        })
-        .collect()
+fn zfs_props(op: &'static str, name: &str, props: &[ZfsProp]) -> KResult<NvList> {
+    let mut l = NvList::new();
+    for p in props {
+        let r = match p {
+            ZfsProp::U64(n, v) => l.add_u64(n, *v),
+            ZfsProp::Str(n, v) => l.add_string(n, v),
+        };
+        r.map_err(|e| KernelError::Zfs {
+            op,
+            name: name.to_string(),
+            errno: libc::EINVAL,
+            detail: format!("property {p}: {e}"),
+        })?;
+    }
+    Ok(l)
 }
 
 fn cstring(s: &[u8]) -> CString {
@@ -196,13 +206,13 @@ impl RealKernel {
 impl Kernel for RealKernel {
     fn zfs_create(&self, name: &str, props: &[ZfsProp]) -> KResult<()> {
         self.zfs
-            .create_filesystem(name, &zfs_props(props))
+            .create_filesystem(name, &zfs_props("create", name, props)?)
             .map_err(|e| zfs_err("create", name, e))
     }
 
     fn zfs_clone(&self, fs: &str, origin: &str, props: &[ZfsProp]) -> KResult<()> {
         self.zfs
-            .clone(fs, origin, &zfs_props(props))
+            .clone(fs, origin, &zfs_props("clone", fs, props)?)
             .map_err(|e| zfs_err("clone", fs, e))
     }
 
@@ -233,7 +243,8 @@ impl Kernel for RealKernel {
     }
 
     fn zfs_exists(&self, name: &str) -> bool {
-        self.zfs.exists(name)
+        // An error (e.g. an invalid name) means it cannot exist.
+        self.zfs.exists(name).unwrap_or(false)
     }
 
     /// nmount(2) with fstype=zfs, from=<dataset>, fspath (as libzfs's zmount does:
