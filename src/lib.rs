@@ -31,4 +31,4 @@ pub mod sccache;
 pub type NativeBackend = ();
 /// The backend this platform builds by default.
 #[cfg(target_os = "freebsd")]
-pub type NativeBackend = ();
+pub type NativeBackend = freebsd::FreeBsdBackend<freebsd::RealKernel>;

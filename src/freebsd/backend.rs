@@ -26,9 +26,7 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::backend::{
-    Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId,
-};
+use crate::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
 use crate::exec::{ExecError, PreparedCommand};
 use crate::untrusted::{self, BeneathError, RootDir, UnpackError, UnpackLimits};
 
@@ -305,8 +303,8 @@ fn valid_component(s: &str) -> bool {
 
 impl<K: Kernel> FreeBsdBackend<K> {
     pub fn new(kernel: K, config: FreeBsdConfig) -> Result<Self> {
-        let root_ok = !config.dataset_root.is_empty()
-            && config.dataset_root.split('/').all(valid_component);
+        let root_ok =
+            !config.dataset_root.is_empty() && config.dataset_root.split('/').all(valid_component);
         if !root_ok {
             return Err(FreeBsdError::Config(format!(
                 "dataset_root {:?} is not a dataset name",
@@ -685,10 +683,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
     fn sweep(&self, report: &mut CleanupReport) -> Result<()> {
         let k = &self.kernel;
         let mount_root = &self.config.mount_root;
-        for jail in k
-            .jail_list()
-            .map_err(kerr(Step::ListJails, "all jails"))?
-        {
+        for jail in k.jail_list().map_err(kerr(Step::ListJails, "all jails"))? {
             if jail.path.starts_with(mount_root) {
                 match k.jail_remove(jail.jid) {
                     Err(e) if e.errno() == Some(libc::EINVAL) => {}
@@ -926,7 +921,10 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
             Err(e) => {
                 // Never reused: destroy now (what fails here is left for start-up).
                 if let Err(d) = self.teardown(container) {
-                    log::warn!("destroying {} after a failed reset: {d}", container.jail_name);
+                    log::warn!(
+                        "destroying {} after a failed reset: {d}",
+                        container.jail_name
+                    );
                 }
                 Err(e)
             }

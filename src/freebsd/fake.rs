@@ -13,6 +13,7 @@
 //! - Jails: EEXIST for a live jail's name, EINVAL for a numeric name, ENOENT for a missing
 //!   path, EINVAL removing an unknown jid (kern_jail.c sys_jail_remove), EINVAL attaching
 //!   to a jail that is not alive (sys_jail_attach).
+//!
 //! Stricter than the kernel (documented deviations): a mount point must be a real
 //! directory, not a symlink (the real nmount follows it, which is never what we want);
 //! rollback is refused (EBUSY) while something is mounted beneath the dataset.
@@ -447,8 +448,9 @@ impl FakeKernel {
                 let backing = st.datasets[ds].backing.clone();
                 fs::rename(&backing, fspath)
             }
-            FakeMountKind::Devfs(_) => fs::create_dir(fspath)
-                .and_then(|()| fs::write(fspath.join("null"), b"")),
+            FakeMountKind::Devfs(_) => {
+                fs::create_dir(fspath).and_then(|()| fs::write(fspath.join("null"), b""))
+            }
         };
         if let Err(e) = result {
             let _ = fs::rename(&stash, fspath);
@@ -754,7 +756,11 @@ impl Kernel for FakeKernel {
         if p.name.contains('.') || p.name.parse::<i64>().is_ok() || p.name.is_empty() {
             return Err(err(libc::EINVAL, "bad name"));
         }
-        if st.jails.values().any(|j| j.alive && j.params.name == p.name) {
+        if st
+            .jails
+            .values()
+            .any(|j| j.alive && j.params.name == p.name)
+        {
             return Err(err(
                 libc::EEXIST,
                 &format!("jail \"{}\" already exists", p.name),

@@ -142,11 +142,7 @@ pub type KResult<T> = Result<T, KernelError>;
 /// The one helper that turns a C return code into a result: `rc` < 0 (or, for calls that
 /// return an errno such as the lzc_* functions, `rc` > 0 with `rc_is_errno`) becomes the
 /// error `make(errno)` builds; otherwise `rc` is returned.
-pub fn check_rc(
-    rc: i32,
-    rc_is_errno: bool,
-    make: impl FnOnce(i32) -> KernelError,
-) -> KResult<i32> {
+pub fn check_rc(rc: i32, rc_is_errno: bool, make: impl FnOnce(i32) -> KernelError) -> KResult<i32> {
     if rc_is_errno {
         if rc != 0 {
             return Err(make(rc));

@@ -15,7 +15,9 @@ mod real;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, Step};
+pub use backend::{
+    FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, Step,
+};
 pub use fake::{FakeExec, FakeJail, FakeKernel, FakeMountKind, FakeRun};
 pub use kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
 #[cfg(target_os = "freebsd")]

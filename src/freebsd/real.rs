@@ -1,7 +1,7 @@
 //! [`RealKernel`]: the kernel seam on FreeBSD. ZFS through libzfs_core (`crate::zfs`),
 //! mounts through nmount(2)/unmount(2), jails through jail_set(2)/jail_get(2)/
 //! jail_remove(2)/jail_attach(2), commands through pdfork(2) + execve(2). No process is
-//! spawned: there is no `std::process::Command` in this backend.
+//! spawned: no helper process, no shell, no `jexec`.
 //!
 //! Jails are made with jail_set(2) through `libc` directly rather than the `jail` crate:
 //! the calls are few (one iovec list per call), this keeps every errno and the kernel's
@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::backend::{BuildUser, ExecOutcome, Limits};
-use crate::exec::{child_fail, errno, supervise, ExecError, PreparedCommand, SetupStep, SpawnedChild};
+use crate::exec::{
+    child_fail, errno, supervise, ExecError, PreparedCommand, SetupStep, SpawnedChild,
+};
 use crate::zfs::{NvList, Zfs, ZfsError};
 
 use super::kernel::{check_rc, JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
@@ -85,6 +87,8 @@ fn path_c(p: &Path) -> CString {
 /// boolean parameter). Owns every buffer its iovecs point into.
 struct IoList {
     strings: Vec<CString>,
+    // Boxed: the iovecs point at each integer, which must not move when the Vec grows.
+    #[allow(clippy::vec_box)]
     ints: Vec<Box<i32>>,
     bufs: Vec<Vec<u8>>,
     iov: Vec<libc::iovec>,
@@ -504,7 +508,7 @@ fn spawn_in_jail(
 /// Call only in the child of a fork, with `plan` pointing at memory prepared before it.
 unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
     let ep = plan.errpipe;
-    // SAFETY (whole block): each call is async-signal-safe (sigaction(2) table) and takes
+    // SAFETY: each call below is async-signal-safe (sigaction(2) lists them) and takes
     // descriptors and pointers prepared before fork, which stay valid in the child.
     unsafe {
         // The server's signal mask and SIGPIPE disposition (ignored by Rust) are not the
