@@ -86,6 +86,8 @@ impl Default for FreeBsdConfig {
 /// The step a backend operation failed at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Opening /dev/zfs (libzfs_core_init).
+    Init,
     Lock,
     DatasetRoot,
     MountDir,

@@ -22,6 +22,10 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<LinuxBackend, LinuxError> {
 pub fn probe() -> Vec<ProbeItem> {
     crate::linux::probe()
         .into_iter()
-        .map(|p| ProbeItem { name: p.name, ok: p.ok, detail: p.detail })
+        .map(|p| ProbeItem {
+            name: p.name,
+            ok: p.ok,
+            detail: p.detail,
+        })
         .collect()
 }

@@ -133,8 +133,11 @@ pub fn unpack_tar(
                 let dir = resolve_dir(root, &comps, Create::No, &path).map_err(path_err)?;
                 // Owner must be able to traverse: an archive's 0000 directory would
                 // otherwise make the rest of it fail to unpack.
-                nix::sys::stat::fchmod(dir.as_fd(), Mode::from_bits_truncate((mode | 0o700) as libc::mode_t))
-                    .map_err(|e| io("chmod", e))?;
+                nix::sys::stat::fchmod(
+                    dir.as_fd(),
+                    Mode::from_bits_truncate((mode | 0o700) as libc::mode_t),
+                )
+                .map_err(|e| io("chmod", e))?;
             }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.header().size().map_err(UnpackError::Corrupt)?;
@@ -162,8 +165,11 @@ pub fn unpack_tar(
                 }
                 stats.bytes += size;
                 // setuid/setgid/sticky never survive: a client must not plant a setuid binary.
-                nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode as libc::mode_t))
-                    .map_err(|e| io("chmod", e))?;
+                nix::sys::stat::fchmod(
+                    file.as_fd(),
+                    Mode::from_bits_truncate(mode as libc::mode_t),
+                )
+                .map_err(|e| io("chmod", e))?;
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| {
