@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod clean;
 mod common;
 mod demo;
@@ -33,6 +34,8 @@ enum Command {
     Run(run::RunArgs),
     /// Compile a bundled C project with every compile sandboxed, link and run it, show timings.
     Demo(demo::DemoArgs),
+    /// Run the same workload through native, pot/CLI, bwrap and bare host compiles; compare.
+    Bench(bench::BenchArgs),
     /// Remove every image, container, mount, jail and dataset jailbuilder created.
     Clean(clean::CleanArgs),
     /// Report what the native backend needs and whether this machine has it.
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Toolchain(a) => toolchain_cmd::run(a),
         Command::Run(a) => run::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Clean(a) => clean::run(a),
         Command::Doctor(a) => doctor::run(a),
         #[cfg(feature = "sccache")]

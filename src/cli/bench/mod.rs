@@ -1,0 +1,435 @@
+//! `jailbuilder bench`: the same C workload through each strategy in one run, interleaved
+//! round-robin so that machine noise hits all alike.
+//!
+//! - `native`: jailbuilder's engine and the platform backend with its warm pool;
+//! - `cli`: the seed's PotBuilder step sequence, one spawned CLI process per step (real
+//!   `pot`/`jexec` on FreeBSD, util-linux equivalents on Linux);
+//! - `bwrap` (Linux): sccache-dist's OverlayBuilder, one `bwrap` per compile;
+//! - `bare`: the host compiler without a sandbox, the floor.
+//!
+//! Every object must be byte-identical across strategies: a mismatch is an error.
+
+mod report;
+mod strategy;
+mod workload;
+
+#[cfg(target_os = "freebsd")]
+mod freebsd;
+#[cfg(target_os = "linux")]
+mod linux;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use jailbuilder::backend::ToolchainId;
+use jailbuilder::engine::EngineConfig;
+use jailbuilder::toolchain::{package, PackageOptions};
+
+use super::common::{self, BuilderArgs, Progress};
+use report::{Cell, Report};
+use strategy::{Job, Strategy};
+
+#[cfg(target_os = "linux")]
+const DEFAULT_STRATEGIES: &str = "native,cli,bwrap,bare";
+#[cfg(not(target_os = "linux"))]
+const DEFAULT_STRATEGIES: &str = "native,cli,bare";
+const DEFAULT_ROOT: &str = "/var/lib/jailbuilder-bench";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  sudo jailbuilder bench --json bench.json --plot bench.svg\n  \
+sudo jailbuilder bench --compiles 4 --concurrency 1 --quick    # CI smoke run\n\n\
+Everything lives under --state-dir (default /var/lib/jailbuilder-bench): native/ is the engine's\n\
+state directory, cli/ and bwrap/ the other strategies', work/ the toolchain and scratch.")]
+pub struct BenchArgs {
+    /// Measured compiles per strategy and concurrency level.
+    #[arg(long, default_value_t = 96)]
+    pub compiles: usize,
+    /// Concurrency levels, comma-separated (default: 1 and the number of cores).
+    #[arg(long, value_delimiter = ',', value_name = "N,N")]
+    pub concurrency: Vec<usize>,
+    /// Strategies, comma-separated: native, cli, bwrap (Linux), bare.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_STRATEGIES, value_name = "S,S")]
+    pub strategies: Vec<String>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot (overhead and throughput per strategy).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Host C compiler to package and use.
+    #[arg(long, default_value = "cc")]
+    pub compiler: String,
+    /// Small translation units (~150 lines each) in the generated project.
+    #[arg(long, default_value_t = 30)]
+    pub small_units: usize,
+    /// Large translation units in the generated project.
+    #[arg(long, default_value_t = 2)]
+    pub large_units: usize,
+    /// Lines of each large unit.
+    #[arg(long, default_value_t = 5000)]
+    pub large_lines: usize,
+    /// Compiles per strategy per round of the interleaving (default: 8 x concurrency).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// A tiny project and no warm-up beyond one compile: a smoke run for CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// FreeBSD cli strategy: pot's filesystem root (default $JAILBUILDER_POT_FS_ROOT or /opt/pot).
+    #[arg(long, value_name = "DIR")]
+    pub pot_fs_root: Option<PathBuf>,
+    /// FreeBSD cli strategy: the pot cloned for images (default $JAILBUILDER_POT_TEMPLATE or sccache-template).
+    #[arg(long, value_name = "POT")]
+    pub pot_template: Option<String>,
+    #[command(flatten)]
+    pub builder: BuilderArgs,
+}
+
+/// Progress: a bar on a terminal, a line per 10% otherwise.
+struct Bar {
+    bar: Option<Progress>,
+    total: usize,
+    done: usize,
+}
+
+impl Bar {
+    fn new(total: usize) -> Bar {
+        let bar = std::io::stderr().is_terminal().then(|| Progress::new("bench", total));
+        Bar { bar, total, done: 0 }
+    }
+
+    fn inc(&mut self, what: &str) {
+        self.done += 1;
+        match &mut self.bar {
+            Some(b) => b.inc(what),
+            None => {
+                if self.done * 10 / self.total.max(1) != (self.done - 1) * 10 / self.total.max(1) || self.done == self.total {
+                    eprintln!("  bench {}/{} {what}", self.done, self.total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+/// Tasks (processes and threads) the kernel has created since boot: /proc/stat `processes`.
+fn forks_since_boot() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("processes ")).and_then(|n| n.trim().parse().ok())
+}
+
+/// One strategy's results at one concurrency level, accumulated over rounds.
+#[derive(Default)]
+struct Acc {
+    /// (position in the sequence, latency)
+    latencies: Vec<(usize, Duration)>,
+    wall: Duration,
+    tasks: Option<u64>,
+    spawned: u64,
+}
+
+struct Bench<'a> {
+    jobs: Vec<Job<'a>>,
+    /// The first object seen per unit: every other must be identical.
+    refs: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    bar: Mutex<Bar>,
+}
+
+impl Bench<'_> {
+    fn check(&self, strategy: &str, job: &Job<'_>, object: Vec<u8>) -> anyhow::Result<()> {
+        let mut refs = self.refs.lock().unwrap();
+        match refs.get(&job.unit.file) {
+            None => {
+                refs.insert(job.unit.file.clone(), (strategy.to_string(), object));
+            }
+            Some((who, r)) if *r != object => bail!(
+                "{strategy} built {} differently from {who} ({} vs {} bytes): objects must be byte-identical",
+                job.unit.object(),
+                object.len(),
+                r.len()
+            ),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Runs the compiles at `positions` of the sequence with `concurrency` workers, then
+    /// waits for the strategy's background work. Returns latencies, wall time (until
+    /// settled) and tasks created meanwhile.
+    fn chunk(&self, s: &dyn Strategy, positions: &[usize], concurrency: usize) -> anyhow::Result<(Vec<(usize, Duration)>, Duration, Option<u64>)> {
+        let queue = Mutex::new(positions.iter().rev().copied().collect::<Vec<_>>());
+        let results = Mutex::new(Vec::new());
+        let forks0 = forks_since_boot();
+        let start = Instant::now();
+        let errors: Vec<anyhow::Error> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..concurrency.min(positions.len()).max(1))
+                .map(|_| {
+                    scope.spawn(|| -> anyhow::Result<()> {
+                        loop {
+                            let Some(pos) = queue.lock().unwrap().pop() else { return Ok(()) };
+                            let job = &self.jobs[pos];
+                            let t = Instant::now();
+                            let object = s.compile(job)?;
+                            let latency = t.elapsed();
+                            self.check(s.name(), job, object)?;
+                            results.lock().unwrap().push((pos, latency));
+                            self.bar.lock().unwrap().inc(s.name());
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().filter_map(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked"))).err()).collect()
+        });
+        s.settle();
+        let wall = start.elapsed();
+        let tasks = forks0.zip(forks_since_boot()).map(|(a, b)| b.saturating_sub(a));
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e.context(format!("strategy {}", s.name())));
+        }
+        Ok((results.into_inner().unwrap(), wall, tasks))
+    }
+}
+
+#[cfg(target_os = "freebsd")]
+fn env_or(flag: &Option<PathBuf>, var: &str, default: &str) -> PathBuf {
+    flag.clone().or_else(|| std::env::var_os(var).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(default))
+}
+
+fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
+    Ok(match name {
+        "native" => {
+            let backend = jailbuilder::native::open_backend(&ctx.cfg).context("opening the sandbox backend (try `jailbuilder doctor`)")?;
+            Box::new(strategy::Native::start(backend, ctx.engine.clone(), &ctx.archive, ctx.id.clone(), &ctx.compiler)?)
+        }
+        "bare" => Box::new(strategy::Bare::new(&ctx.root.join("work/bare"), &ctx.compiler)?),
+        #[cfg(target_os = "linux")]
+        "cli" => {
+            let base = ctx.root.join("cli-base");
+            linux::make_base_layer(&base)?;
+            Box::new(linux::CliLinux::new(&ctx.root.join("cli"), &ctx.unpacked()?, &base, &ctx.compiler)?)
+        }
+        #[cfg(target_os = "linux")]
+        "bwrap" => Box::new(linux::Bwrap::new(&ctx.root.join("bwrap"), &ctx.unpacked()?, ctx.id.as_str(), &ctx.compiler)?),
+        #[cfg(target_os = "freebsd")]
+        "cli" => {
+            let fs_root = env_or(&ctx.pot_fs_root, "JAILBUILDER_POT_FS_ROOT", "/opt/pot");
+            let template = ctx
+                .pot_template
+                .clone()
+                .or_else(|| std::env::var("JAILBUILDER_POT_TEMPLATE").ok())
+                .unwrap_or_else(|| "sccache-template".into());
+            Box::new(freebsd::CliPot::new(&fs_root, &template, &ctx.archive, ctx.id.as_str(), &ctx.compiler)?)
+        }
+        other => bail!("unknown strategy {other:?} on {}: expected one of {DEFAULT_STRATEGIES}", std::env::consts::OS),
+    })
+}
+
+struct Ctx {
+    root: PathBuf,
+    cfg: jailbuilder::config::BuilderConfig,
+    engine: EngineConfig,
+    archive: PathBuf,
+    id: ToolchainId,
+    compiler: String,
+    #[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
+    pot_fs_root: Option<PathBuf>,
+    #[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
+    pot_template: Option<String>,
+    unpacked: Mutex<Option<PathBuf>>,
+}
+
+impl Ctx {
+    /// The toolchain unpacked once on the host: the lower layer of the cli and bwrap
+    /// strategies (sccache's toolchains/<archive_id>).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn unpacked(&self) -> anyhow::Result<PathBuf> {
+        let mut u = self.unpacked.lock().unwrap();
+        if let Some(p) = &*u {
+            return Ok(p.clone());
+        }
+        let dir = self.root.join("toolchain").join(self.id.as_str());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let f = std::io::BufReader::new(std::fs::File::open(&self.archive)?);
+        tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(&dir).context("unpacking the toolchain")?;
+        *u = Some(dir.clone());
+        Ok(dir)
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    common::require_root("jailbuilder bench")?;
+    let load_before = report::loadavg();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut levels = if args.concurrency.is_empty() { vec![1, cores] } else { args.concurrency.clone() };
+    levels.dedup();
+    if levels.contains(&0) || args.compiles == 0 {
+        bail!("--compiles and --concurrency must be at least 1");
+    }
+    let mut names: Vec<String> = Vec::new();
+    for s in &args.strategies {
+        let s = s.trim().to_string();
+        if !names.contains(&s) {
+            names.push(s);
+        }
+    }
+    let max_c = *levels.iter().max().expect("at least one level");
+
+    let root = common::absolute(args.builder.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_ROOT)))?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).with_context(|| format!("creating {}", root.display()))?;
+    #[cfg(target_os = "linux")]
+    linux::unmount_beneath(&root.join("cli")).and(linux::unmount_beneath(&root.join("bwrap")))?;
+    let mut cfg = args.builder.load()?;
+    cfg.state_dir = root.join("native");
+    #[cfg(target_os = "freebsd")]
+    {
+        if args.builder.dataset_root.is_none() && args.builder.config.is_none() {
+            cfg.dataset_root = std::env::var("JAILBUILDER_ZFS_ROOT").map_or_else(|_| "zroot/jailbuilder-bench".into(), |r| format!("{r}/bench"));
+        }
+        if args.builder.mount_root.is_none() && args.builder.config.is_none() {
+            cfg.mount_root = root.join("mnt");
+        }
+        if cfg.base_snapshot.is_none() {
+            cfg.base_snapshot = std::env::var("JAILBUILDER_BASE_SNAPSHOT").ok();
+        }
+        if args.builder.build_user.is_none() {
+            if let Some(uid) = std::env::var("JAILBUILDER_BUILD_UID").ok().and_then(|u| u.parse().ok()) {
+                (cfg.build_uid, cfg.build_gid) = (uid, uid);
+            }
+        }
+    }
+    let engine = EngineConfig {
+        max_containers: 2 * max_c + 2,
+        max_containers_per_toolchain: 2 * max_c + 2,
+        warm_per_toolchain: max_c,
+        ..cfg.engine_config()
+    };
+
+    let (small, large, lines) = if args.quick { (3, 1, 1500) } else { (args.small_units, args.large_units, args.large_lines) };
+    let w = workload::generate(small, large, lines);
+    if w.units.is_empty() {
+        bail!("the workload has no translation units");
+    }
+
+    let t = Instant::now();
+    let work = root.join("work");
+    std::fs::create_dir_all(&work)?;
+    let archive = work.join("toolchain.tar.gz");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&archive)?);
+    let summary = package(&PackageOptions { compiler: args.compiler.clone(), headers: true, extra: vec![] }, &mut out)?;
+    drop(out);
+    let compiler = summary.compiler.to_string_lossy().into_owned();
+    let id = ToolchainId::new(jailbuilder::toolchain::archive_id(&archive)?)?;
+    eprintln!(
+        "jailbuilder bench: packaged {compiler} ({} files, {:.0} MiB) in {:.1} s; {} small + {} large units ({} lines)",
+        summary.files,
+        summary.bytes as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64(),
+        small,
+        large,
+        lines
+    );
+
+    let inputs: Vec<Vec<u8>> = w
+        .units
+        .iter()
+        .map(|u| {
+            common::tar_files(&[
+                (format!("{}/{}", workload::CWD, workload::HEADER), w.header.as_bytes().to_vec()),
+                (format!("{}/{}", workload::CWD, u.file), u.source.as_bytes().to_vec()),
+            ])
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let ctx = Ctx {
+        root: root.clone(),
+        cfg,
+        engine,
+        archive,
+        id,
+        compiler: compiler.clone(),
+        pot_fs_root: args.pot_fs_root.clone(),
+        pot_template: args.pot_template.clone(),
+        unpacked: Mutex::new(None),
+    };
+
+    // The sequence: warm-up first (unmeasured), then per level `compiles` compiles.
+    let warm = if args.quick { 1 } else { (2 * max_c).max(w.units.len().min(8)) };
+    let seq = workload::sequence(&w, warm + args.compiles);
+    let bench = Bench {
+        jobs: seq.iter().map(|&u| Job { unit: &w.units[u], inputs: &inputs[u] }).collect(),
+        refs: Mutex::new(HashMap::new()),
+        bar: Mutex::new(Bar::new(names.len() * (warm + args.compiles * levels.len()))),
+    };
+
+    let t = Instant::now();
+    let mut strategies: Vec<Box<dyn Strategy>> = Vec::new();
+    let result = (|| -> anyhow::Result<Report> {
+        for n in &names {
+            strategies.push(make_strategy(n, &ctx).with_context(|| format!("setting up strategy {n}"))?);
+        }
+        // Warm-up: builds the images and fills the pools; checks objects too.
+        let warm_positions: Vec<usize> = (0..warm).collect();
+        for s in &strategies {
+            bench.chunk(s.as_ref(), &warm_positions, max_c)?;
+            s.take_recycles();
+        }
+        let mut cells = Vec::new();
+        for &c in &levels {
+            let chunk = if args.quick { args.compiles } else { args.chunk.unwrap_or(8 * c).max(1) };
+            let positions: Vec<usize> = (warm..warm + args.compiles).collect();
+            let mut acc: Vec<Acc> = strategies.iter().map(|s| Acc { spawned: s.spawned(), tasks: Some(0), ..Acc::default() }).collect();
+            for (round, part) in positions.chunks(chunk).enumerate() {
+                for k in 0..strategies.len() {
+                    let i = (k + round) % strategies.len();
+                    let (lat, wall, tasks) = bench.chunk(strategies[i].as_ref(), part, c)?;
+                    let a = &mut acc[i];
+                    a.latencies.extend(lat);
+                    a.wall += wall;
+                    a.tasks = a.tasks.zip(tasks).map(|(x, y)| x + y);
+                }
+            }
+            for (s, a) in strategies.iter().zip(acc) {
+                let spawned = s.spawned() - a.spawned;
+                cells.push(Cell::new(s.name(), c, a.latencies, a.wall, a.tasks, spawned, s.take_recycles(), s.recycle_what()));
+            }
+        }
+        Ok(Report::new(cells, &levels, cores))
+    })();
+    bench.bar.lock().unwrap().finish();
+    for s in &strategies {
+        if let Err(e) = s.shutdown() {
+            eprintln!("jailbuilder bench: shutting down {}: {e:#}", s.name());
+        }
+    }
+    drop(strategies);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = linux::unmount_beneath(&root.join("cli"));
+        let _ = linux::unmount_beneath(&root.join("bwrap"));
+    }
+    let mut report = result?;
+    report.set_context(&compiler, [small, large, lines, args.compiles, warm], t.elapsed(), args.quick, load_before);
+
+    print!("{}", report.table());
+    if let Some(p) = &args.json {
+        std::fs::write(p, report.json()).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("jailbuilder bench: wrote {}", p.display());
+    }
+    if let Some(p) = &args.plot {
+        std::fs::write(p, report.svg()).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("jailbuilder bench: wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,246 @@
+//! What every strategy implements, and the two that need no platform code: `native`
+//! (jailbuilder's engine) and `bare` (the host, no sandbox).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use jailbuilder::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
+use jailbuilder::engine::{BuildRequest, Engine, EngineConfig};
+use jailbuilder::exec::{CommandSpec, PreparedCommand};
+use jailbuilder::NativeBackend;
+
+use super::workload::{Unit, CFLAGS, CWD};
+
+/// One compile: a unit and its inputs tar (header + source under [`CWD`]).
+pub struct Job<'a> {
+    pub unit: &'a Unit,
+    pub inputs: &'a [u8],
+}
+
+impl Job<'_> {
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = CFLAGS.iter().map(|s| s.to_string()).collect();
+        a.extend(["-c".into(), self.unit.file.clone(), "-o".into(), self.unit.object()]);
+        a
+    }
+}
+
+pub fn env_vars() -> Vec<(String, String)> {
+    vec![("PATH".into(), "/usr/bin:/bin".into()), ("LC_ALL".into(), "C".into())]
+}
+
+/// A way of running compiles. `compile` is called from several threads at once.
+pub trait Strategy: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Compiles and returns the object's bytes; an error (or a failed compile) ends the bench.
+    fn compile(&self, job: &Job<'_>) -> anyhow::Result<Vec<u8>>;
+    /// Blocks until the strategy's background work (recycling containers) is done.
+    fn settle(&self) {}
+    /// Processes this bench spawned (`Command`s) for this strategy so far, recycling included.
+    fn spawned(&self) -> u64;
+    /// Container recycle times since the last call.
+    fn take_recycles(&self) -> Vec<Duration> {
+        Vec::new()
+    }
+    /// What "recycle" means for this strategy, for the report.
+    fn recycle_what(&self) -> &'static str {
+        "-"
+    }
+    /// Removes what the strategy created.
+    fn shutdown(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts the processes the bench spawns.
+#[derive(Default)]
+pub struct Spawner {
+    count: AtomicU64,
+}
+
+impl Spawner {
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Runs `cmd` to completion (stdin /dev/null), capturing its output.
+    pub fn output(&self, cmd: &mut Command) -> anyhow::Result<Output> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))
+    }
+
+    /// Runs `cmd` and fails unless it succeeds (the seed's `check_run`).
+    pub fn check_run(&self, cmd: &mut Command) -> anyhow::Result<Output> {
+        let out = self.output(cmd)?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(out)
+    }
+
+    pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<std::process::Child> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        cmd.spawn().with_context(|| format!("spawning {cmd:?}"))
+    }
+}
+
+/// Fails with the compiler's stderr unless it succeeded.
+pub fn check_compile(what: &str, unit: &Unit, ok: bool, stderr: &[u8]) -> anyhow::Result<()> {
+    if !ok {
+        bail!("{what}: compiling {} failed:\n{}", unit.file, String::from_utf8_lossy(stderr));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ native
+
+/// The native backend with its `reset` timed: the recycle time of a container.
+pub struct Timed<B> {
+    inner: B,
+    resets: Mutex<Vec<Duration>>,
+}
+
+impl<B: Backend> Backend for Timed<B> {
+    type Image = B::Image;
+    type Container = B::Container;
+    type Error = B::Error;
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn is_job_error(&self, e: &B::Error) -> bool {
+        self.inner.is_job_error(e)
+    }
+    fn remove_leftovers(&self) -> Result<CleanupReport, B::Error> {
+        self.inner.remove_leftovers()
+    }
+    fn create_image(&self, id: &ToolchainId, tc: &mut dyn Read) -> Result<B::Image, B::Error> {
+        self.inner.create_image(id, tc)
+    }
+    fn destroy_image(&self, image: B::Image) -> Result<(), B::Error> {
+        self.inner.destroy_image(image)
+    }
+    fn create_container(&self, image: &B::Image) -> Result<B::Container, B::Error> {
+        self.inner.create_container(image)
+    }
+    fn root<'c>(&self, c: &'c B::Container) -> &'c Path {
+        self.inner.root(c)
+    }
+    fn exec(&self, c: &B::Container, cmd: &PreparedCommand, user: BuildUser, limits: &Limits) -> Result<ExecOutcome, B::Error> {
+        self.inner.exec(c, cmd, user, limits)
+    }
+    fn reset(&self, c: &mut B::Container) -> Result<(), B::Error> {
+        let t = Instant::now();
+        let r = self.inner.reset(c);
+        self.resets.lock().unwrap().push(t.elapsed());
+        r
+    }
+    fn destroy_container(&self, c: B::Container) -> Result<(), B::Error> {
+        self.inner.destroy_container(c)
+    }
+    fn clean_all(&self) -> Result<CleanupReport, B::Error> {
+        self.inner.clean_all()
+    }
+}
+
+pub struct Native {
+    engine: Engine<Timed<NativeBackend>>,
+    id: ToolchainId,
+    archive: PathBuf,
+    compiler: String,
+}
+
+impl Native {
+    pub fn start(backend: NativeBackend, engine: EngineConfig, archive: &Path, id: ToolchainId, compiler: &str) -> anyhow::Result<Native> {
+        let engine = Engine::start(Timed { inner: backend, resets: Mutex::new(Vec::new()) }, engine)?;
+        Ok(Native { engine, id, archive: archive.to_path_buf(), compiler: compiler.to_string() })
+    }
+}
+
+impl Strategy for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn compile(&self, job: &Job<'_>) -> anyhow::Result<Vec<u8>> {
+        let archive: &Path = &self.archive;
+        let out = self.engine.build(BuildRequest {
+            toolchain: self.id.clone(),
+            toolchain_archive: &archive,
+            inputs: &mut &job.inputs[..],
+            command: CommandSpec { executable: self.compiler.clone(), arguments: job.args(), env_vars: env_vars(), cwd: CWD.into() },
+            outputs: vec![job.unit.object()],
+        })?;
+        check_compile("native", job.unit, out.exec.status.success(), &out.exec.stderr)?;
+        match out.outputs.into_iter().next() {
+            Some(o) => Ok(o.data),
+            None => bail!("native: {} produced no object", job.unit.file),
+        }
+    }
+
+    fn settle(&self) {
+        self.engine.wait_idle();
+    }
+
+    fn spawned(&self) -> u64 {
+        0
+    }
+
+    fn take_recycles(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.engine.backend().resets.lock().unwrap())
+    }
+
+    fn recycle_what(&self) -> &'static str {
+        "backend reset (in the background)"
+    }
+
+    fn shutdown(&self) -> anyhow::Result<()> {
+        self.engine.shutdown();
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------ bare
+
+/// The host compiler, no sandbox: inputs unpacked into a fresh directory, the compiler
+/// spawned there, the object read back, the directory removed.
+pub struct Bare {
+    dir: PathBuf,
+    compiler: String,
+    next: AtomicU64,
+    spawner: Arc<Spawner>,
+}
+
+impl Bare {
+    pub fn new(dir: &Path, compiler: &str) -> anyhow::Result<Bare> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Bare { dir: dir.to_path_buf(), compiler: compiler.to_string(), next: AtomicU64::new(0), spawner: Arc::default() })
+    }
+}
+
+impl Strategy for Bare {
+    fn name(&self) -> &'static str {
+        "bare"
+    }
+
+    fn compile(&self, job: &Job<'_>) -> anyhow::Result<Vec<u8>> {
+        let root = self.dir.join(format!("b{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir(&root)?;
+        tar::Archive::new(job.inputs).unpack(&root).context("bare: unpacking inputs")?;
+        let cwd = root.join(CWD.trim_start_matches('/'));
+        let out = self.spawner.output(Command::new(&self.compiler).args(job.args()).env_clear().envs(env_vars()).current_dir(&cwd))?;
+        check_compile("bare", job.unit, out.status.success(), &out.stderr)?;
+        let obj = std::fs::read(cwd.join(job.unit.object())).context("bare: reading the object")?;
+        std::fs::remove_dir_all(&root)?;
+        Ok(obj)
+    }
+
+    fn spawned(&self) -> u64 {
+        self.spawner.count()
+    }
+}
