@@ -65,14 +65,14 @@ pub struct BenchArgs {
     /// Host C compiler to package and use.
     #[arg(long, default_value = "cc")]
     pub compiler: String,
-    /// Small translation units (~150 lines each) in the generated project.
+    /// Small translation units (~120 lines each) in the generated project.
     #[arg(long, default_value_t = 30)]
     pub small_units: usize,
     /// Large translation units in the generated project.
     #[arg(long, default_value_t = 2)]
     pub large_units: usize,
     /// Lines of each large unit.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 3000)]
     pub large_lines: usize,
     /// Compiles per strategy per round of the interleaving (default: 8 x concurrency).
     #[arg(long)]
@@ -122,6 +122,68 @@ impl Bar {
     }
 }
 
+/// CPU accounting for everything the bench starts: on Linux a cgroup (v1 cpuacct) of its
+/// own, which also counts processes that are never reaped by the bench (bwrap's pid 1);
+/// elsewhere, getrusage of the bench and its reaped descendants.
+struct CpuMeter {
+    cgroup: Option<PathBuf>,
+}
+
+impl CpuMeter {
+    fn new() -> CpuMeter {
+        let base = Path::new("/sys/fs/cgroup/cpuacct");
+        let dir = base.join(format!("jailbuilder-bench-{}", std::process::id()));
+        let ok = base.join("cpuacct.usage").exists()
+            && std::fs::create_dir(&dir).is_ok()
+            && std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).is_ok();
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        CpuMeter { cgroup: ok.then_some(dir) }
+    }
+
+    fn now(&self) -> Duration {
+        if let Some(ns) = self.cgroup.as_ref().and_then(|d| std::fs::read_to_string(d.join("cpuacct.usage")).ok()).and_then(|s| s.trim().parse().ok()) {
+            return Duration::from_nanos(ns);
+        }
+        cpu_time()
+    }
+
+    /// Moves the bench back to the root cgroup and removes its own.
+    fn close(&self) {
+        if let Some(dir) = &self.cgroup {
+            let root = dir.parent().expect("a cgroup has a parent").join("cgroup.procs");
+            let _ = std::fs::write(root, std::process::id().to_string());
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("jailbuilder bench: could not remove cgroup {}", dir.display());
+        }
+    }
+}
+
+/// CPU time (user + system) of this process and of its reaped descendants.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000);
+    [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+        .into_iter()
+        .filter_map(|w| getrusage(w).ok())
+        .map(|u| tv(u.user_time()) + tv(u.system_time()))
+        .sum()
+}
+
+/// What a chunk measured.
+struct ChunkResult {
+    latencies: Vec<(usize, Duration)>,
+    wall: Duration,
+    cpu: Duration,
+    tasks: Option<u64>,
+}
+
 /// Tasks (processes and threads) the kernel has created since boot: /proc/stat `processes`.
 fn forks_since_boot() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -134,6 +196,7 @@ struct Acc {
     /// (position in the sequence, latency)
     latencies: Vec<(usize, Duration)>,
     wall: Duration,
+    cpu: Duration,
     tasks: Option<u64>,
     spawned: u64,
 }
@@ -143,6 +206,7 @@ struct Bench<'a> {
     /// The first object seen per unit: every other must be identical.
     refs: Mutex<HashMap<String, (String, Vec<u8>)>>,
     bar: Mutex<Bar>,
+    cpu: CpuMeter,
 }
 
 impl Bench<'_> {
@@ -163,13 +227,16 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Runs the compiles at `positions` of the sequence with `concurrency` workers, then
-    /// waits for the strategy's background work. Returns latencies, wall time (until
-    /// settled) and tasks created meanwhile.
-    fn chunk(&self, s: &dyn Strategy, positions: &[usize], concurrency: usize) -> anyhow::Result<(Vec<(usize, Duration)>, Duration, Option<u64>)> {
-        let queue = Mutex::new(positions.iter().rev().copied().collect::<Vec<_>>());
+    /// Runs the compiles at `positions` of the sequence with `concurrency` workers (large
+    /// units first, so that no worker idles behind one at the end), then waits for the
+    /// strategy's background work. Wall and CPU time run until it has settled.
+    fn chunk(&self, s: &dyn Strategy, positions: &[usize], concurrency: usize) -> anyhow::Result<ChunkResult> {
+        let mut order = positions.to_vec();
+        order.sort_by_key(|&p| !self.jobs[p].unit.large);
+        let queue = Mutex::new(order.into_iter().rev().collect::<Vec<_>>());
         let results = Mutex::new(Vec::new());
         let forks0 = forks_since_boot();
+        let cpu0 = self.cpu.now();
         let start = Instant::now();
         let errors: Vec<anyhow::Error> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..concurrency.min(positions.len()).max(1))
@@ -192,11 +259,12 @@ impl Bench<'_> {
         });
         s.settle();
         let wall = start.elapsed();
+        let cpu = self.cpu.now().saturating_sub(cpu0);
         let tasks = forks0.zip(forks_since_boot()).map(|(a, b)| b.saturating_sub(a));
         if let Some(e) = errors.into_iter().next() {
             return Err(e.context(format!("strategy {}", s.name())));
         }
-        Ok((results.into_inner().unwrap(), wall, tasks))
+        Ok(ChunkResult { latencies: results.into_inner().unwrap(), wall, cpu, tasks })
     }
 }
 
@@ -371,6 +439,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         jobs: seq.iter().map(|&u| Job { unit: &w.units[u], inputs: &inputs[u] }).collect(),
         refs: Mutex::new(HashMap::new()),
         bar: Mutex::new(Bar::new(names.len() * (warm + args.compiles * levels.len()))),
+        cpu: CpuMeter::new(),
     };
 
     let t = Instant::now();
@@ -384,6 +453,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         for s in &strategies {
             bench.chunk(s.as_ref(), &warm_positions, max_c)?;
             s.take_recycles();
+            s.take_notes();
         }
         let mut cells = Vec::new();
         for &c in &levels {
@@ -393,16 +463,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             for (round, part) in positions.chunks(chunk).enumerate() {
                 for k in 0..strategies.len() {
                     let i = (k + round) % strategies.len();
-                    let (lat, wall, tasks) = bench.chunk(strategies[i].as_ref(), part, c)?;
+                    let r = bench.chunk(strategies[i].as_ref(), part, c)?;
                     let a = &mut acc[i];
-                    a.latencies.extend(lat);
-                    a.wall += wall;
-                    a.tasks = a.tasks.zip(tasks).map(|(x, y)| x + y);
+                    a.latencies.extend(r.latencies);
+                    a.wall += r.wall;
+                    a.cpu += r.cpu;
+                    a.tasks = a.tasks.zip(r.tasks).map(|(x, y)| x + y);
                 }
             }
             for (s, a) in strategies.iter().zip(acc) {
                 let spawned = s.spawned() - a.spawned;
-                cells.push(Cell::new(s.name(), c, a.latencies, a.wall, a.tasks, spawned, s.take_recycles(), s.recycle_what()));
+                let mut cell = Cell::new(s.name(), c, a.latencies, a.wall, a.tasks, spawned, s.take_recycles(), s.recycle_what());
+                cell.set_cpu(a.cpu, s.take_notes());
+                cells.push(cell);
             }
         }
         Ok(Report::new(cells, &levels, cores))
@@ -419,6 +492,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let _ = linux::unmount_beneath(&root.join("cli"));
         let _ = linux::unmount_beneath(&root.join("bwrap"));
     }
+    bench.cpu.close();
     let mut report = result?;
     report.set_context(&compiler, [small, large, lines, args.compiles, warm], t.elapsed(), args.quick, load_before);
 

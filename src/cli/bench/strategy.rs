@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use jailbuilder::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
-use jailbuilder::engine::{BuildRequest, Engine, EngineConfig};
+use jailbuilder::engine::{BuildRequest, Engine, EngineConfig, PhaseTimings};
 use jailbuilder::exec::{CommandSpec, PreparedCommand};
 use jailbuilder::NativeBackend;
 
@@ -46,6 +46,10 @@ pub trait Strategy: Send + Sync {
     /// Container recycle times since the last call.
     fn take_recycles(&self) -> Vec<Duration> {
         Vec::new()
+    }
+    /// A line for the report about the compiles since the last call (native: phase times).
+    fn take_notes(&self) -> Option<String> {
+        None
     }
     /// What "recycle" means for this strategy, for the report.
     fn recycle_what(&self) -> &'static str {
@@ -150,6 +154,7 @@ impl<B: Backend> Backend for Timed<B> {
 
 pub struct Native {
     engine: Engine<Timed<NativeBackend>>,
+    phases: Mutex<Vec<PhaseTimings>>,
     id: ToolchainId,
     archive: PathBuf,
     compiler: String,
@@ -158,7 +163,7 @@ pub struct Native {
 impl Native {
     pub fn start(backend: NativeBackend, engine: EngineConfig, archive: &Path, id: ToolchainId, compiler: &str) -> anyhow::Result<Native> {
         let engine = Engine::start(Timed { inner: backend, resets: Mutex::new(Vec::new()) }, engine)?;
-        Ok(Native { engine, id, archive: archive.to_path_buf(), compiler: compiler.to_string() })
+        Ok(Native { engine, phases: Mutex::default(), id, archive: archive.to_path_buf(), compiler: compiler.to_string() })
     }
 }
 
@@ -177,6 +182,7 @@ impl Strategy for Native {
             outputs: vec![job.unit.object()],
         })?;
         check_compile("native", job.unit, out.exec.status.success(), &out.exec.stderr)?;
+        self.phases.lock().unwrap().push(out.timings);
         match out.outputs.into_iter().next() {
             Some(o) => Ok(o.data),
             None => bail!("native: {} produced no object", job.unit.file),
@@ -197,6 +203,23 @@ impl Strategy for Native {
 
     fn recycle_what(&self) -> &'static str {
         "backend reset (in the background)"
+    }
+
+    fn take_notes(&self) -> Option<String> {
+        let phases = std::mem::take(&mut *self.phases.lock().unwrap());
+        let p50 = |f: fn(&PhaseTimings) -> Duration| {
+            let mut v: Vec<Duration> = phases.iter().map(f).collect();
+            v.sort();
+            format!("{:.3}", v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or_default().as_secs_f64() * 1e3)
+        };
+        Some(format!(
+            "phases p50 ms: image {}, container {}, unpack+dirs {}, exec {}, outputs {}",
+            p50(|t| t.image),
+            p50(|t| t.container),
+            p50(|t| t.unpack),
+            p50(|t| t.exec),
+            p50(|t| t.outputs)
+        ))
     }
 
     fn shutdown(&self) -> anyhow::Result<()> {

@@ -45,8 +45,9 @@ impl Rng {
 }
 
 fn header() -> String {
-    "#ifndef BENCH_H\n#define BENCH_H\n#include <stddef.h>\n#include <stdint.h>\n\
-     #include <string.h>\n#include <stdio.h>\n\n\
+    "#ifndef BENCH_H\n#define BENCH_H\n#include <stddef.h>\n#include <stdint.h>\n\n\
+     int snprintf(char *, size_t, const char *, ...);\n\
+     #define memcpy __builtin_memcpy\n#define strlen __builtin_strlen\n\
      struct bench_buf { char data[256]; size_t len; uint32_t crc; };\n\
      static inline uint32_t bench_mix(uint32_t h, uint32_t v) { h ^= v; h *= 16777619u; return h ^ (h >> 15); }\n\
      void bench_append(struct bench_buf *b, const char *s);\n\
@@ -93,10 +94,10 @@ fn unit(index: usize, functions: usize, large: bool) -> Unit {
     Unit { file, source: s, large }
 }
 
-/// `small` units of about 150 lines and `large` units of about `large_lines` lines.
+/// `small` units of about 120 lines and `large` units of about `large_lines` lines.
 pub fn generate(small: usize, large: usize, large_lines: usize) -> Workload {
     // A function is ~20 lines.
-    let mut units: Vec<Unit> = (0..small).map(|i| unit(i, 6, false)).collect();
+    let mut units: Vec<Unit> = (0..small).map(|i| unit(i, 5, false)).collect();
     units.extend((0..large).map(|i| unit(small + i, (large_lines / 20).max(1), true)));
     Workload { header: header(), units }
 }
