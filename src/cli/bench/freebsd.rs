@@ -40,11 +40,22 @@ pub struct CliPot {
 impl CliPot {
     /// Removes leftover `jbbench-` pots, then makes the toolchain image from `template`
     /// (make_image: clone, unpack the toolchain into it, snapshot).
-    pub fn new(pot_fs_root: &Path, template: &str, toolchain: &Path, archive_id: &str, compiler: &str) -> anyhow::Result<CliPot> {
+    pub fn new(
+        pot_fs_root: &Path,
+        template: &str,
+        toolchain: &Path,
+        archive_id: &str,
+        compiler: &str,
+    ) -> anyhow::Result<CliPot> {
         let pot_cmd = PathBuf::from("pot");
         let spawner = Spawner::default();
-        let listed = spawner.check_run(Command::new(&pot_cmd).args(["ls", "-q"])).context("`pot ls -q` (is pot installed?)")?;
-        for cid in String::from_utf8_lossy(&listed.stdout).split('\n').map(str::trim) {
+        let listed = spawner
+            .check_run(Command::new(&pot_cmd).args(["ls", "-q"]))
+            .context("`pot ls -q` (is pot installed?)")?;
+        for cid in String::from_utf8_lossy(&listed.stdout)
+            .split('\n')
+            .map(str::trim)
+        {
             if cid.starts_with(BUILDER_PREFIX) || cid.starts_with(IMAGE_PREFIX) {
                 if let Err(e) = pot_rm(&spawner, &pot_cmd, cid) {
                     eprintln!("jailbuilder bench: removing pot {cid}: {e:#}");
@@ -52,12 +63,16 @@ impl CliPot {
             }
         }
         let image = format!("{IMAGE_PREFIX}{archive_id}");
-        spawner.check_run(Command::new(&pot_cmd).args(["clone", "-p", &image, "-P", template])).context("Failed to create pot container")?;
+        spawner
+            .check_run(Command::new(&pot_cmd).args(["clone", "-p", &image, "-P", template]))
+            .context("Failed to create pot container")?;
         let tc = std::fs::File::open(toolchain)?;
         tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(tc)))
             .unpack(pot_fs_root.join("jails").join(&image).join("m"))
             .context("unpacking the toolchain into the pot image")?;
-        spawner.check_run(Command::new(&pot_cmd).args(["snapshot", "-p", &image])).context("Failed to snapshot container after build")?;
+        spawner
+            .check_run(Command::new(&pot_cmd).args(["snapshot", "-p", &image]))
+            .context("Failed to snapshot container after build")?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(CliPot {
             inner: Arc::new(PotInner {
@@ -78,7 +93,10 @@ impl CliPot {
 }
 
 fn pot_rm(spawner: &Spawner, pot_cmd: &Path, cid: &str) -> anyhow::Result<()> {
-    spawner.check_run(Command::new(pot_cmd).args(["destroy", "-F", "-p", cid])).map(drop).context("Failed to force delete container")
+    spawner
+        .check_run(Command::new(pot_cmd).args(["destroy", "-F", "-p", cid]))
+        .map(drop)
+        .context("Failed to force delete container")
 }
 
 impl PotInner {
@@ -86,17 +104,29 @@ impl PotInner {
         let cid = format!("{BUILDER_PREFIX}{}", uuid::Uuid::new_v4());
         let mut clone_args: Vec<&str> = vec!["clone", "-p", &cid, "-P", &self.image];
         clone_args.extend(self.pot_clone_args.iter().map(String::as_str));
-        self.spawner.check_run(Command::new(&self.pot_cmd).args(&clone_args)).context("Failed to create pot container")?;
-        self.spawner.check_run(Command::new(&self.pot_cmd).args(["snapshot", "-p", &cid])).context("Failed to snapshotpot container")?;
-        self.spawner.check_run(Command::new(&self.pot_cmd).args(["start", "-p", &cid])).context("Failed to start container")?;
+        self.spawner
+            .check_run(Command::new(&self.pot_cmd).args(&clone_args))
+            .context("Failed to create pot container")?;
+        self.spawner
+            .check_run(Command::new(&self.pot_cmd).args(["snapshot", "-p", &cid]))
+            .context("Failed to snapshotpot container")?;
+        self.spawner
+            .check_run(Command::new(&self.pot_cmd).args(["start", "-p", &cid]))
+            .context("Failed to start container")?;
         Ok(cid)
     }
 
     fn clean_container(&self, cid: &str) -> anyhow::Result<()> {
         // The seed runs a hard-coded "pot" here; pot_cmd is "pot" in the bench too.
-        self.spawner.check_run(Command::new("pot").args(["stop", "-p", cid])).context("Failed to stop container")?;
-        self.spawner.check_run(Command::new("pot").args(["revert", "-p", cid])).context("Failed to revert container")?;
-        self.spawner.check_run(Command::new("pot").args(["start", "-p", cid])).context("Failed to (re)start container")?;
+        self.spawner
+            .check_run(Command::new("pot").args(["stop", "-p", cid]))
+            .context("Failed to stop container")?;
+        self.spawner
+            .check_run(Command::new("pot").args(["revert", "-p", cid]))
+            .context("Failed to revert container")?;
+        self.spawner
+            .check_run(Command::new("pot").args(["start", "-p", cid]))
+            .context("Failed to (re)start container")?;
         Ok(())
     }
 
@@ -111,7 +141,9 @@ impl PotInner {
         if let Some(p) = Path::new(&object).parent() {
             cmd.arg(cwd.join(p));
         }
-        self.spawner.check_run(&mut cmd).context("Failed to create directories required for compile in container")?;
+        self.spawner
+            .check_run(&mut cmd)
+            .context("Failed to create directories required for compile in container")?;
 
         let mut cmd = Command::new("jexec");
         cmd.arg(cid).arg("env");
@@ -119,11 +151,21 @@ impl PotInner {
             cmd.arg(format!("{k}={v}"));
         }
         cmd.args(["sh", "-c", "cd \"$1\" && shift && exec \"$@\""]);
-        cmd.arg(&self.compiler).arg(cwd).arg(&self.compiler).args(job.args());
-        let out = self.spawner.output(&mut cmd).context("Failed to start executing compile")?;
+        cmd.arg(&self.compiler)
+            .arg(cwd)
+            .arg(&self.compiler)
+            .args(job.args());
+        let out = self
+            .spawner
+            .output(&mut cmd)
+            .context("Failed to start executing compile")?;
         check_compile("cli", job.unit, out.status.success(), &out.stderr)?;
 
-        let out = self.spawner.output(Command::new("jexec").args([cid, "cat"]).arg(cwd.join(&object)))?;
+        let out = self.spawner.output(
+            Command::new("jexec")
+                .args([cid, "cat"])
+                .arg(cwd.join(&object)),
+        )?;
         if !out.status.success() {
             bail!("cli: missing output {object}");
         }

@@ -48,8 +48,14 @@ pub fn unmount_beneath(prefix: &Path) -> anyhow::Result<()> {
 
 pub fn mount_tmpfs(path: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(path)?;
-    mount(Some("jbbench"), path, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))
-        .with_context(|| format!("mounting a tmpfs on {}", path.display()))
+    mount(
+        Some("jbbench"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", path.display()))
 }
 
 /// A busybox-static layer with the few commands the seed runs inside a pot.
@@ -102,7 +108,9 @@ pub struct CliLinux {
 impl CliLinux {
     /// `image` is the unpacked toolchain, `base` the busybox layer beneath it.
     pub fn new(dir: &Path, image: &Path, base: &Path, compiler: &str) -> anyhow::Result<CliLinux> {
-        for tool in ["nsenter", "unshare", "chroot", "mount", "umount", "mkdir", "kill"] {
+        for tool in [
+            "nsenter", "unshare", "chroot", "mount", "umount", "mkdir", "kill",
+        ] {
             if jailbuilder::toolchain::which(tool).is_none() {
                 bail!("the cli strategy needs `{tool}` (util-linux, coreutils)");
             }
@@ -130,11 +138,29 @@ impl CliInner {
     /// `pot revert`'s part: a fresh tmpfs and the overlay on it.
     fn mount_layers(&self, pot: &Path, root: &Path, tmp: &Path) -> anyhow::Result<()> {
         let sp = &self.spawner;
-        sp.check_run(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "jbbench"]).arg(tmp))?;
-        sp.check_run(Command::new("mkdir").arg("-p").arg(tmp.join("upper")).arg(tmp.join("work")))?;
-        let opts = format!("lowerdir={},upperdir={},workdir={}", self.lowers, tmp.join("upper").display(), tmp.join("work").display());
-        sp.check_run(Command::new("mount").args(["-t", "overlay", "-o", &opts, "jbbench"]).arg(root))
-            .with_context(|| format!("pot {}", pot.display()))?;
+        sp.check_run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=0755", "jbbench"])
+                .arg(tmp),
+        )?;
+        sp.check_run(
+            Command::new("mkdir")
+                .arg("-p")
+                .arg(tmp.join("upper"))
+                .arg(tmp.join("work")),
+        )?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lowers,
+            tmp.join("upper").display(),
+            tmp.join("work").display()
+        );
+        sp.check_run(
+            Command::new("mount")
+                .args(["-t", "overlay", "-o", &opts, "jbbench"])
+                .arg(root),
+        )
+        .with_context(|| format!("pot {}", pot.display()))?;
         Ok(())
     }
 
@@ -142,7 +168,16 @@ impl CliInner {
     fn start_holder(&self) -> anyhow::Result<Child> {
         let mut child = self.spawner.spawn(
             Command::new("unshare")
-                .args(["--net", "--ipc", "--uts", "--mount", "--propagation", "private", "sleep", "infinity"])
+                .args([
+                    "--net",
+                    "--ipc",
+                    "--uts",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sleep",
+                    "infinity",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
@@ -170,25 +205,44 @@ impl CliInner {
         let name = format!("p{}", self.next.fetch_add(1, Ordering::Relaxed));
         let pot = self.dir.join(&name);
         let (root, tmp) = (pot.join("root"), pot.join("tmp"));
-        self.spawner.check_run(Command::new("mkdir").arg("-p").arg(&root).arg(&tmp))?;
+        self.spawner
+            .check_run(Command::new("mkdir").arg("-p").arg(&root).arg(&tmp))?;
         self.mount_layers(&pot, &root, &tmp)?;
         let holder = self.start_holder()?;
-        Ok(Pot { name, root, tmp, holder })
+        Ok(Pot {
+            name,
+            root,
+            tmp,
+            holder,
+        })
     }
 
     /// `jexec CID ...`.
     fn jexec(&self, pot: &Pot) -> Command {
         let mut c = Command::new("nsenter");
-        c.args(["-t", &pot.holder.id().to_string(), "-n", "-i", "-u", "-m", "--", "chroot"]).arg(&pot.root);
+        c.args([
+            "-t",
+            &pot.holder.id().to_string(),
+            "-n",
+            "-i",
+            "-u",
+            "-m",
+            "--",
+            "chroot",
+        ])
+        .arg(&pot.root);
         c
     }
 
     /// `pot stop`, `pot revert`, `pot start` (clean_container).
     fn clean_container(&self, pot: &mut Pot) -> anyhow::Result<()> {
-        self.spawner.check_run(Command::new("kill").args(["-KILL", &pot.holder.id().to_string()]))?;
+        self.spawner
+            .check_run(Command::new("kill").args(["-KILL", &pot.holder.id().to_string()]))?;
         pot.holder.wait()?;
-        self.spawner.check_run(Command::new("umount").arg(&pot.root))?;
-        self.spawner.check_run(Command::new("umount").arg(&pot.tmp))?;
+        self.spawner
+            .check_run(Command::new("umount").arg(&pot.root))?;
+        self.spawner
+            .check_run(Command::new("umount").arg(&pot.tmp))?;
         let dir = self.dir.join(&pot.name);
         self.mount_layers(&dir, &pot.root, &pot.tmp)?;
         pot.holder = self.start_holder()?;
@@ -205,7 +259,9 @@ impl CliInner {
 
     /// perform_build.
     fn perform_build(&self, pot: &Pot, job: &Job<'_>) -> anyhow::Result<Vec<u8>> {
-        tar::Archive::new(job.inputs).unpack(&pot.root).context("Failed to unpack inputs to pot")?;
+        tar::Archive::new(job.inputs)
+            .unpack(&pot.root)
+            .context("Failed to unpack inputs to pot")?;
         let cwd = Path::new(CWD);
         let object = job.unit.object();
         let mut cmd = self.jexec(pot);
@@ -213,7 +269,9 @@ impl CliInner {
         if let Some(p) = Path::new(&object).parent() {
             cmd.arg(cwd.join(p));
         }
-        self.spawner.check_run(&mut cmd).context("Failed to create directories required for compile in container")?;
+        self.spawner
+            .check_run(&mut cmd)
+            .context("Failed to create directories required for compile in container")?;
 
         let mut cmd = self.jexec(pot);
         cmd.arg("env");
@@ -221,11 +279,16 @@ impl CliInner {
             cmd.arg(format!("{k}={v}"));
         }
         cmd.args(["sh", "-c", "cd \"$1\" && shift && exec \"$@\""]);
-        cmd.arg(&self.compiler).arg(cwd).arg(&self.compiler).args(job.args());
+        cmd.arg(&self.compiler)
+            .arg(cwd)
+            .arg(&self.compiler)
+            .args(job.args());
         let out = self.spawner.output(&mut cmd)?;
         check_compile("cli", job.unit, out.status.success(), &out.stderr)?;
 
-        let out = self.spawner.output(self.jexec(pot).arg("cat").arg(cwd.join(&object)))?;
+        let out = self
+            .spawner
+            .output(self.jexec(pot).arg("cat").arg(cwd.join(&object)))?;
         if !out.status.success() {
             bail!("cli: missing output {object}");
         }
@@ -262,7 +325,10 @@ impl Strategy for CliLinux {
                     bg.ready.lock().unwrap().push(pot);
                 }
                 Err(e) => {
-                    eprintln!("jailbuilder bench: cli: cleaning pot {} failed: {e:#}", pot.name);
+                    eprintln!(
+                        "jailbuilder bench: cli: cleaning pot {} failed: {e:#}",
+                        pot.name
+                    );
                     bg.destroy(pot);
                 }
             }
@@ -318,7 +384,10 @@ pub struct Bwrap {
 }
 
 /// sccache's run_in_root: a thread with its own filesystem attributes, chroot'ed.
-fn run_in_root<T: Send>(root: &Path, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+fn run_in_root<T: Send>(
+    root: &Path,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             unshare(CloneFlags::CLONE_FS).context("Failed to unshare filesystem attributes")?;
@@ -333,16 +402,28 @@ fn run_in_root<T: Send>(root: &Path, f: impl FnOnce() -> anyhow::Result<T> + Sen
 
 /// sccache's join_suffix: `root` joined with `path` made relative.
 fn join_suffix(root: &Path, path: &Path) -> PathBuf {
-    let rel: PathBuf = path.components().filter(|c| !matches!(c, std::path::Component::RootDir)).collect();
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::RootDir))
+        .collect();
     root.join(rel)
 }
 
 impl Bwrap {
     /// `toolchain_dir` is the unpacked toolchain (sccache's toolchains/<archive_id>); build
     /// directories go in `dir/builds`, a tmpfs.
-    pub fn new(dir: &Path, toolchain_dir: &Path, archive_id: &str, compiler: &str) -> anyhow::Result<Bwrap> {
-        let bubblewrap = jailbuilder::toolchain::which("bwrap").context("the bwrap strategy needs bubblewrap (Debian: bubblewrap)")?;
-        let out = Command::new(&bubblewrap).arg("--version").output().context("Failed to execute bwrap for version check")?;
+    pub fn new(
+        dir: &Path,
+        toolchain_dir: &Path,
+        archive_id: &str,
+        compiler: &str,
+    ) -> anyhow::Result<Bwrap> {
+        let bubblewrap = jailbuilder::toolchain::which("bwrap")
+            .context("the bwrap strategy needs bubblewrap (Debian: bubblewrap)")?;
+        let out = Command::new(&bubblewrap)
+            .arg("--version")
+            .output()
+            .context("Failed to execute bwrap for version check")?;
         let version = String::from_utf8_lossy(&out.stdout);
         if !version.starts_with("bubblewrap ") {
             bail!("unexpected `bwrap --version`: {version:?}");
@@ -365,32 +446,51 @@ impl Bwrap {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    unshare(CloneFlags::CLONE_NEWNS).context("Failed to enter a new Linux namespace")?;
-                    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-                        .context("Failed to turn / into a slave")?;
+                    unshare(CloneFlags::CLONE_NEWNS)
+                        .context("Failed to enter a new Linux namespace")?;
+                    mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )
+                    .context("Failed to turn / into a slave")?;
                     let work_dir = build_dir.join("work");
                     let upper_dir = build_dir.join("upper");
                     let target_dir = build_dir.join("target");
                     fs::create_dir(&work_dir).context("Failed to create overlay work directory")?;
-                    fs::create_dir(&upper_dir).context("Failed to create overlay upper directory")?;
-                    fs::create_dir(&target_dir).context("Failed to create overlay target directory")?;
+                    fs::create_dir(&upper_dir)
+                        .context("Failed to create overlay upper directory")?;
+                    fs::create_dir(&target_dir)
+                        .context("Failed to create overlay target directory")?;
                     let opts = format!(
                         "lowerdir={},upperdir={},workdir={}",
                         self.toolchain_dir.display(),
                         upper_dir.display(),
                         work_dir.display()
                     );
-                    mount(Some("overlay"), &target_dir, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-                        .context("Failed to mount overlay FS")?;
+                    mount(
+                        Some("overlay"),
+                        &target_dir,
+                        Some("overlay"),
+                        MsFlags::empty(),
+                        Some(opts.as_str()),
+                    )
+                    .context("Failed to mount overlay FS")?;
 
                     let cwd = Path::new(CWD);
                     let object = job.unit.object();
                     run_in_root(&target_dir, || {
                         let root = Path::new("/");
-                        tar::Archive::new(job.inputs).unpack(root).context("Failed to unpack inputs to overlay")?;
-                        fs::create_dir_all(join_suffix(root, cwd)).context("Failed to create cwd")?;
+                        tar::Archive::new(job.inputs)
+                            .unpack(root)
+                            .context("Failed to unpack inputs to overlay")?;
+                        fs::create_dir_all(join_suffix(root, cwd))
+                            .context("Failed to create cwd")?;
                         if let Some(p) = Path::new(&object).parent() {
-                            fs::create_dir_all(join_suffix(root, &cwd.join(p))).context("Failed to create an output directory")?;
+                            fs::create_dir_all(join_suffix(root, &cwd.join(p)))
+                                .context("Failed to create an output directory")?;
                         }
                         Ok(())
                     })?;
@@ -398,7 +498,14 @@ impl Bwrap {
                     let mut cmd = Command::new(&self.bubblewrap);
                     cmd.arg("--die-with-parent")
                         .args(["--cap-drop", "ALL"])
-                        .args(["--unshare-user", "--unshare-cgroup", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"])
+                        .args([
+                            "--unshare-user",
+                            "--unshare-cgroup",
+                            "--unshare-ipc",
+                            "--unshare-pid",
+                            "--unshare-net",
+                            "--unshare-uts",
+                        ])
                         .arg("--bind")
                         .arg(&target_dir)
                         .arg("/")
@@ -432,13 +539,19 @@ impl Strategy for Bwrap {
     fn compile(&self, job: &Job<'_>) -> anyhow::Result<Vec<u8>> {
         // prepare_overlay_dirs
         let id = self.build_count.fetch_add(1, Ordering::Relaxed) + 1;
-        let build_dir = self.dir.join("builds").join(format!("{}-{id}", self.archive_id));
+        let build_dir = self
+            .dir
+            .join("builds")
+            .join(format!("{}-{id}", self.archive_id));
         fs::create_dir(&build_dir)?;
         let result = self.perform_build(job, &build_dir);
         // finish_overlay, before run_build returns
         let t = Instant::now();
         if let Err(e) = fs::remove_dir_all(&build_dir) {
-            eprintln!("jailbuilder bench: bwrap: removing {}: {e}", build_dir.display());
+            eprintln!(
+                "jailbuilder bench: bwrap: removing {}: {e}",
+                build_dir.display()
+            );
         }
         self.recycles.lock().unwrap().push(t.elapsed());
         result

@@ -42,10 +42,12 @@ const DEFAULT_STRATEGIES: &str = "native,cli,bare";
 const DEFAULT_ROOT: &str = "/var/lib/jailbuilder-bench";
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  sudo jailbuilder bench --json bench.json --plot bench.svg\n  \
+#[command(
+    after_help = "Example:\n  sudo jailbuilder bench --json bench.json --plot bench.svg\n  \
 sudo jailbuilder bench --compiles 4 --concurrency 1 --quick    # CI smoke run\n\n\
 Everything lives under --state-dir (default /var/lib/jailbuilder-bench): native/ is the engine's\n\
-state directory, cli/ and bwrap/ the other strategies', work/ the toolchain and scratch.")]
+state directory, cli/ and bwrap/ the other strategies', work/ the toolchain and scratch."
+)]
 pub struct BenchArgs {
     /// Measured compiles per strategy and concurrency level.
     #[arg(long, default_value_t = 96)]
@@ -99,8 +101,14 @@ struct Bar {
 
 impl Bar {
     fn new(total: usize) -> Bar {
-        let bar = std::io::stderr().is_terminal().then(|| Progress::new("bench", total));
-        Bar { bar, total, done: 0 }
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| Progress::new("bench", total));
+        Bar {
+            bar,
+            total,
+            done: 0,
+        }
     }
 
     fn inc(&mut self, what: &str) {
@@ -108,7 +116,9 @@ impl Bar {
         match &mut self.bar {
             Some(b) => b.inc(what),
             None => {
-                if self.done * 10 / self.total.max(1) != (self.done - 1) * 10 / self.total.max(1) || self.done == self.total {
+                if self.done * 10 / self.total.max(1) != (self.done - 1) * 10 / self.total.max(1)
+                    || self.done == self.total
+                {
                     eprintln!("  bench {}/{} {what}", self.done, self.total);
                 }
             }
@@ -139,11 +149,18 @@ impl CpuMeter {
         if !ok {
             let _ = std::fs::remove_dir(&dir);
         }
-        CpuMeter { cgroup: ok.then_some(dir) }
+        CpuMeter {
+            cgroup: ok.then_some(dir),
+        }
     }
 
     fn now(&self) -> Duration {
-        if let Some(ns) = self.cgroup.as_ref().and_then(|d| std::fs::read_to_string(d.join("cpuacct.usage")).ok()).and_then(|s| s.trim().parse().ok()) {
+        if let Some(ns) = self
+            .cgroup
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("cpuacct.usage")).ok())
+            .and_then(|s| s.trim().parse().ok())
+        {
             return Duration::from_nanos(ns);
         }
         cpu_time()
@@ -152,7 +169,10 @@ impl CpuMeter {
     /// Moves the bench back to the root cgroup and removes its own.
     fn close(&self) {
         if let Some(dir) = &self.cgroup {
-            let root = dir.parent().expect("a cgroup has a parent").join("cgroup.procs");
+            let root = dir
+                .parent()
+                .expect("a cgroup has a parent")
+                .join("cgroup.procs");
             let _ = std::fs::write(root, std::process::id().to_string());
             for _ in 0..100 {
                 if std::fs::remove_dir(dir).is_ok() {
@@ -160,7 +180,10 @@ impl CpuMeter {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            eprintln!("jailbuilder bench: could not remove cgroup {}", dir.display());
+            eprintln!(
+                "jailbuilder bench: could not remove cgroup {}",
+                dir.display()
+            );
         }
     }
 }
@@ -168,7 +191,9 @@ impl CpuMeter {
 /// CPU time (user + system) of this process and of its reaped descendants.
 fn cpu_time() -> Duration {
     use nix::sys::resource::{getrusage, UsageWho};
-    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000);
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+    };
     [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
         .into_iter()
         .filter_map(|w| getrusage(w).ok())
@@ -187,7 +212,9 @@ struct ChunkResult {
 /// Tasks (processes and threads) the kernel has created since boot: /proc/stat `processes`.
 fn forks_since_boot() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines().find_map(|l| l.strip_prefix("processes ")).and_then(|n| n.trim().parse().ok())
+    stat.lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// One strategy's results at one concurrency level, accumulated over rounds.
@@ -230,7 +257,12 @@ impl Bench<'_> {
     /// Runs the compiles at `positions` of the sequence with `concurrency` workers (large
     /// units first, so that no worker idles behind one at the end), then waits for the
     /// strategy's background work. Wall and CPU time run until it has settled.
-    fn chunk(&self, s: &dyn Strategy, positions: &[usize], concurrency: usize) -> anyhow::Result<ChunkResult> {
+    fn chunk(
+        &self,
+        s: &dyn Strategy,
+        positions: &[usize],
+        concurrency: usize,
+    ) -> anyhow::Result<ChunkResult> {
         let mut order = positions.to_vec();
         order.sort_by_key(|&p| !self.jobs[p].unit.large);
         let queue = Mutex::new(order.into_iter().rev().collect::<Vec<_>>());
@@ -243,7 +275,9 @@ impl Bench<'_> {
                 .map(|_| {
                     scope.spawn(|| -> anyhow::Result<()> {
                         loop {
-                            let Some(pos) = queue.lock().unwrap().pop() else { return Ok(()) };
+                            let Some(pos) = queue.lock().unwrap().pop() else {
+                                return Ok(());
+                            };
                             let job = &self.jobs[pos];
                             let t = Instant::now();
                             let object = s.compile(job)?;
@@ -255,39 +289,75 @@ impl Bench<'_> {
                     })
                 })
                 .collect();
-            workers.into_iter().filter_map(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked"))).err()).collect()
+            workers
+                .into_iter()
+                .filter_map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+                        .err()
+                })
+                .collect()
         });
         s.settle();
         let wall = start.elapsed();
         let cpu = self.cpu.now().saturating_sub(cpu0);
-        let tasks = forks0.zip(forks_since_boot()).map(|(a, b)| b.saturating_sub(a));
+        let tasks = forks0
+            .zip(forks_since_boot())
+            .map(|(a, b)| b.saturating_sub(a));
         if let Some(e) = errors.into_iter().next() {
             return Err(e.context(format!("strategy {}", s.name())));
         }
-        Ok(ChunkResult { latencies: results.into_inner().unwrap(), wall, cpu, tasks })
+        Ok(ChunkResult {
+            latencies: results.into_inner().unwrap(),
+            wall,
+            cpu,
+            tasks,
+        })
     }
 }
 
 #[cfg(target_os = "freebsd")]
 fn env_or(flag: &Option<PathBuf>, var: &str, default: &str) -> PathBuf {
-    flag.clone().or_else(|| std::env::var_os(var).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(default))
+    flag.clone()
+        .or_else(|| std::env::var_os(var).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
     Ok(match name {
         "native" => {
-            let backend = jailbuilder::native::open_backend(&ctx.cfg).context("opening the sandbox backend (try `jailbuilder doctor`)")?;
-            Box::new(strategy::Native::start(backend, ctx.engine.clone(), &ctx.archive, ctx.id.clone(), &ctx.compiler)?)
+            let backend = jailbuilder::native::open_backend(&ctx.cfg)
+                .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
+            Box::new(strategy::Native::start(
+                backend,
+                ctx.engine.clone(),
+                &ctx.archive,
+                ctx.id.clone(),
+                &ctx.compiler,
+            )?)
         }
-        "bare" => Box::new(strategy::Bare::new(&ctx.root.join("work/bare"), &ctx.compiler)?),
+        "bare" => Box::new(strategy::Bare::new(
+            &ctx.root.join("work/bare"),
+            &ctx.compiler,
+        )?),
         #[cfg(target_os = "linux")]
         "cli" => {
             let base = ctx.root.join("cli-base");
             linux::make_base_layer(&base)?;
-            Box::new(linux::CliLinux::new(&ctx.root.join("cli"), &ctx.unpacked()?, &base, &ctx.compiler)?)
+            Box::new(linux::CliLinux::new(
+                &ctx.root.join("cli"),
+                &ctx.unpacked()?,
+                &base,
+                &ctx.compiler,
+            )?)
         }
         #[cfg(target_os = "linux")]
-        "bwrap" => Box::new(linux::Bwrap::new(&ctx.root.join("bwrap"), &ctx.unpacked()?, ctx.id.as_str(), &ctx.compiler)?),
+        "bwrap" => Box::new(linux::Bwrap::new(
+            &ctx.root.join("bwrap"),
+            &ctx.unpacked()?,
+            ctx.id.as_str(),
+            &ctx.compiler,
+        )?),
         #[cfg(target_os = "freebsd")]
         "cli" => {
             let fs_root = env_or(&ctx.pot_fs_root, "JAILBUILDER_POT_FS_ROOT", "/opt/pot");
@@ -296,9 +366,18 @@ fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
                 .clone()
                 .or_else(|| std::env::var("JAILBUILDER_POT_TEMPLATE").ok())
                 .unwrap_or_else(|| "sccache-template".into());
-            Box::new(freebsd::CliPot::new(&fs_root, &template, &ctx.archive, ctx.id.as_str(), &ctx.compiler)?)
+            Box::new(freebsd::CliPot::new(
+                &fs_root,
+                &template,
+                &ctx.archive,
+                ctx.id.as_str(),
+                &ctx.compiler,
+            )?)
         }
-        other => bail!("unknown strategy {other:?} on {}: expected one of {DEFAULT_STRATEGIES}", std::env::consts::OS),
+        other => bail!(
+            "unknown strategy {other:?} on {}: expected one of {DEFAULT_STRATEGIES}",
+            std::env::consts::OS
+        ),
     })
 }
 
@@ -331,7 +410,9 @@ impl Ctx {
         }
         std::fs::create_dir_all(&dir)?;
         let f = std::io::BufReader::new(std::fs::File::open(&self.archive)?);
-        tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(&dir).context("unpacking the toolchain")?;
+        tar::Archive::new(flate2::read::GzDecoder::new(f))
+            .unpack(&dir)
+            .context("unpacking the toolchain")?;
         *u = Some(dir.clone());
         Ok(dir)
     }
@@ -341,7 +422,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     common::require_root("jailbuilder bench")?;
     let load_before = report::loadavg();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut levels = if args.concurrency.is_empty() { vec![1, cores] } else { args.concurrency.clone() };
+    let mut levels = if args.concurrency.is_empty() {
+        vec![1, cores]
+    } else {
+        args.concurrency.clone()
+    };
     levels.dedup();
     if levels.contains(&0) || args.compiles == 0 {
         bail!("--compiles and --concurrency must be at least 1");
@@ -355,8 +440,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let max_c = *levels.iter().max().expect("at least one level");
 
-    let root = common::absolute(args.builder.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_ROOT)))?;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).with_context(|| format!("creating {}", root.display()))?;
+    let root = common::absolute(
+        args.builder
+            .state_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_ROOT)),
+    )?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .with_context(|| format!("creating {}", root.display()))?;
     #[cfg(target_os = "linux")]
     linux::unmount_beneath(&root.join("cli")).and(linux::unmount_beneath(&root.join("bwrap")))?;
     let mut cfg = args.builder.load()?;
@@ -364,7 +458,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     #[cfg(target_os = "freebsd")]
     {
         if args.builder.dataset_root.is_none() && args.builder.config.is_none() {
-            cfg.dataset_root = std::env::var("JAILBUILDER_ZFS_ROOT").map_or_else(|_| "zroot/jailbuilder-bench".into(), |r| format!("{r}/bench"));
+            cfg.dataset_root = std::env::var("JAILBUILDER_ZFS_ROOT").map_or_else(
+                |_| "zroot/jailbuilder-bench".into(),
+                |r| format!("{r}/bench"),
+            );
         }
         if args.builder.mount_root.is_none() && args.builder.config.is_none() {
             cfg.mount_root = root.join("mnt");
@@ -373,7 +470,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             cfg.base_snapshot = std::env::var("JAILBUILDER_BASE_SNAPSHOT").ok();
         }
         if args.builder.build_user.is_none() {
-            if let Some(uid) = std::env::var("JAILBUILDER_BUILD_UID").ok().and_then(|u| u.parse().ok()) {
+            if let Some(uid) = std::env::var("JAILBUILDER_BUILD_UID")
+                .ok()
+                .and_then(|u| u.parse().ok())
+            {
                 (cfg.build_uid, cfg.build_gid) = (uid, uid);
             }
         }
@@ -385,7 +485,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ..cfg.engine_config()
     };
 
-    let (small, large, lines) = if args.quick { (3, 1, 1500) } else { (args.small_units, args.large_units, args.large_lines) };
+    let (small, large, lines) = if args.quick {
+        (3, 1, 1500)
+    } else {
+        (args.small_units, args.large_units, args.large_lines)
+    };
     let w = workload::generate(small, large, lines);
     if w.units.is_empty() {
         bail!("the workload has no translation units");
@@ -396,7 +500,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&work)?;
     let archive = work.join("toolchain.tar.gz");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&archive)?);
-    let summary = package(&PackageOptions { compiler: args.compiler.clone(), headers: true, extra: vec![] }, &mut out)?;
+    let summary = package(
+        &PackageOptions {
+            compiler: args.compiler.clone(),
+            headers: true,
+            extra: vec![],
+        },
+        &mut out,
+    )?;
     drop(out);
     let compiler = summary.compiler.to_string_lossy().into_owned();
     let id = ToolchainId::new(jailbuilder::toolchain::archive_id(&archive)?)?;
@@ -415,8 +526,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|u| {
             common::tar_files(&[
-                (format!("{}/{}", workload::CWD, workload::HEADER), w.header.as_bytes().to_vec()),
-                (format!("{}/{}", workload::CWD, u.file), u.source.as_bytes().to_vec()),
+                (
+                    format!("{}/{}", workload::CWD, workload::HEADER),
+                    w.header.as_bytes().to_vec(),
+                ),
+                (
+                    format!("{}/{}", workload::CWD, u.file),
+                    u.source.as_bytes().to_vec(),
+                ),
             ])
         })
         .collect::<anyhow::Result<_>>()?;
@@ -433,12 +550,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
 
     // The sequence: warm-up first (unmeasured), then per level `compiles` compiles.
-    let warm = if args.quick { 1 } else { (2 * max_c).max(w.units.len().min(8)) };
+    let warm = if args.quick {
+        1
+    } else {
+        (2 * max_c).max(w.units.len().min(8))
+    };
     let seq = workload::sequence(&w, warm + args.compiles);
     let bench = Bench {
-        jobs: seq.iter().map(|&u| Job { unit: &w.units[u], inputs: &inputs[u] }).collect(),
+        jobs: seq
+            .iter()
+            .map(|&u| Job {
+                unit: &w.units[u],
+                inputs: &inputs[u],
+            })
+            .collect(),
         refs: Mutex::new(HashMap::new()),
-        bar: Mutex::new(Bar::new(names.len() * (warm + args.compiles * levels.len()))),
+        bar: Mutex::new(Bar::new(
+            names.len() * (warm + args.compiles * levels.len()),
+        )),
         cpu: CpuMeter::new(),
     };
 
@@ -446,7 +575,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut strategies: Vec<Box<dyn Strategy>> = Vec::new();
     let result = (|| -> anyhow::Result<Report> {
         for n in &names {
-            strategies.push(make_strategy(n, &ctx).with_context(|| format!("setting up strategy {n}"))?);
+            strategies
+                .push(make_strategy(n, &ctx).with_context(|| format!("setting up strategy {n}"))?);
         }
         // Warm-up: builds the images and fills the pools; checks objects too.
         let warm_positions: Vec<usize> = (0..warm).collect();
@@ -457,9 +587,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let mut cells = Vec::new();
         for &c in &levels {
-            let chunk = if args.quick { args.compiles } else { args.chunk.unwrap_or(8 * c).max(1) };
+            let chunk = if args.quick {
+                args.compiles
+            } else {
+                args.chunk.unwrap_or(8 * c).max(1)
+            };
             let positions: Vec<usize> = (warm..warm + args.compiles).collect();
-            let mut acc: Vec<Acc> = strategies.iter().map(|s| Acc { spawned: s.spawned(), tasks: Some(0), ..Acc::default() }).collect();
+            let mut acc: Vec<Acc> = strategies
+                .iter()
+                .map(|s| Acc {
+                    spawned: s.spawned(),
+                    tasks: Some(0),
+                    ..Acc::default()
+                })
+                .collect();
             for (round, part) in positions.chunks(chunk).enumerate() {
                 for k in 0..strategies.len() {
                     let i = (k + round) % strategies.len();
@@ -473,7 +614,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             for (s, a) in strategies.iter().zip(acc) {
                 let spawned = s.spawned() - a.spawned;
-                let mut cell = Cell::new(s.name(), c, a.latencies, a.wall, a.tasks, spawned, s.take_recycles(), s.recycle_what());
+                let mut cell = Cell::new(
+                    s.name(),
+                    c,
+                    a.latencies,
+                    a.wall,
+                    a.tasks,
+                    spawned,
+                    s.take_recycles(),
+                    s.recycle_what(),
+                );
                 cell.set_cpu(a.cpu, s.take_notes());
                 cells.push(cell);
             }
@@ -494,7 +644,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     bench.cpu.close();
     let mut report = result?;
-    report.set_context(&compiler, [small, large, lines, args.compiles, warm], t.elapsed(), args.quick, load_before);
+    report.set_context(
+        &compiler,
+        [small, large, lines, args.compiles, warm],
+        t.elapsed(),
+        args.quick,
+        load_before,
+    );
 
     print!("{}", report.table());
     if let Some(p) = &args.json {

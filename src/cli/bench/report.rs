@@ -28,7 +28,9 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 /// /proc/loadavg's first three fields ("" where there is none).
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// One strategy at one concurrency level.
@@ -135,11 +137,24 @@ impl Report {
             .filter(|c| c.strategy == "bare")
             .map(|c| (c.concurrency, c.latencies.iter().copied().collect()))
             .collect();
-        let bare_p50: HashMap<usize, f64> = cells.iter().filter(|c| c.strategy == "bare").map(|c| (c.concurrency, c.p50)).collect();
-        let bare_cpu: HashMap<usize, f64> = cells.iter().filter(|c| c.strategy == "bare").map(|c| (c.concurrency, c.cpu)).collect();
+        let bare_p50: HashMap<usize, f64> = cells
+            .iter()
+            .filter(|c| c.strategy == "bare")
+            .map(|c| (c.concurrency, c.p50))
+            .collect();
+        let bare_cpu: HashMap<usize, f64> = cells
+            .iter()
+            .filter(|c| c.strategy == "bare")
+            .map(|c| (c.concurrency, c.cpu))
+            .collect();
         for c in cells.iter_mut() {
             if let Some(b) = bare.get(&c.concurrency) {
-                let d = sorted(c.latencies.iter().filter_map(|(p, l)| b.get(p).map(|bl| l - bl)).collect());
+                let d = sorted(
+                    c.latencies
+                        .iter()
+                        .filter_map(|(p, l)| b.get(p).map(|bl| l - bl))
+                        .collect(),
+                );
                 c.overhead = Some(pct(&d, 50.0));
                 c.overhead_p50_diff = Some(c.p50 - bare_p50[&c.concurrency]);
                 c.cpu_overhead = Some(c.cpu - bare_cpu[&c.concurrency]);
@@ -158,7 +173,14 @@ impl Report {
         }
     }
 
-    pub fn set_context(&mut self, compiler: &str, shape: [usize; 5], elapsed: Duration, quick: bool, load_before: String) {
+    pub fn set_context(
+        &mut self,
+        compiler: &str,
+        shape: [usize; 5],
+        elapsed: Duration,
+        quick: bool,
+        load_before: String,
+    ) {
         self.compiler = compiler.to_string();
         self.shape = shape;
         self.elapsed = elapsed;
@@ -168,19 +190,32 @@ impl Report {
     }
 
     fn cell(&self, strategy: &str, c: usize) -> Option<&Cell> {
-        self.cells.iter().find(|x| x.strategy == strategy && x.concurrency == c)
+        self.cells
+            .iter()
+            .find(|x| x.strategy == strategy && x.concurrency == c)
     }
 
     fn ratios(&self) -> Vec<Ratio> {
         let mut out = Vec::new();
         for &c in &self.levels {
-            let Some(n) = self.cell("native", c) else { continue };
-            for o in self.cells.iter().filter(|o| o.concurrency == c && o.strategy != "native") {
+            let Some(n) = self.cell("native", c) else {
+                continue;
+            };
+            for o in self
+                .cells
+                .iter()
+                .filter(|o| o.concurrency == c && o.strategy != "native")
+            {
                 let overhead = match (n.overhead, o.overhead) {
                     (Some(a), Some(b)) if o.strategy != "bare" => Some(b / a.max(OVERHEAD_FLOOR)),
                     _ => None,
                 };
-                out.push(Ratio { other: o.strategy, concurrency: c, overhead, throughput: n.throughput / o.throughput });
+                out.push(Ratio {
+                    other: o.strategy,
+                    concurrency: c,
+                    overhead,
+                    throughput: n.throughput / o.throughput,
+                });
             }
         }
         out
@@ -193,26 +228,49 @@ impl Report {
         t.push(Target {
             name: "native overhead p50 <= 1 ms above bare (concurrency 1)".into(),
             met: ov("native").map(|o| o <= 1.0),
-            detail: ov("native").map_or("needs native and bare at concurrency 1".into(), |o| format!("{o:.2} ms")),
+            detail: ov("native").map_or("needs native and bare at concurrency 1".into(), |o| {
+                format!("{o:.2} ms")
+            }),
         });
         for (other, factor) in [("cli", 20.0), ("bwrap", 3.0)] {
-            let r = ov("native").zip(ov(other)).map(|(n, o)| o / n.max(OVERHEAD_FLOOR));
+            let r = ov("native")
+                .zip(ov(other))
+                .map(|(n, o)| o / n.max(OVERHEAD_FLOOR));
             t.push(Target {
                 name: format!(">= {factor}x less overhead than {other} (concurrency 1)"),
                 met: r.map(|r| r >= factor),
-                detail: r.map_or(format!("needs native, {other} and bare at concurrency 1"), |r| {
-                    let floor = if ov("native").is_some_and(|n| n < OVERHEAD_FLOOR) { " (native's overhead counted as 0.1 ms: within noise)" } else { "" };
-                    format!("{r:.1}x{floor}")
-                }),
+                detail: r.map_or(
+                    format!("needs native, {other} and bare at concurrency 1"),
+                    |r| {
+                        let floor = if ov("native").is_some_and(|n| n < OVERHEAD_FLOOR) {
+                            " (native's overhead counted as 0.1 ms: within noise)"
+                        } else {
+                            ""
+                        };
+                        format!("{r:.1}x{floor}")
+                    },
+                ),
             });
         }
-        let nc = self.cell("native", self.cores).zip(self.cell("bare", self.cores)).map(|(n, b)| n.throughput / b.throughput);
+        let nc = self
+            .cell("native", self.cores)
+            .zip(self.cell("bare", self.cores))
+            .map(|(n, b)| n.throughput / b.throughput);
         t.push(Target {
-            name: format!("native throughput >= 90% of bare at concurrency {}", self.cores),
+            name: format!(
+                "native throughput >= 90% of bare at concurrency {}",
+                self.cores
+            ),
             met: nc.map(|r| r >= 0.9),
-            detail: nc.map_or(format!("needs native and bare at concurrency {}", self.cores), |r| format!("{:.1}%", r * 100.0)),
+            detail: nc.map_or(
+                format!("needs native and bare at concurrency {}", self.cores),
+                |r| format!("{:.1}%", r * 100.0),
+            ),
         });
-        let extra = n1.zip(self.cell("bare", 1)).and_then(|(n, b)| n.tasks.zip(b.tasks)).map(|(n, b)| n - b);
+        let extra = n1
+            .zip(self.cell("bare", 1))
+            .and_then(|(n, b)| n.tasks.zip(b.tasks))
+            .map(|(n, b)| n - b);
         t.push(Target {
             name: "zero spawns per compile besides the compiler".into(),
             met: n1.map(|n| n.spawns == 0.0),
@@ -239,13 +297,34 @@ impl Report {
             self.compiler,
             self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(s, "load average before {} / after {}{}\n", self.load_before, self.load_after, if self.quick { "  (--quick: smoke run, numbers not meaningful)" } else { "" });
+        let _ = writeln!(
+            s,
+            "load average before {} / after {}{}\n",
+            self.load_before,
+            self.load_after,
+            if self.quick {
+                "  (--quick: smoke run, numbers not meaningful)"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(
             s,
             "{:<8} {:>4} {:>9} {:>9} {:>12} {:>11} {:>9} {:>9} {:>7} {:>7} {:>11}",
-            "strategy", "conc", "p50 ms", "p95 ms", "overhead ms", "compiles/s", "cpu ms", "cpu +ms", "spawns", "tasks", "recycle ms"
+            "strategy",
+            "conc",
+            "p50 ms",
+            "p95 ms",
+            "overhead ms",
+            "compiles/s",
+            "cpu ms",
+            "cpu +ms",
+            "spawns",
+            "tasks",
+            "recycle ms"
         );
-        let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+        let opt =
+            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         for &c in &self.levels {
             for x in self.cells.iter().filter(|x| x.concurrency == c) {
                 let _ = writeln!(
@@ -274,14 +353,26 @@ impl Report {
              minus bare's). recycle: p50 time to make a used container ready again."
         );
         for x in self.cells.iter().filter(|x| x.notes.is_some()) {
-            let _ = writeln!(s, "{} at concurrency {}: {}", x.strategy, x.concurrency, x.notes.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "{} at concurrency {}: {}",
+                x.strategy,
+                x.concurrency,
+                x.notes.as_deref().unwrap_or_default()
+            );
         }
         let ratios = self.ratios();
         if !ratios.is_empty() {
             let _ = writeln!(s, "\nnative vs the others:");
             for r in ratios {
-                let ov = r.overhead.map_or(String::new(), |o| format!("{o:.1}x less overhead, "));
-                let _ = writeln!(s, "  vs {:<6} at concurrency {}: {ov}{:.2}x the throughput", r.other, r.concurrency, r.throughput);
+                let ov = r
+                    .overhead
+                    .map_or(String::new(), |o| format!("{o:.1}x less overhead, "));
+                let _ = writeln!(
+                    s,
+                    "  vs {:<6} at concurrency {}: {ov}{:.2}x the throughput",
+                    r.other, r.concurrency, r.throughput
+                );
             }
         }
         let _ = writeln!(s, "\ntargets (benchmarks, not tests):");
@@ -399,8 +490,18 @@ impl Report {
     /// Two bar charts side by side: sandbox overhead (ms, log scale: the strategies differ
     /// by orders of magnitude) and throughput (compiles/s), grouped by concurrency.
     pub fn svg(&self) -> String {
-        const COLORS: [(&str, &str); 4] = [("native", "#2b8a3e"), ("bwrap", "#1c7ed6"), ("cli", "#e8590c"), ("bare", "#868e96")];
-        let color = |s: &str| COLORS.iter().find(|(n, _)| *n == s).map_or("#495057", |(_, c)| c);
+        const COLORS: [(&str, &str); 4] = [
+            ("native", "#2b8a3e"),
+            ("bwrap", "#1c7ed6"),
+            ("cli", "#e8590c"),
+            ("bare", "#868e96"),
+        ];
+        let color = |s: &str| {
+            COLORS
+                .iter()
+                .find(|(n, _)| *n == s)
+                .map_or("#495057", |(_, c)| c)
+        };
         let mut names: Vec<&'static str> = Vec::new();
         for c in &self.cells {
             if !names.contains(&c.strategy) {
@@ -429,39 +530,95 @@ impl Report {
         }
         type Metric<'a> = (&'a str, bool, Box<dyn Fn(&Cell) -> Option<f64>>);
         let panels: [Metric; 2] = [
-            ("sandbox overhead p50 above bare, ms (log scale)", true, Box::new(|c: &Cell| if c.strategy == "bare" { None } else { c.overhead })),
-            ("throughput, compiles/s", false, Box::new(|c: &Cell| Some(c.throughput))),
+            (
+                "sandbox overhead p50 above bare, ms (log scale)",
+                true,
+                Box::new(|c: &Cell| {
+                    if c.strategy == "bare" {
+                        None
+                    } else {
+                        c.overhead
+                    }
+                }),
+            ),
+            (
+                "throughput, compiles/s",
+                false,
+                Box::new(|c: &Cell| Some(c.throughput)),
+            ),
         ];
         for (pi, (title, log, value)) in panels.iter().enumerate() {
             let x0 = 50.0 + pi as f64 * (panel_w + 50.0);
-            let vals: Vec<f64> = self.cells.iter().filter_map(|c| value(c)).filter(|v| v.is_finite()).collect();
+            let vals: Vec<f64> = self
+                .cells
+                .iter()
+                .filter_map(&**value)
+                .filter(|v| v.is_finite())
+                .collect();
             let max = vals.iter().copied().fold(0.0f64, f64::max).max(1e-3);
-            let (lo, hi) = if *log { (0.01f64.log10(), (max * 2.0).log10().max(0.0)) } else { (0.0, max * 1.15) };
+            let (lo, hi) = if *log {
+                (0.01f64.log10(), (max * 2.0).log10().max(0.0))
+            } else {
+                (0.0, max * 1.15)
+            };
             let y_of = |v: f64| {
-                let t = if *log { (v.max(0.01).log10() - lo) / (hi - lo) } else { v / hi };
+                let t = if *log {
+                    (v.max(0.01).log10() - lo) / (hi - lo)
+                } else {
+                    v / hi
+                };
                 top + plot_h - t.clamp(0.0, 1.0) * plot_h
             };
-            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"13\">{title}</text>", x0 + panel_w / 2.0, top - 6.0);
-            let _ = writeln!(s, "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", top + plot_h, x0 + panel_w, top + plot_h);
-            let _ = writeln!(s, "<line x1=\"{x0}\" y1=\"{top}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>", top + plot_h);
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"13\">{title}</text>",
+                x0 + panel_w / 2.0,
+                top - 6.0
+            );
+            let _ = writeln!(
+                s,
+                "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+                top + plot_h,
+                x0 + panel_w,
+                top + plot_h
+            );
+            let _ = writeln!(
+                s,
+                "<line x1=\"{x0}\" y1=\"{top}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>",
+                top + plot_h
+            );
             let ticks: Vec<f64> = if *log {
-                (-2..=(hi.ceil() as i32)).map(|e| 10f64.powi(e)).filter(|v| v.log10() <= hi).collect()
+                (-2..=(hi.ceil() as i32))
+                    .map(|e| 10f64.powi(e))
+                    .filter(|v| v.log10() <= hi)
+                    .collect()
             } else {
                 (0..=4).map(|k| hi * k as f64 / 4.0).collect()
             };
             for t in ticks {
                 let y = y_of(t);
                 let _ = writeln!(s, "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{x0}\" y2=\"{y:.1}\" stroke=\"black\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"10\">{}</text>", x0 - 4.0, x0 - 6.0, y + 3.0, short(t));
-                let _ = writeln!(s, "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#dee2e6\"/>", x0 + panel_w);
+                let _ = writeln!(
+                    s,
+                    "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#dee2e6\"/>",
+                    x0 + panel_w
+                );
             }
             let groups = self.levels.len().max(1) as f64;
             let gw = panel_w / groups;
             for (gi, &c) in self.levels.iter().enumerate() {
                 let gx = x0 + gi as f64 * gw;
-                let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">concurrency {c}</text>", gx + gw / 2.0, top + plot_h + 18.0);
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">concurrency {c}</text>",
+                    gx + gw / 2.0,
+                    top + plot_h + 18.0
+                );
                 let bw = (gw - 30.0) / names.len().max(1) as f64;
                 for (ni, name) in names.iter().enumerate() {
-                    let Some(v) = self.cell(name, c).and_then(|x| value(x)) else { continue };
+                    let Some(v) = self.cell(name, c).and_then(&**value) else {
+                        continue;
+                    };
                     let x = gx + 15.0 + ni as f64 * bw;
                     let y = y_of(v);
                     let _ = writeln!(
@@ -498,5 +655,7 @@ fn short(v: f64) -> String {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

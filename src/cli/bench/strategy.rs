@@ -25,13 +25,21 @@ pub struct Job<'a> {
 impl Job<'_> {
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = CFLAGS.iter().map(|s| s.to_string()).collect();
-        a.extend(["-c".into(), self.unit.file.clone(), "-o".into(), self.unit.object()]);
+        a.extend([
+            "-c".into(),
+            self.unit.file.clone(),
+            "-o".into(),
+            self.unit.object(),
+        ]);
         a
     }
 }
 
 pub fn env_vars() -> Vec<(String, String)> {
-    vec![("PATH".into(), "/usr/bin:/bin".into()), ("LC_ALL".into(), "C".into())]
+    vec![
+        ("PATH".into(), "/usr/bin:/bin".into()),
+        ("LC_ALL".into(), "C".into()),
+    ]
 }
 
 /// A way of running compiles. `compile` is called from several threads at once.
@@ -75,14 +83,20 @@ impl Spawner {
     /// Runs `cmd` to completion (stdin /dev/null), capturing its output.
     pub fn output(&self, cmd: &mut Command) -> anyhow::Result<Output> {
         self.count.fetch_add(1, Ordering::Relaxed);
-        cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))
+        cmd.stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("spawning {cmd:?}"))
     }
 
     /// Runs `cmd` and fails unless it succeeds (the seed's `check_run`).
     pub fn check_run(&self, cmd: &mut Command) -> anyhow::Result<Output> {
         let out = self.output(cmd)?;
         if !out.status.success() {
-            bail!("{cmd:?} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{cmd:?} failed with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(out)
     }
@@ -96,7 +110,11 @@ impl Spawner {
 /// Fails with the compiler's stderr unless it succeeded.
 pub fn check_compile(what: &str, unit: &Unit, ok: bool, stderr: &[u8]) -> anyhow::Result<()> {
     if !ok {
-        bail!("{what}: compiling {} failed:\n{}", unit.file, String::from_utf8_lossy(stderr));
+        bail!(
+            "{what}: compiling {} failed:\n{}",
+            unit.file,
+            String::from_utf8_lossy(stderr)
+        );
     }
     Ok(())
 }
@@ -135,7 +153,13 @@ impl<B: Backend> Backend for Timed<B> {
     fn root<'c>(&self, c: &'c B::Container) -> &'c Path {
         self.inner.root(c)
     }
-    fn exec(&self, c: &B::Container, cmd: &PreparedCommand, user: BuildUser, limits: &Limits) -> Result<ExecOutcome, B::Error> {
+    fn exec(
+        &self,
+        c: &B::Container,
+        cmd: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> Result<ExecOutcome, B::Error> {
         self.inner.exec(c, cmd, user, limits)
     }
     fn reset(&self, c: &mut B::Container) -> Result<(), B::Error> {
@@ -161,9 +185,27 @@ pub struct Native {
 }
 
 impl Native {
-    pub fn start(backend: NativeBackend, engine: EngineConfig, archive: &Path, id: ToolchainId, compiler: &str) -> anyhow::Result<Native> {
-        let engine = Engine::start(Timed { inner: backend, resets: Mutex::new(Vec::new()) }, engine)?;
-        Ok(Native { engine, phases: Mutex::default(), id, archive: archive.to_path_buf(), compiler: compiler.to_string() })
+    pub fn start(
+        backend: NativeBackend,
+        engine: EngineConfig,
+        archive: &Path,
+        id: ToolchainId,
+        compiler: &str,
+    ) -> anyhow::Result<Native> {
+        let engine = Engine::start(
+            Timed {
+                inner: backend,
+                resets: Mutex::new(Vec::new()),
+            },
+            engine,
+        )?;
+        Ok(Native {
+            engine,
+            phases: Mutex::default(),
+            id,
+            archive: archive.to_path_buf(),
+            compiler: compiler.to_string(),
+        })
     }
 }
 
@@ -178,10 +220,20 @@ impl Strategy for Native {
             toolchain: self.id.clone(),
             toolchain_archive: &archive,
             inputs: &mut &job.inputs[..],
-            command: CommandSpec { executable: self.compiler.clone(), arguments: job.args(), env_vars: env_vars(), cwd: CWD.into() },
+            command: CommandSpec {
+                executable: self.compiler.clone(),
+                arguments: job.args(),
+                env_vars: env_vars(),
+                cwd: CWD.into(),
+            },
             outputs: vec![job.unit.object()],
         })?;
-        check_compile("native", job.unit, out.exec.status.success(), &out.exec.stderr)?;
+        check_compile(
+            "native",
+            job.unit,
+            out.exec.status.success(),
+            &out.exec.stderr,
+        )?;
         self.phases.lock().unwrap().push(out.timings);
         match out.outputs.into_iter().next() {
             Some(o) => Ok(o.data),
@@ -210,7 +262,14 @@ impl Strategy for Native {
         let p50 = |f: fn(&PhaseTimings) -> Duration| {
             let mut v: Vec<Duration> = phases.iter().map(f).collect();
             v.sort();
-            format!("{:.3}", v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or_default().as_secs_f64() * 1e3)
+            format!(
+                "{:.3}",
+                v.get(v.len().saturating_sub(1) / 2)
+                    .copied()
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e3
+            )
         };
         Some(format!(
             "phases p50 ms: image {}, container {}, unpack+dirs {}, exec {}, outputs {}",
@@ -242,7 +301,12 @@ pub struct Bare {
 impl Bare {
     pub fn new(dir: &Path, compiler: &str) -> anyhow::Result<Bare> {
         std::fs::create_dir_all(dir)?;
-        Ok(Bare { dir: dir.to_path_buf(), compiler: compiler.to_string(), next: AtomicU64::new(0), spawner: Arc::default() })
+        Ok(Bare {
+            dir: dir.to_path_buf(),
+            compiler: compiler.to_string(),
+            next: AtomicU64::new(0),
+            spawner: Arc::default(),
+        })
     }
 }
 
@@ -252,11 +316,21 @@ impl Strategy for Bare {
     }
 
     fn compile(&self, job: &Job<'_>) -> anyhow::Result<Vec<u8>> {
-        let root = self.dir.join(format!("b{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let root = self
+            .dir
+            .join(format!("b{}", self.next.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&root)?;
-        tar::Archive::new(job.inputs).unpack(&root).context("bare: unpacking inputs")?;
+        tar::Archive::new(job.inputs)
+            .unpack(&root)
+            .context("bare: unpacking inputs")?;
         let cwd = root.join(CWD.trim_start_matches('/'));
-        let out = self.spawner.output(Command::new(&self.compiler).args(job.args()).env_clear().envs(env_vars()).current_dir(&cwd))?;
+        let out = self.spawner.output(
+            Command::new(&self.compiler)
+                .args(job.args())
+                .env_clear()
+                .envs(env_vars())
+                .current_dir(&cwd),
+        )?;
         check_compile("bare", job.unit, out.status.success(), &out.stderr)?;
         let obj = std::fs::read(cwd.join(job.unit.object())).context("bare: reading the object")?;
         std::fs::remove_dir_all(&root)?;
