@@ -101,6 +101,7 @@ impl Spawner {
         Ok(out)
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<std::process::Child> {
         self.count.fetch_add(1, Ordering::Relaxed);
         cmd.spawn().with_context(|| format!("spawning {cmd:?}"))
