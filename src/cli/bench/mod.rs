@@ -67,9 +67,13 @@ pub struct BenchArgs {
     /// Host C compiler to package and use.
     #[arg(long, default_value = "cc")]
     pub compiler: String,
-    /// Small translation units (~120 lines each) in the generated project.
+    /// Small translation units in the generated project.
     #[arg(long, default_value_t = 30)]
     pub small_units: usize,
+    /// Functions (~20 lines each) per small unit; 0 makes near-empty units whose compile
+    /// takes a few ms, to measure the sandbox's own cost precisely.
+    #[arg(long, default_value_t = 5)]
+    pub small_functions: usize,
     /// Large translation units in the generated project.
     #[arg(long, default_value_t = 2)]
     pub large_units: usize,
@@ -490,7 +494,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         (args.small_units, args.large_units, args.large_lines)
     };
-    let w = workload::generate(small, large, lines);
+    let w = workload::generate(small, args.small_functions, large, lines);
     if w.units.is_empty() {
         bail!("the workload has no translation units");
     }

@@ -124,10 +124,17 @@ fn unit(index: usize, functions: usize, large: bool) -> Unit {
     }
 }
 
-/// `small` units of about 120 lines and `large` units of about `large_lines` lines.
-pub fn generate(small: usize, large: usize, large_lines: usize) -> Workload {
-    // A function is ~20 lines.
-    let mut units: Vec<Unit> = (0..small).map(|i| unit(i, 5, false)).collect();
+/// `small` units of `small_functions` functions (~20 lines each) and `large` units of
+/// about `large_lines` lines.
+pub fn generate(
+    small: usize,
+    small_functions: usize,
+    large: usize,
+    large_lines: usize,
+) -> Workload {
+    let mut units: Vec<Unit> = (0..small)
+        .map(|i| unit(i, small_functions, false))
+        .collect();
     units.extend((0..large).map(|i| unit(small + i, (large_lines / 20).max(1), true)));
     Workload {
         header: header(),
