@@ -12,13 +12,14 @@
 #              3 the VM could not be brought up or provisioned.
 set -euo pipefail
 
-# The bench command line, in one place. The bench's real flag names are not
-# fixed yet: adjust here. Paths are inside the VM; the files they name are
-# copied to the host results directory.
+# The bench command line, in one place (flags: `jailbuilder bench --help`;
+# pot's fs root and template come from JAILBUILDER_POT_FS_ROOT and
+# JAILBUILDER_POT_TEMPLATE in the provisioned env). Paths are inside the VM;
+# the files they name are copied to the host results directory.
 BENCH_JSON=/tmp/jailbuilder-bench.json
 BENCH_SVG=/tmp/jailbuilder-bench.svg
 # shellcheck disable=SC2054 # the comma is part of the value
-BENCH_ARGS=(bench --strategies native,cli --json "$BENCH_JSON" --plot "$BENCH_SVG")
+BENCH_ARGS=(bench --strategies native,cli,bare --json "$BENCH_JSON" --plot "$BENCH_SVG")
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE"

@@ -83,7 +83,7 @@ pub struct BenchArgs {
     /// Compiles per strategy per round of the interleaving (default: 8 x concurrency).
     #[arg(long)]
     pub chunk: Option<usize>,
-    /// A tiny project and no warm-up beyond one compile: a smoke run for CI.
+    /// A tiny project (3 small units, 1 of 400 lines), one warm-up compile, one round: a smoke run for CI.
     #[arg(long)]
     pub quick: bool,
     /// FreeBSD cli strategy: pot's filesystem root (default $JAILBUILDER_POT_FS_ROOT or /opt/pot).
@@ -490,7 +490,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
 
     let (small, large, lines) = if args.quick {
-        (3, 1, 1500)
+        (3, 1, 400)
     } else {
         (args.small_units, args.large_units, args.large_lines)
     };
@@ -647,6 +647,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let _ = linux::unmount_beneath(&root.join("bwrap"));
     }
     bench.cpu.close();
+    for d in ["toolchain", "cli-base", "work/bare"] {
+        let _ = std::fs::remove_dir_all(root.join(d));
+    }
     let mut report = result?;
     report.set_context(
         &compiler,
