@@ -38,8 +38,16 @@ fn toolchain() -> &'static Path {
     &TC.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let tc = dir.path().join("cc.tar.gz");
-        let out = Command::new(JB).args(["toolchain", "--compiler", "cc", "-o"]).arg(&tc).output().unwrap();
-        assert!(out.status.success(), "toolchain: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(JB)
+            .args(["toolchain", "--compiler", "cc", "-o"])
+            .arg(&tc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "toolchain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         (dir, tc)
     })
     .1
@@ -85,16 +93,29 @@ fn a_sandboxed_compile_matches_the_host_compile() {
     assert!(stderr.contains("timings: image"), "{stderr}");
 
     let host = work.path().join("host.o");
-    let st = Command::new("cc").args(["-O2", "-c", "hello.c", "-o"]).arg(&host).current_dir(&src).status().unwrap();
+    let st = Command::new("cc")
+        .args(["-O2", "-c", "hello.c", "-o"])
+        .arg(&host)
+        .current_dir(&src)
+        .status()
+        .unwrap();
     assert!(st.success());
     let sandboxed = out_dir.join("hello.o");
     let (s, h) = (symbols(&sandboxed), symbols(&host));
     assert!(s.contains("T greet") && s.contains("counter"), "{s}");
     assert_eq!(s, h, "sandboxed and host objects define different symbols");
-    assert_eq!(std::fs::read(&sandboxed).unwrap(), std::fs::read(&host).unwrap(), "objects differ");
+    assert_eq!(
+        std::fs::read(&sandboxed).unwrap(),
+        std::fs::read(&host).unwrap(),
+        "objects differ"
+    );
     // Nothing of the sandbox is left mounted once `run` exits.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(state.to_str().unwrap()), "leftover mount under {}", state.display());
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "leftover mount under {}",
+        state.display()
+    );
 }
 
 #[test]
@@ -103,7 +124,11 @@ fn a_compile_error_returns_the_compiler_exit_code_and_stderr() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("broken.c"), "int main(void) { return undeclared_thing; }\n").unwrap();
+    std::fs::write(
+        src.join("broken.c"),
+        "int main(void) { return undeclared_thing; }\n",
+    )
+    .unwrap();
     let out = Command::new(JB)
         .args(["run", "--state-dir"])
         .arg(work.path().join("state"))
@@ -116,23 +141,50 @@ fn a_compile_error_returns_the_compiler_exit_code_and_stderr() {
         .args(["--", "cc", "-c", "broken.c", "-o", "broken.o"])
         .output()
         .unwrap();
-    let host = Command::new("cc").args(["-c", "broken.c", "-o", "/dev/null"]).current_dir(&src).output().unwrap();
+    let host = Command::new("cc")
+        .args(["-c", "broken.c", "-o", "/dev/null"])
+        .current_dir(&src)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), host.status.code(), "exit code");
     assert_ne!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("undeclared_thing") && stderr.contains("error"), "{stderr}");
+    assert!(
+        stderr.contains("undeclared_thing") && stderr.contains("error"),
+        "{stderr}"
+    );
     assert!(!work.path().join("out/broken.o").exists());
 }
 
 #[test]
 fn bad_arguments_get_clear_errors() {
     // No root needed: these fail before any sandbox is made.
-    let out = Command::new(JB).args(["run", "--toolchain", "/nonexistent.tar.gz", "--", "/bin/true"]).output().unwrap();
+    let out = Command::new(JB)
+        .args([
+            "run",
+            "--toolchain",
+            "/nonexistent.tar.gz",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("jailbuilder:"), "{stderr}");
 
-    let out = Command::new(JB).args(["run", "--build-user", "0:0", "--toolchain", "x", "--", "/bin/true"]).output().unwrap();
+    let out = Command::new(JB)
+        .args([
+            "run",
+            "--build-user",
+            "0:0",
+            "--toolchain",
+            "x",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     if nix::unistd::geteuid().is_root() {
@@ -142,7 +194,11 @@ fn bad_arguments_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[builder]\nmax_contaners = 4\n").unwrap();
-    let out = Command::new(JB).args(["clean", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(JB)
+        .args(["clean", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     if nix::unistd::geteuid().is_root() {
@@ -152,6 +208,9 @@ fn bad_arguments_get_clear_errors() {
     for cmd in ["run", "demo", "toolchain", "clean", "doctor"] {
         let out = Command::new(JB).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd} --help"
+        );
     }
 }
