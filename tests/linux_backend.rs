@@ -592,7 +592,7 @@ fn leftovers_of_a_crashed_instance_are_removed() {
             "--",
             "/bin/sh",
             "-c",
-            "echo x > /work/x; sleep 98765 & sleep 98765",
+            "echo x > /work/x; sleep 4242421 & sleep 4242421",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -641,7 +641,7 @@ fn leftovers_of_a_crashed_instance_are_removed() {
             .flatten()
             .filter(|e| {
                 std::fs::read(e.path().join("cmdline"))
-                    .map(|c| c.starts_with(b"sleep\098765"))
+                    .map(|c| c == b"sleep\04242421\0")
                     .unwrap_or(false)
             })
             .count();
