@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod exec;
 pub mod freebsd;
+pub mod toolchain;
 pub mod untrusted;
 
 #[cfg(target_os = "linux")]
@@ -28,7 +29,7 @@ pub mod sccache;
 
 /// The backend this platform builds by default.
 #[cfg(target_os = "linux")]
-pub type NativeBackend = ();
+pub type NativeBackend = linux::LinuxBackend;
 /// The backend this platform builds by default.
 #[cfg(target_os = "freebsd")]
 pub type NativeBackend = ();

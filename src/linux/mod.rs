@@ -1,1 +1,855 @@
 //! Linux backend: overlayfs + namespaces.
+//!
+//! Layout under [`LinuxConfig::state_dir`] (only this instance's; the instance lock makes
+//! it exclusive, so anything found there at start-up is a crashed instance's leftover):
+//!
+//! ```text
+//! lock                  flock(2)ed by the live instance for its whole life
+//! images/<id>/          an unpacked toolchain: a read-only overlay lower layer
+//! staging/<id>/         a toolchain being unpacked (renamed to images/<id> when complete)
+//! skel/                 shared lower layer: /dev nodes (null zero full random urandom tty),
+//!                       empty /proc, /tmp (1777): per-container reset needs no mknod
+//! containers/c<n>/tmp/  per-container tmpfs holding upper/ and work/
+//! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
+//! containers/c<n>/ns/{net,ipc,uts,mnt}  bind mounts pinning the container's namespaces;
+//!                       mnt is already pivoted into root/ and holds only the overlay
+//! ```
+//!
+//! The skeleton is the *top* lower layer (not the bottom): the toolchain archive is
+//! untrusted, and with skel on top it cannot replace /dev/null with a file or turn /proc
+//! into a symlink that B's proc mount would follow.
+//!
+//! `exec` forks once; the child (A) joins the container's pinned net/ipc/uts namespaces and
+//! its mount namespace (pivoted into the root when the container was made or reset, so the
+//! per-exec cost does not grow with the host's mount table), unshares a private copy of it
+//! plus a pid namespace and forks the sandbox's init (B), which mounts /proc, drops
+//! privileges and execs the compiler; see [`child`]. When B exits the kernel kills every
+//! process left in its pid namespace before A's wait returns, so nothing outlives a compile.
+
+mod child;
+mod error;
+mod probe;
+mod sys;
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::backend::{
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
+};
+use crate::exec::{supervise, PreparedCommand, SpawnedChild};
+use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
+
+pub use error::LinuxError;
+pub use probe::{probe, ProbeItem};
+
+/// Where state lives unless configured otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/jailbuilder";
+/// Hostname inside every container (its own uts namespace).
+pub const SANDBOX_HOSTNAME: &str = "jailbuilder";
+
+/// How long to wait for a killed sandbox's processes to disappear.
+const KILL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The namespaces pinned per container, by their /proc/<pid>/ns/ names.
+const NS_KINDS: [&str; 4] = ["net", "ipc", "uts", "mnt"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxConfig {
+    /// Root of everything this backend creates (default `/var/lib/jailbuilder`). Must be
+    /// root-owned and not group/world-writable; created 0700 if missing.
+    pub state_dir: PathBuf,
+    /// An optional host root directory (e.g. a minimal distribution tree) used as the lowest
+    /// layer under every toolchain image.
+    pub base_dir: Option<PathBuf>,
+    /// Size of each container's tmpfs (its writable upper layer), bytes.
+    pub tmpfs_size_bytes: u64,
+    /// Bounds on an unpacked toolchain archive.
+    pub image_limits: UnpackLimits,
+}
+
+impl Default for LinuxConfig {
+    fn default() -> Self {
+        LinuxConfig {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            base_dir: None,
+            tmpfs_size_bytes: 2 << 30,
+            image_limits: UnpackLimits::default(),
+        }
+    }
+}
+
+/// The Linux backend. One instance per state directory (enforced by a lock).
+pub struct LinuxBackend {
+    state: PathBuf,
+    base: Option<PathBuf>,
+    tmpfs_size: u64,
+    image_limits: UnpackLimits,
+    /// Holds the instance lock (flock) for the backend's life.
+    _lock: File,
+    /// The host's /dev/null: stdin of every sandboxed command.
+    dev_null: OwnedFd,
+    next_container: AtomicU64,
+    skel_lock: Mutex<()>,
+}
+
+/// An unpacked toolchain image. Holds no kernel resource: an image dropped without
+/// [`Backend::destroy_image`] stays on disk until the next start-up's `remove_leftovers`.
+#[derive(Debug)]
+pub struct LinuxImage {
+    id: ToolchainId,
+    dir: PathBuf,
+}
+
+impl LinuxImage {
+    pub fn id(&self) -> &ToolchainId {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A container: a tmpfs-backed overlay root plus pinned net/ipc/uts namespaces. Dropping it
+/// without [`Backend::destroy_container`] tears it down best-effort, errors ignored.
+#[derive(Debug)]
+pub struct LinuxContainer {
+    name: String,
+    dir: PathBuf,
+    root: PathBuf,
+    tmp: PathBuf,
+    ns_dir: PathBuf,
+    lowers: Vec<PathBuf>,
+    tmpfs_size: u64,
+    net: Option<OwnedFd>,
+    ipc: Option<OwnedFd>,
+    uts: Option<OwnedFd>,
+    /// A mount namespace already pivoted into `root`, holding only the overlay: exec
+    /// setns's into it instead of copying the host's mount table and pivoting each time.
+    mnt: Option<OwnedFd>,
+    /// (dev, ino) of the network namespace: every sandbox process is in it.
+    netns_id: (u64, u64),
+    /// Set while processes of this container may be alive (a killed or failed exec).
+    dirty: AtomicBool,
+    torn_down: bool,
+}
+
+impl LinuxContainer {
+    /// Name of the container's directory under `containers/`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The container's root (same as [`Backend::root`]).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn ns_path(&self, kind: &str) -> PathBuf {
+        self.ns_dir.join(kind)
+    }
+
+    fn upper(&self) -> PathBuf {
+        self.tmp.join("upper")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.tmp.join("work")
+    }
+
+    /// Kills whatever is left in the container, if anything may be.
+    fn sweep(&self) -> Result<(), LinuxError> {
+        if !self.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let left = sys::kill_netns_processes(self.netns_id, KILL_PATIENCE);
+        if left > 0 {
+            return Err(LinuxError::Kill {
+                root: self.root.clone(),
+                count: left,
+            });
+        }
+        self.dirty.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Mounts the tmpfs, creates upper/ and work/ in it, mounts the overlay.
+    fn mount_layers(&self) -> Result<(), LinuxError> {
+        sys::mount_tmpfs(&self.tmp, self.tmpfs_size).map_err(|source| LinuxError::MountTmpfs {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        let (upper, work) = (self.upper(), self.work());
+        mkdir(&upper, 0o755)?;
+        mkdir(&work, 0o700)?;
+        let lowers: Vec<&Path> = self.lowers.iter().map(PathBuf::as_path).collect();
+        sys::mount_overlay(&self.root, &lowers, &upper, &work).map_err(|source| {
+            LinuxError::MountOverlay {
+                root: self.root.clone(),
+                source,
+            }
+        })
+    }
+
+    fn unmount_layers(&self) -> Result<(), LinuxError> {
+        sys::umount_if_mounted(&self.root)?;
+        sys::umount_if_mounted(&self.tmp)?;
+        Ok(())
+    }
+
+    fn open_namespaces(&mut self) -> Result<(), LinuxError> {
+        self.net = Some(sys::open_ns(&self.ns_path("net"))?);
+        self.ipc = Some(sys::open_ns(&self.ns_path("ipc"))?);
+        self.uts = Some(sys::open_ns(&self.ns_path("uts"))?);
+        self.mnt = Some(sys::open_ns(&self.ns_path("mnt"))?);
+        if let Some(net) = &self.net {
+            self.netns_id = sys::ns_identity(net).map_err(|source| LinuxError::Setns {
+                path: self.ns_path("net"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Everything `create_container` did, undone; tolerant of a half-built container.
+    fn teardown(&mut self) -> Result<(), LinuxError> {
+        let swept = self.sweep();
+        self.net = None;
+        self.ipc = None;
+        self.uts = None;
+        self.mnt = None;
+        // The pinned mount namespace holds a reference to the overlay: release it first.
+        for kind in NS_KINDS {
+            sys::umount_if_mounted(&self.ns_path(kind))?;
+        }
+        self.unmount_layers()?;
+        for kind in NS_KINDS {
+            let p = self.ns_path(kind);
+            sys::umount_if_mounted(&p)?;
+            remove_file_if_exists(&p)?;
+        }
+        for d in [&self.ns_dir, &self.tmp, &self.root, &self.dir] {
+            remove_dir_if_exists(d)?;
+        }
+        self.torn_down = true;
+        swept
+    }
+}
+
+impl Drop for LinuxContainer {
+    fn drop(&mut self) {
+        if !self.torn_down {
+            if let Err(e) = self.teardown() {
+                log::warn!("tearing down dropped container {}: {e}", self.dir.display());
+            }
+        }
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), LinuxError> {
+    DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|source| LinuxError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // The process umask may have masked bits (1777 for tmp, for instance).
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        LinuxError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<(), LinuxError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LinuxError::Remove {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<(), LinuxError> {
+    match fs::remove_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LinuxError::Remove {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a directory tree we created (never one that may still have mounts beneath it:
+/// callers unmount and check first). `remove_dir_all` does not follow symlinks, so the
+/// untrusted names inside an image are harmless.
+fn remove_tree_if_exists(path: &Path) -> Result<bool, LinuxError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(LinuxError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Fails unless the process can do what the backend needs.
+fn check_privileges() -> Result<(), LinuxError> {
+    let uid = nix::unistd::geteuid().as_raw();
+    if uid != 0 {
+        return Err(LinuxError::NotRoot { uid });
+    }
+    if !probe::overlay_available() {
+        return Err(LinuxError::NoOverlay);
+    }
+    Ok(())
+}
+
+impl LinuxBackend {
+    /// Checks privileges, creates the state directory and takes the instance lock: a second
+    /// instance on the same state directory fails here with [`LinuxError::Locked`].
+    pub fn new(config: LinuxConfig) -> Result<Self, LinuxError> {
+        check_privileges()?;
+        let state_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LinuxError::StateDir { path, source }
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(state_err(&config.state_dir))?;
+        let state = fs::canonicalize(&config.state_dir).map_err(state_err(&config.state_dir))?;
+        let md = fs::metadata(&state).map_err(state_err(&state))?;
+        if md.uid() != 0 {
+            return Err(LinuxError::StateDirUnsafe {
+                path: state,
+                reason: "not owned by root",
+            });
+        }
+        if md.mode() & 0o022 != 0 {
+            return Err(LinuxError::StateDirUnsafe {
+                path: state,
+                reason: "writable by group or others",
+            });
+        }
+        if !sys::overlay_safe(&state) {
+            return Err(LinuxError::UnusablePath { path: state });
+        }
+        let base = match &config.base_dir {
+            None => None,
+            Some(b) => {
+                let b = fs::canonicalize(b).map_err(state_err(b))?;
+                if !sys::overlay_safe(&b) {
+                    return Err(LinuxError::UnusablePath { path: b });
+                }
+                Some(b)
+            }
+        };
+
+        let lock_path = state.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(|source| LinuxError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = io::Error::last_os_error();
+            return Err(if source.kind() == io::ErrorKind::WouldBlock {
+                LinuxError::Locked { path: lock_path }
+            } else {
+                LinuxError::Lock {
+                    path: lock_path,
+                    source,
+                }
+            });
+        }
+
+        let dev_null = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| LinuxError::StateDir {
+            path: PathBuf::from("/dev/null"),
+            source: sys::io(e),
+        })?;
+
+        let backend = LinuxBackend {
+            state,
+            base,
+            tmpfs_size: config.tmpfs_size_bytes,
+            image_limits: config.image_limits,
+            _lock: lock,
+            dev_null,
+            next_container: AtomicU64::new(1),
+            skel_lock: Mutex::new(()),
+        };
+        for d in [backend.images_dir(), backend.containers_dir()] {
+            DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&d)
+                .map_err(state_err(&d))?;
+        }
+        Ok(backend)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.state.join("images")
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.state.join("staging")
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.state.join("containers")
+    }
+
+    fn skel_dir(&self) -> PathBuf {
+        self.state.join("skel")
+    }
+
+    /// Builds the shared skeleton layer if it is missing: in `skel.new`, then renamed, so a
+    /// crash never leaves a half-built `skel`.
+    fn ensure_skel(&self) -> Result<PathBuf, LinuxError> {
+        let _guard = self.skel_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let skel = self.skel_dir();
+        if skel.is_dir() {
+            return Ok(skel);
+        }
+        let new = self.state.join("skel.new");
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LinuxError::Skel { path, source }
+        };
+        remove_tree_if_exists(&new)?;
+        for (d, mode) in [
+            ("", 0o755),
+            ("dev", 0o755),
+            ("proc", 0o555),
+            ("tmp", 0o1777),
+        ] {
+            let p = new.join(d);
+            DirBuilder::new().mode(mode).create(&p).map_err(err(&p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(err(&p))?;
+        }
+        let dev = new.join("dev");
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            let p = dev.join(name);
+            nix::sys::stat::mknod(
+                &p,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .map_err(|e| LinuxError::Skel {
+                path: p.clone(),
+                source: sys::io(e),
+            })?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).map_err(err(&p))?;
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            let p = dev.join(name);
+            std::os::unix::fs::symlink(target, &p).map_err(err(&p))?;
+        }
+        fs::rename(&new, &skel).map_err(err(&skel))?;
+        Ok(skel)
+    }
+
+    /// Unmounts everything beneath the state directory and removes containers, staging
+    /// and images (and the skeleton with `skel`). The lock file stays: it is held.
+    fn clean(&self, skel: bool) -> Result<CleanupReport, LinuxError> {
+        let mut report = CleanupReport::default();
+        for m in sys::unmount_all_beneath(&self.state)? {
+            report.push(format!("mount {}", m.display()));
+        }
+        let containers = self.containers_dir();
+        if let Ok(entries) = fs::read_dir(&containers) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if remove_tree_if_exists(&p)? {
+                    report.push(format!("container dir {}", p.display()));
+                }
+            }
+        }
+        if remove_tree_if_exists(&self.staging_dir())? {
+            report.push(format!("staging {}", self.staging_dir().display()));
+        }
+        if let Ok(entries) = fs::read_dir(self.images_dir()) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if remove_tree_if_exists(&p)? {
+                    report.push(format!("image {}", p.display()));
+                }
+            }
+        }
+        let new = self.state.join("skel.new");
+        if remove_tree_if_exists(&new)? {
+            report.push(format!("skeleton {}", new.display()));
+        }
+        if skel {
+            let _guard = self.skel_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let s = self.skel_dir();
+            if remove_tree_if_exists(&s)? {
+                report.push(format!("skeleton {}", s.display()));
+            }
+        }
+        Ok(report)
+    }
+
+    fn make_container(&self, c: &mut LinuxContainer) -> Result<(), LinuxError> {
+        if let Err(e) = mkdir(&c.dir, 0o700) {
+            c.torn_down = true; // not ours (a leftover?): leave it alone
+            return Err(e);
+        }
+        mkdir(&c.tmp, 0o700)?;
+        mkdir(&c.root, 0o755)?;
+        mkdir(&c.ns_dir, 0o700)?;
+        for kind in NS_KINDS {
+            let p = c.ns_path(kind);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|source| LinuxError::CreateDir { path: p, source })?;
+        }
+        c.mount_layers()?;
+        let [net, ipc, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
+        sys::pin_new_namespaces(
+            &sys::NsPins {
+                net: Some(&net),
+                ipc: Some(&ipc),
+                uts: Some(&uts),
+                mnt: Some((&mnt, &c.root)),
+            },
+            SANDBOX_HOSTNAME,
+        )?;
+        c.open_namespaces()
+    }
+}
+
+impl Backend for LinuxBackend {
+    type Image = LinuxImage;
+    type Container = LinuxContainer;
+    type Error = LinuxError;
+
+    fn kind(&self) -> &'static str {
+        "linux-ns-overlay"
+    }
+
+    /// Removes what a crashed instance left: every mount beneath the state directory
+    /// (deepest first), container directories, half-unpacked images, and unpacked images
+    /// too: the engine keeps no record of images across restarts and re-creates each from
+    /// the toolchain archive sccache sends, and a kept image would have to be trusted to be
+    /// complete and from a compatible version. The skeleton layer is kept (rebuilt if
+    /// missing). The instance lock is already held (taken by [`LinuxBackend::new`]).
+    fn remove_leftovers(&self) -> Result<CleanupReport, LinuxError> {
+        self.clean(false)
+    }
+
+    fn create_image(
+        &self,
+        id: &ToolchainId,
+        toolchain_tar_gz: &mut dyn Read,
+    ) -> Result<LinuxImage, LinuxError> {
+        let dir = self.images_dir().join(id.as_str());
+        if fs::symlink_metadata(&dir).is_ok() {
+            return Err(LinuxError::ImageExists {
+                id: id.to_string(),
+                path: dir,
+            });
+        }
+        let staging = self.staging_dir();
+        DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&staging)
+            .map_err(|source| LinuxError::CreateImage {
+                path: staging.clone(),
+                source,
+            })?;
+        let stage = staging.join(id.as_str());
+        remove_tree_if_exists(&stage)?;
+        DirBuilder::new()
+            .mode(0o755)
+            .create(&stage)
+            .map_err(|source| LinuxError::CreateImage {
+                path: stage.clone(),
+                source,
+            })?;
+        let unpacked = RootDir::open(&stage)
+            .map_err(|source| LinuxError::OpenImageRoot {
+                path: stage.clone(),
+                source,
+            })
+            .and_then(|root| {
+                unpack_tar_gz(toolchain_tar_gz, &root, &self.image_limits).map_err(|source| {
+                    LinuxError::Unpack {
+                        id: id.to_string(),
+                        path: stage.clone(),
+                        source,
+                    }
+                })
+            });
+        if let Err(e) = unpacked {
+            if let Err(e2) = remove_tree_if_exists(&stage) {
+                log::warn!("removing failed image: {e2}");
+            }
+            return Err(e);
+        }
+        fs::rename(&stage, &dir).map_err(|source| LinuxError::CreateImage {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(LinuxImage {
+            id: id.clone(),
+            dir,
+        })
+    }
+
+    fn destroy_image(&self, image: LinuxImage) -> Result<(), LinuxError> {
+        remove_tree_if_exists(&image.dir)?;
+        Ok(())
+    }
+
+    fn create_container(&self, image: &LinuxImage) -> Result<LinuxContainer, LinuxError> {
+        let skel = self.ensure_skel()?;
+        let n = self.next_container.fetch_add(1, Ordering::Relaxed);
+        let name = format!("c{n}");
+        let dir = self.containers_dir().join(&name);
+        let root = dir.join("root");
+        let mut lowers = vec![skel, image.dir.clone()];
+        lowers.extend(self.base.clone());
+        let mut c = LinuxContainer {
+            name,
+            tmp: dir.join("tmp"),
+            ns_dir: dir.join("ns"),
+            root,
+            dir,
+            lowers,
+            tmpfs_size: self.tmpfs_size,
+            net: None,
+            ipc: None,
+            uts: None,
+            mnt: None,
+            netns_id: (0, 0),
+            dirty: AtomicBool::new(false),
+            torn_down: false,
+        };
+        // On failure, dropping `c` tears down what was built.
+        self.make_container(&mut c)?;
+        Ok(c)
+    }
+
+    fn root<'c>(&self, container: &'c LinuxContainer) -> &'c Path {
+        &container.root
+    }
+
+    fn exec(
+        &self,
+        container: &LinuxContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> Result<ExecOutcome, LinuxError> {
+        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
+            &container.net,
+            &container.ipc,
+            &container.uts,
+            &container.mnt,
+        ) else {
+            return Err(LinuxError::Setns {
+                path: container.ns_dir.clone(),
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
+        };
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (ep_r, ep_w) = pipe()?;
+        let plan = child::ChildPlan {
+            parent_pid: nix::unistd::getpid().as_raw(),
+            stdin: self.dev_null.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            error: ep_w.as_raw_fd(),
+            ns: [
+                (net.as_raw_fd(), libc::CLONE_NEWNET),
+                (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
+                (uts.as_raw_fd(), libc::CLONE_NEWUTS),
+                (mnt.as_raw_fd(), libc::CLONE_NEWNS),
+            ],
+            cwd: command.cwd().as_ptr(),
+            executable: command.executable().as_ptr(),
+            argv: command.argv_ptr(),
+            envp: command.envp_ptr(),
+            uid: user.uid,
+            gid: user.gid,
+            rlimits: [
+                (libc::RLIMIT_AS, limits.memory_bytes),
+                (libc::RLIMIT_NPROC, limits.max_processes),
+                (libc::RLIMIT_NOFILE, limits.max_open_files),
+                (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+            ],
+        };
+
+        // SAFETY: fork(2). The child runs only `first_child`, which makes async-signal-safe
+        // system calls on memory prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(LinuxError::Fork {
+                source: io::Error::last_os_error(),
+            });
+        }
+        if pid == 0 {
+            child::first_child(&plan);
+        }
+        drop((out_w, err_w, ep_w));
+
+        // Until A is known to have exited normally, sandbox processes may be alive.
+        container.dirty.store(true, Ordering::Release);
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                // SAFETY: kill + waitpid on our own unreaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                return Err(LinuxError::PidfdOpen { source });
+            }
+        };
+        let killer = pidfd
+            .try_clone()
+            .map_err(|source| LinuxError::PidfdOpen { source })?;
+        let kill_a = || {
+            // SAFETY: pidfd_send_signal(2) on a pidfd we own: it cannot hit a reused pid.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    killer.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        };
+        let child = SpawnedChild {
+            pid,
+            stdout: out_r,
+            stderr: err_r,
+            error_pipe: ep_r,
+            exit_fd: pidfd,
+        };
+        let result = supervise(child, limits, &mut || kill_a());
+        match &result {
+            // A exited by itself: it waited for B, and B's exit waited for its whole pid
+            // namespace. Nothing is left.
+            Ok(o) if matches!(o.status, ExitStatus::Code(_)) => {
+                container.dirty.store(false, Ordering::Release)
+            }
+            Err(crate::exec::ExecError::Setup { .. }) => {
+                container.dirty.store(false, Ordering::Release)
+            }
+            // Timed out (A killed), A killed by someone else, or supervision failed: kill A
+            // if it still runs, reap it, and wait for B's pid namespace to die with it.
+            _ => {
+                kill_a();
+                // SAFETY: waitid(2) on our pidfd; ECHILD if supervise already reaped A.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PIDFD,
+                        killer.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED,
+                    );
+                }
+                if let Err(e) = container.sweep() {
+                    log::warn!("{e}; reset will retry");
+                }
+            }
+        }
+        result.map_err(|source| LinuxError::Exec {
+            root: container.root.clone(),
+            source,
+        })
+    }
+
+    fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
+        container.sweep()?;
+        // Release the pinned mount and ipc namespaces (the mount namespace references the
+        // old overlay), remount fresh layers, pin new ones: no file, SysV object or POSIX
+        // queue of the previous build survives.
+        let (ipc, mnt) = (container.ns_path("ipc"), container.ns_path("mnt"));
+        container.ipc = None;
+        container.mnt = None;
+        sys::umount_if_mounted(&mnt)?;
+        sys::umount_if_mounted(&ipc)?;
+        container.unmount_layers()?;
+        container.mount_layers()?;
+        sys::pin_new_namespaces(
+            &sys::NsPins {
+                net: None,
+                ipc: Some(&ipc),
+                uts: None,
+                mnt: Some((&mnt, &container.root)),
+            },
+            SANDBOX_HOSTNAME,
+        )?;
+        container.ipc = Some(sys::open_ns(&ipc)?);
+        container.mnt = Some(sys::open_ns(&mnt)?);
+        Ok(())
+    }
+
+    fn destroy_container(&self, mut container: LinuxContainer) -> Result<(), LinuxError> {
+        container.teardown()
+    }
+
+    /// Everything under the state directory except the (held) lock file: mounts,
+    /// containers, staging, images, the skeleton layer.
+    fn clean_all(&self) -> Result<CleanupReport, LinuxError> {
+        self.clean(true)
+    }
+}

@@ -1,0 +1,233 @@
+//! The forked half of `exec`: what the two children do between fork and execve.
+//!
+//! The server is multi-threaded, so everything here is async-signal-safe: raw system calls
+//! on memory prepared before fork ([`ChildPlan`]), no allocation, no locks, no panics. A
+//! failed step is reported with [`child_fail`] on the error pipe at fd 3.
+//!
+//! - A (forked by the server): moves its descriptors into place, joins the container's
+//!   net/ipc/uts namespaces and its mount namespace (pivoted into the container root when
+//!   the container was made, so joining it is the chroot), unshares a private copy of it
+//!   and a pid namespace, forks B, waits for it and exits with its status. Nothing else.
+//! - B (pid 1 of the new pid namespace): dies with A (`PR_SET_PDEATHSIG`), mounts /proc,
+//!   drops to the build user, sets rlimits, execs. When it
+//!   exits, the kernel kills every other process of its pid namespace before A sees it.
+
+use std::os::raw::{c_char, c_int, c_long, c_ulong};
+
+use crate::exec::{child_fail, errno, SetupStep};
+
+#[cfg(target_env = "gnu")]
+pub(super) type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub(super) type RlimitResource = c_int;
+
+/// The error pipe's descriptor number in both children.
+const ERR_FD: c_int = 3;
+
+/// Everything the children need, prepared (and allocated) before fork.
+pub(super) struct ChildPlan {
+    /// The server's pid, to detect that it died before `PR_SET_PDEATHSIG` took effect.
+    pub parent_pid: libc::pid_t,
+    pub stdin: c_int,
+    pub stdout: c_int,
+    pub stderr: c_int,
+    pub error: c_int,
+    /// (descriptor, CLONE_NEW* type) of the net, ipc, uts and mount namespaces to join;
+    /// the mount namespace is the container's, already pivoted into its root.
+    pub ns: [(c_int, c_int); 4],
+    pub cwd: *const c_char,
+    pub executable: *const c_char,
+    pub argv: *const *const c_char,
+    pub envp: *const *const c_char,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Limits to set (soft = hard); a value of 0 means "leave as is".
+    pub rlimits: [(RlimitResource, u64); 4],
+}
+
+fn exit(code: c_int) -> ! {
+    // SAFETY: _exit(2) is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Fails the step unless the raw result `r` is >= 0.
+fn check(fd: c_int, step: SetupStep, r: c_long) -> c_long {
+    if r < 0 {
+        child_fail(fd, step, errno())
+    }
+    r
+}
+
+/// Child A. Never returns.
+pub(super) fn first_child(p: &ChildPlan) -> ! {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
+    check(p.error, SetupStep::ParentDeathSignal, r as c_long);
+    // SAFETY: getppid(2) cannot fail.
+    if unsafe { libc::getppid() } != p.parent_pid {
+        exit(127); // the server died before PR_SET_PDEATHSIG: nobody waits for us
+    }
+
+    // Move every descriptor we need to >= 10 first, so that placing stdio and the error pipe
+    // at 0..=3 below cannot clobber one that happens to sit there.
+    let mut fds = [
+        p.stdin, p.stdout, p.stderr, p.error, p.ns[0].0, p.ns[1].0, p.ns[2].0, p.ns[3].0,
+    ];
+    for fd in fds.iter_mut() {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor inherited from the server.
+        let moved = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10) };
+        check(p.error, SetupStep::Dup2, moved as c_long);
+        *fd = moved;
+    }
+    let [stdin, stdout, stderr, error, net, ipc, uts, mnt] = fds;
+    for (from, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+        // SAFETY: dup2(2) between descriptors we hold; the new one is not close-on-exec.
+        let r = unsafe { libc::dup2(from, to) };
+        check(error, SetupStep::Dup2, r as c_long);
+    }
+    // The error pipe stays close-on-exec: a successful execve closes it (EOF = success).
+    // SAFETY: dup3(2) between descriptors we hold.
+    let r = unsafe { libc::dup3(error, ERR_FD, libc::O_CLOEXEC) };
+    check(error, SetupStep::Dup2, r as c_long);
+
+    // Joining the mount namespace also moves root and cwd to the container root.
+    for (fd, (_, nstype)) in [net, ipc, uts, mnt].into_iter().zip(p.ns) {
+        // SAFETY: setns(2) with a namespace descriptor we hold and its type.
+        let r = unsafe { libc::setns(fd, nstype) };
+        check(ERR_FD, SetupStep::Setns, r as c_long);
+    }
+    // Close everything else, including the moved copies and whatever the server had open.
+    // SAFETY: close_range(2) with integer arguments; closes only this process's descriptors.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 4 as c_ulong, c_ulong::MAX, 0) };
+    check(ERR_FD, SetupStep::CloseFds, r);
+
+    reset_signals();
+
+    // A private copy of the container's mount namespace (one mount, all private) for this
+    // command's /proc, and a pid namespace for B.
+    // SAFETY: unshare(2) with integer flags; this process is single-threaded.
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) };
+    check(ERR_FD, SetupStep::Unshare, r as c_long);
+
+    // A descriptor on ourselves, for B to check that we were still alive once its parent
+    // death signal was armed (B's getppid() is 0 in its pid namespace, useless for that).
+    // SAFETY: pidfd_open(2) and getpid(2) with integer arguments.
+    let self_fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    check(ERR_FD, SetupStep::ParentDeathSignal, self_fd);
+
+    // A raw fork (clone with only SIGCHLD): no atfork handlers run in this forked child.
+    // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2); the child
+    // continues on a copy of this stack and only makes raw system calls.
+    let b = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0, 0, 0, 0) };
+    check(ERR_FD, SetupStep::Fork, b);
+    if b == 0 {
+        second_child(p, self_fd as c_int);
+    }
+    let b = b as libc::pid_t;
+
+    // Only B holds the output pipes from now on.
+    // SAFETY: close_range(2) on our own stdio.
+    unsafe { libc::syscall(libc::SYS_close_range, 0 as c_ulong, 2 as c_ulong, 0) };
+    let mut status: c_int = 0;
+    loop {
+        // SAFETY: waitpid(2) on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(b, &mut status, 0) };
+        if r == b {
+            break;
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            child_fail(ERR_FD, SetupStep::Wait, e);
+        }
+    }
+    if libc::WIFEXITED(status) {
+        exit(libc::WEXITSTATUS(status))
+    }
+    exit(128 + (libc::WTERMSIG(status) & 0x7f))
+}
+
+/// Default dispositions for the signals the server may ignore (ignored signals survive
+/// execve: a compiler with SIGPIPE ignored, or A with SIGCHLD ignored, misbehaves) and an
+/// empty signal mask.
+fn reset_signals() {
+    for sig in [libc::SIGPIPE, libc::SIGCHLD] {
+        // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags; sigaction(2)
+        // is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    // SAFETY: sigemptyset/sigprocmask on a local set; both are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Child B, pid 1 of the sandbox's pid namespace. Never returns.
+fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
+    check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
+    let mut pfd = libc::pollfd {
+        fd: parent_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        exit(127); // A died before our death signal was armed (or poll failed): give up
+    }
+    // SAFETY: closing our copy of A's pidfd.
+    unsafe { libc::close(parent_fd) };
+
+    // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
+    // resolves inside the container root, where the skeleton layer makes it a directory.
+    let r = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    check(ERR_FD, SetupStep::MountProc, r as c_long);
+    // SAFETY: chdir(2) with the command's validated working directory.
+    let r = unsafe { libc::chdir(p.cwd) };
+    check(ERR_FD, SetupStep::Chdir, r as c_long);
+
+    // Raw system calls, not glibc's wrappers: those broadcast set*id to every thread glibc
+    // knows of, and this process was not created by glibc's fork.
+    let groups = [p.gid];
+    // SAFETY: setgroups(2) with a one-element array that lives on this stack.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, 1 as c_ulong, groups.as_ptr()) };
+    check(ERR_FD, SetupStep::Setgroups, r);
+    // SAFETY: setresgid(2) with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) };
+    check(ERR_FD, SetupStep::Setgid, r);
+    // SAFETY: setresuid(2) with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) };
+    check(ERR_FD, SetupStep::Setuid, r);
+
+    for (resource, value) in p.rlimits {
+        if value == 0 {
+            continue;
+        }
+        let lim = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: setrlimit(2) with a valid pointer to a local struct.
+        let r = unsafe { libc::setrlimit(resource, &lim) };
+        check(ERR_FD, SetupStep::Rlimit, r as c_long);
+    }
+
+    // SAFETY: execve(2) with NUL-terminated strings and NULL-terminated arrays prepared
+    // before fork (PreparedCommand), alive in the parent's copy of memory we share by fork.
+    unsafe { libc::execve(p.executable, p.argv, p.envp) };
+    child_fail(ERR_FD, SetupStep::Execve, errno())
+}
