@@ -1,0 +1,1 @@
+//! Tests of the sccache glue over a directory-backed test backend.
