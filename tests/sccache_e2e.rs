@@ -53,7 +53,10 @@ fn prerequisites() -> Option<PathBuf> {
         return if has(&dir) {
             Some(dir)
         } else {
-            skip(&format!("SCCACHE_BIN_DIR={} lacks sccache or sccache-dist", dir.display()))
+            skip(&format!(
+                "SCCACHE_BIN_DIR={} lacks sccache or sccache-dist",
+                dir.display()
+            ))
         };
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -145,7 +148,10 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("{} ignored SIGTERM for {:?}: killing it", self.name, self.patience);
+        eprintln!(
+            "{} ignored SIGTERM for {:?}: killing it",
+            self.name, self.patience
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
         None
@@ -314,7 +320,10 @@ fn sccache_compiles_through_jailbuilder_serve() {
         Duration::from_secs(30),
         || {
             if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("jailbuilder serve exited early ({status}):\n{}", serve.log());
+                panic!(
+                    "jailbuilder serve exited early ({status}):\n{}",
+                    serve.log()
+                );
             }
             serve.log().contains("Server connected to scheduler")
         },
@@ -347,7 +356,11 @@ fn sccache_compiles_through_jailbuilder_serve() {
 
     // 4. A small C project: three files and a header, one object in a subdirectory.
     let proj = t.join("proj");
-    fs::write(proj.join("util.h"), "int add(int a, int b);\nint mul(int a, int b);\n").unwrap();
+    fs::write(
+        proj.join("util.h"),
+        "int add(int a, int b);\nint mul(int a, int b);\n",
+    )
+    .unwrap();
     fs::write(
         proj.join("add.c"),
         "#include \"util.h\"\nint add(int a, int b) { return a + b; }\n",
@@ -428,8 +441,13 @@ fn sccache_compiles_through_jailbuilder_serve() {
     assert_eq!(served_jobs(&serve.log(), 1), 1, "{}", serve.log());
 
     // Orderly shutdown: SIGTERM, exit 0, nothing left behind.
-    assert!(!mounts_beneath(&state).is_empty(), "containers were mounted");
-    let status = serve.terminate().expect("serve exited within the grace period");
+    assert!(
+        !mounts_beneath(&state).is_empty(),
+        "containers were mounted"
+    );
+    let status = serve
+        .terminate()
+        .expect("serve exited within the grace period");
     assert_eq!(status.code(), Some(0), "{status}\n{}", serve.log());
     assert!(serve.log().contains("shut down in"), "{}", serve.log());
     assert_eq!(mounts_beneath(&state), Vec::<String>::new());
@@ -446,5 +464,8 @@ fn sccache_compiles_through_jailbuilder_serve() {
         .find(|l| l.contains("jailbuilder::sccache::builder] job "))
         .unwrap();
     assert!(job_line.contains("(image "), "{job_line}");
-    eprintln!("sccache_e2e: passed in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "sccache_e2e: passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -117,8 +117,7 @@ impl Backend for NoBackend {
 fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::Result<ExitCode> {
     let kind = backend.kind();
     let engine = Arc::new(
-        Engine::start(backend, cfg.builder.engine_config())
-            .context("starting the build engine")?,
+        Engine::start(backend, cfg.builder.engine_config()).context("starting the build engine")?,
     );
     let server = match JailServer::new(
         JailBuilder::from_arc(Arc::clone(&engine)),
@@ -179,7 +178,11 @@ fn on_signals<B: Backend>(mut signals: Signals, server: JailServer<B>, engine: A
     let Some(signal) = signals.forever().next() else {
         return;
     };
-    let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
     let grace = engine.config().shutdown_grace;
     log::info!(
         "{name}: shutting down; refusing new jobs, giving running builds {}s",

@@ -191,7 +191,10 @@ impl<B: Backend> JailBuilder<B> {
     ) -> Result<BuildResult, JobError> {
         let label = JobLabel(job);
         let start = Instant::now();
-        let tc_short = toolchain.archive_id.get(..12).unwrap_or(&toolchain.archive_id);
+        let tc_short = toolchain
+            .archive_id
+            .get(..12)
+            .unwrap_or(&toolchain.archive_id);
         log::debug!(
             "{label}: toolchain {} executable {:?} arguments {:?} cwd {:?} outputs {:?}",
             toolchain.archive_id,

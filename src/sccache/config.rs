@@ -168,10 +168,9 @@ impl ServeConfig {
     pub fn scheduler_token(&self) -> Result<String, ServeConfigError> {
         let id = ServerId::new(self.public_addr);
         match &self.scheduler_auth {
-            SchedulerAuth::Insecure => Ok(format!(
-                "{} {INSECURE_DIST_SERVER_TOKEN}",
-                self.public_addr
-            )),
+            SchedulerAuth::Insecure => {
+                Ok(format!("{} {INSECURE_DIST_SERVER_TOKEN}", self.public_addr))
+            }
             SchedulerAuth::Token { token } => {
                 if token.is_empty() {
                     return Err(self.invalid("scheduler_auth.token", "is empty"));

@@ -327,7 +327,10 @@ impl<B: Backend> JailServer<B> {
         let received = receive(archive, &staging, self.inner.cache_size);
         let result = match received {
             Err(e) => {
-                log::warn!("job {job}: receiving toolchain {}: {e}", toolchain.archive_id);
+                log::warn!(
+                    "job {job}: receiving toolchain {}: {e}",
+                    toolchain.archive_id
+                );
                 SubmitToolchainResult::CannotCache
             }
             Ok(()) => {

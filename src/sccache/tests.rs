@@ -109,7 +109,11 @@ impl Backend for TestBackend {
         _l: &Limits,
     ) -> Result<ExecOutcome, TestError> {
         let spec = cmd.spec();
-        if !c.root.join(spec.executable.trim_start_matches('/')).exists() {
+        if !c
+            .root
+            .join(spec.executable.trim_start_matches('/'))
+            .exists()
+        {
             return Err(TestError(format!("{} not found", spec.executable), true));
         }
         let cwd = c.root.join(spec.cwd.trim_start_matches('/'));
@@ -255,7 +259,8 @@ fn cc(args: &[&str]) -> CompileCommand {
 /// The uncompressed bytes of an `OutputData` (its fields are private; its serde form is
 /// `[zlib bytes, length]`).
 fn output_bytes(d: &sccache::dist::OutputData) -> Vec<u8> {
-    let (z, len): (Vec<u8>, u64) = serde_json::from_value(serde_json::to_value(d).unwrap()).unwrap();
+    let (z, len): (Vec<u8>, u64) =
+        serde_json::from_value(serde_json::to_value(d).unwrap()).unwrap();
     let mut out = Vec::new();
     flate2::read::ZlibDecoder::new(z.as_slice())
         .read_to_end(&mut out)
@@ -313,7 +318,12 @@ fn a_job_runs_end_to_end_with_sccache_dist_semantics() {
     assert!(first.need_toolchain);
     assert_eq!(first.state, JobState::Pending);
     assert_eq!(h.sched.take(), [JobState::Ready]);
-    assert!(h.server.toolchain_cache().lock().unwrap().contains_toolchain(&tc.0));
+    assert!(h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&tc.0));
 
     let c = complete(h.run(
         1,
@@ -359,7 +369,9 @@ fn killed_and_timed_out_compiles_report_shell_codes_and_say_why() {
 
     let p = process_output(outcome(ExitStatus::TimedOut, b"", b""), 60);
     assert_eq!(p.code, 128 + 9);
-    assert!(String::from_utf8(p.stderr).unwrap().contains("time limit (60 s)"));
+    assert!(String::from_utf8(p.stderr)
+        .unwrap()
+        .contains("time limit (60 s)"));
 
     let mut o = outcome(ExitStatus::Code(0), b"o", b"e\n");
     o.stderr_truncated = true;
@@ -374,7 +386,10 @@ fn killed_and_timed_out_compiles_report_shell_codes_and_say_why() {
     let h = harness(small_config());
     let tc = good_toolchain();
     h.assign(1, &tc);
-    assert_eq!(complete(h.run(1, cc(&["--signal"]), &[], &[])).output.code, 139);
+    assert_eq!(
+        complete(h.run(1, cc(&["--signal"]), &[], &[])).output.code,
+        139
+    );
 }
 
 #[test]
@@ -385,7 +400,10 @@ fn environment_variables_sccache_would_skip_are_dropped_not_fatal() {
         ("B=C".into(), "2".into()),
         (String::new(), "3".into()),
     ];
-    assert_eq!(command_spec(cmd.clone()).env_vars, [("A".into(), "1".into())]);
+    assert_eq!(
+        command_spec(cmd.clone()).env_vars,
+        [("A".into(), "1".into())]
+    );
     let h = harness(small_config());
     let tc = good_toolchain();
     h.assign(1, &tc);
@@ -416,13 +434,21 @@ fn an_upload_that_does_not_match_its_id_is_not_cached() {
         .submit_toolchain(&h.sched, JobId(1), &mut &b"something else"[..])
         .unwrap();
     assert!(matches!(s, SubmitToolchainResult::CannotCache));
-    assert!(!h.server.toolchain_cache().lock().unwrap().contains_toolchain(&tc));
+    assert!(!h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&tc));
     // Nothing left in the staging directory.
     let incoming = h._tmp.path().join("cache/incoming");
     assert_eq!(fs::read_dir(incoming).unwrap().count(), 0);
     // The job then fails cleanly (toolchain missing), as a client error.
     let e = h.run(1, cc(&[]), &[], &[]).err().expect("an error");
-    assert!(matches!(&e, ServerError::Job(j) if j.is_client_error()), "{e}");
+    assert!(
+        matches!(&e, ServerError::Job(j) if j.is_client_error()),
+        "{e}"
+    );
 }
 
 #[test]
@@ -431,7 +457,10 @@ fn an_upload_larger_than_the_cache_is_refused_without_reading_it_all() {
     let (tc, _) = good_toolchain();
     h.server.assign_job(JobId(1), tc).unwrap();
     let mut huge = std::io::repeat(0).take(1 << 30);
-    let s = h.server.submit_toolchain(&h.sched, JobId(1), &mut huge).unwrap();
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(1), &mut huge)
+        .unwrap();
     assert!(matches!(s, SubmitToolchainResult::CannotCache));
     assert!(huge.limit() > (1 << 29), "read only about the cache size");
 }
@@ -442,13 +471,23 @@ fn a_corrupt_toolchain_fails_the_job_and_is_removed_from_the_cache() {
     // A valid upload (its digest matches) of an archive that is not a gzip'd tar.
     let bad = toolchain(b"not a tarball at all".to_vec());
     h.assign(1, &bad);
-    assert!(h.server.toolchain_cache().lock().unwrap().contains_toolchain(&bad.0));
+    assert!(h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&bad.0));
     let e = h.run(1, cc(&[]), &[], &[]).err().expect("an error");
     match &e {
         ServerError::Job(JobError::Build(crate::engine::BuildError::Toolchain { .. })) => {}
         other => panic!("expected a toolchain error, got {other}"),
     }
-    assert!(!h.server.toolchain_cache().lock().unwrap().contains_toolchain(&bad.0));
+    assert!(!h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&bad.0));
     // The next job asks for the toolchain again.
     assert!(h.server.assign_job(JobId(2), bad.0).unwrap().need_toolchain);
 }
@@ -458,22 +497,50 @@ fn bad_requests_are_job_errors_never_panics() {
     let h = harness(small_config());
     let tc = good_toolchain();
     for (job, cmd, outputs) in [
-        (1, CompileCommand { cwd: "relative".into(), ..cc(&[]) }, vec!["a.o"]),
-        (2, CompileCommand { executable: "cc".into(), ..cc(&[]) }, vec!["a.o"]),
+        (
+            1,
+            CompileCommand {
+                cwd: "relative".into(),
+                ..cc(&[])
+            },
+            vec!["a.o"],
+        ),
+        (
+            2,
+            CompileCommand {
+                executable: "cc".into(),
+                ..cc(&[])
+            },
+            vec!["a.o"],
+        ),
         (3, cc(&[]), vec!["../../etc/passwd"]),
-        (4, CompileCommand { executable: "/usr/bin/none".into(), ..cc(&[]) }, vec![]),
+        (
+            4,
+            CompileCommand {
+                executable: "/usr/bin/none".into(),
+                ..cc(&[])
+            },
+            vec![],
+        ),
     ] {
         h.assign(job, &tc);
         let e = h.run(job, cmd, &outputs, &[]).err().expect("an error");
-        assert!(matches!(&e, ServerError::Job(j) if j.is_client_error()), "{e}");
+        assert!(
+            matches!(&e, ServerError::Job(j) if j.is_client_error()),
+            "{e}"
+        );
     }
     // Garbage inputs.
     h.assign(5, &tc);
     let e = h
         .server
         .run_job(&h.sched, JobId(5), cc(&[]), vec![], &mut &b"garbage"[..])
-        .err().expect("an error");
-    assert!(matches!(&e, ServerError::Job(j) if j.is_client_error()), "{e}");
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, ServerError::Job(j) if j.is_client_error()),
+        "{e}"
+    );
     // And the builder is still healthy and working.
     assert!(h.server.builder().engine().is_healthy());
     h.assign(6, &tc);
@@ -499,12 +566,22 @@ fn an_unhealthy_builder_refuses_assignments_but_probes() {
     });
     let tc = good_toolchain();
     h.assign(1, &tc);
-    let e = h.run(1, cc(&["--backend-fail"]), &[], &[]).err().expect("an error");
-    assert!(matches!(&e, ServerError::Job(j) if !j.is_client_error()), "{e}");
+    let e = h
+        .run(1, cc(&["--backend-fail"]), &[], &[])
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, ServerError::Job(j) if !j.is_client_error()),
+        "{e}"
+    );
     assert!(!h.server.builder().engine().is_healthy());
     // One probe is let through, then assignments are refused.
     h.server.assign_job(JobId(2), tc.0.clone()).unwrap();
-    let e = h.server.assign_job(JobId(3), tc.0.clone()).err().expect("an error");
+    let e = h
+        .server
+        .assign_job(JobId(3), tc.0.clone())
+        .err()
+        .expect("an error");
     assert!(matches!(e, ServerError::Unhealthy));
     // The probe succeeds: healthy again, assignments accepted.
     assert_eq!(complete(h.run(2, cc(&[]), &[], &[])).output.code, 0);
@@ -552,7 +629,10 @@ fn the_example_config_parses_and_builds_sccache_dists_token() {
     assert_eq!(c.toolchain_cache_size, DEFAULT_TOOLCHAIN_CACHE_SIZE);
     assert_eq!(c.builder.max_containers, 4);
     assert_eq!(c.scheduler_token().unwrap(), "192.0.2.10:10501 s3cret");
-    assert!(!format!("{c:?}").contains("s3cret"), "Debug redacts the token");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "Debug redacts the token"
+    );
 
     let insecure = EXAMPLE.replace(
         "type = \"token\"\ntoken = \"s3cret\"",
@@ -586,7 +666,10 @@ fn config_errors_name_the_key() {
             EXAMPLE.replace("192.0.2.10:10501", "0.0.0.0:10501"),
             "public_addr",
         ),
-        (EXAMPLE.replace("/var/cache/jailbuilder", "cache"), "cache_dir"),
+        (
+            EXAMPLE.replace("/var/cache/jailbuilder", "cache"),
+            "cache_dir",
+        ),
         (
             EXAMPLE.replace("max_containers = 4", "max_containers = 0"),
             "max_containers",
@@ -623,7 +706,9 @@ fn a_jwt_for_another_server_is_refused() {
     };
     let ok = jwt("192.0.2.10:10501");
     assert_eq!(parse(&with(&ok)).unwrap().scheduler_token().unwrap(), ok);
-    let e = parse(&with(&jwt("192.0.2.11:10501"))).unwrap_err().to_string();
+    let e = parse(&with(&jwt("192.0.2.11:10501")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("issued for server 192.0.2.11:10501"), "{e}");
     let e = parse(&with("nonsense")).unwrap_err().to_string();
     assert!(e.contains("scheduler_auth.token"), "{e}");
