@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod exec;
 pub mod freebsd;
+pub mod native;
 pub mod toolchain;
 pub mod untrusted;
 
@@ -32,4 +33,4 @@ pub mod sccache;
 pub type NativeBackend = linux::LinuxBackend;
 /// The backend this platform builds by default.
 #[cfg(target_os = "freebsd")]
-pub type NativeBackend = ();
+pub type NativeBackend = freebsd::FreeBsdBackend<freebsd::RealKernel>;

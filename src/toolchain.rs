@@ -70,12 +70,19 @@ struct Collector {
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ToolchainError + '_ {
-    move |source| ToolchainError::Read { path: path.to_path_buf(), source }
+    move |source| ToolchainError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Lexically joins `link`'s target onto its directory, resolving `.` and `..`.
 fn resolve_link(dir: &Path, target: &Path) -> PathBuf {
-    let mut out = if target.is_absolute() { PathBuf::from("/") } else { dir.to_path_buf() };
+    let mut out = if target.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        dir.to_path_buf()
+    };
     for c in target.components() {
         match c {
             Component::ParentDir => {
@@ -95,7 +102,10 @@ impl Collector {
             return Ok(()); // a symlink loop on the host: stop, the sandbox will see ELOOP too
         }
         let mut cur = PathBuf::from("/");
-        let comps: Vec<_> = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+        let comps: Vec<_> = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
         for (i, comp) in comps.iter().enumerate() {
             let next = cur.join(comp);
             let md = fs::symlink_metadata(&next).map_err(read_err(&next))?;
@@ -137,7 +147,10 @@ impl Collector {
     }
 
     fn files(&self) -> impl Iterator<Item = &PathBuf> {
-        self.entries.iter().filter(|(_, e)| matches!(e, Entry::File)).map(|(p, _)| p)
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::File))
+            .map(|(p, _)| p)
     }
 }
 
@@ -146,23 +159,35 @@ fn run(program: &Path, args: &[&str]) -> Result<std::process::Output, ToolchainE
         .args(args)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|source| ToolchainError::Spawn { program: program.display().to_string(), source })
+        .map_err(|source| ToolchainError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
 }
 
 /// Finds `name` in PATH (or takes it as a path).
 pub fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);
-        let p = if p.is_absolute() { p } else { std::env::current_dir().ok()?.join(p) };
+        let p = if p.is_absolute() {
+            p
+        } else {
+            std::env::current_dir().ok()?.join(p)
+        };
         return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    fs::File::open(path).and_then(|mut f| io::Read::read_exact(&mut f, &mut magic)).is_ok() && magic == *b"\x7fELF"
+    fs::File::open(path)
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
 }
 
 /// The shared libraries `ldd` says `path` loads (absolute paths).
@@ -174,7 +199,7 @@ fn shared_libs(path: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
         .filter_map(|l| {
             let l = l.trim();
             let p = match l.split_once("=>") {
-                Some((_, right)) => right.trim().split_whitespace().next()?,
+                Some((_, right)) => right.split_whitespace().next()?,
                 None => l.split_whitespace().next()?,
             };
             p.starts_with('/').then(|| PathBuf::from(p))
@@ -191,7 +216,11 @@ fn driver_programs(compiler: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
         if name.is_empty() {
             continue;
         }
-        let p = if name.starts_with('/') { Some(PathBuf::from(&name)) } else { which(&name) };
+        let p = if name.starts_with('/') {
+            Some(PathBuf::from(&name))
+        } else {
+            which(&name)
+        };
         if let Some(p) = p.filter(|p| p.is_file()) {
             out.push(p);
         }
@@ -221,8 +250,12 @@ fn include_dirs(compiler: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
 }
 
 /// Packages the toolchain into `out` (gzip'd tar).
-pub fn package(opts: &PackageOptions, out: &mut dyn Write) -> Result<PackageSummary, ToolchainError> {
-    let compiler = which(&opts.compiler).ok_or_else(|| ToolchainError::CompilerNotFound(opts.compiler.clone()))?;
+pub fn package(
+    opts: &PackageOptions,
+    out: &mut dyn Write,
+) -> Result<PackageSummary, ToolchainError> {
+    let compiler = which(&opts.compiler)
+        .ok_or_else(|| ToolchainError::CompilerNotFound(opts.compiler.clone()))?;
     let mut c = Collector::default();
     c.add(&compiler, 0)?;
     for p in driver_programs(&compiler)? {
@@ -256,10 +289,18 @@ pub fn package(opts: &PackageOptions, out: &mut dyn Write) -> Result<PackageSumm
             }
         }
     }
-    write_archive(&c, out).map(|(files, symlinks, bytes)| PackageSummary { compiler, files, symlinks, bytes })
+    write_archive(&c, out).map(|(files, symlinks, bytes)| PackageSummary {
+        compiler,
+        files,
+        symlinks,
+        bytes,
+    })
 }
 
-fn write_archive(c: &Collector, out: &mut dyn Write) -> Result<(usize, usize, u64), ToolchainError> {
+fn write_archive(
+    c: &Collector,
+    out: &mut dyn Write,
+) -> Result<(usize, usize, u64), ToolchainError> {
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     let (mut files, mut symlinks, mut bytes) = (0, 0, 0);
@@ -278,7 +319,8 @@ fn write_archive(c: &Collector, out: &mut dyn Write) -> Result<(usize, usize, u6
                     h.set_mode(md.mode() & 0o7777);
                     h.set_mtime(md.mtime().max(0) as u64);
                     h.set_size(0);
-                    tar.append_data(&mut h, rel(path), io::empty()).map_err(ToolchainError::Write)?;
+                    tar.append_data(&mut h, rel(path), io::empty())
+                        .map_err(ToolchainError::Write)?;
                 }
                 (1, Entry::File) => {
                     let f = fs::File::open(path).map_err(read_err(path))?;
@@ -287,7 +329,8 @@ fn write_archive(c: &Collector, out: &mut dyn Write) -> Result<(usize, usize, u6
                     h.set_mode(md.mode() & 0o777);
                     h.set_mtime(md.mtime().max(0) as u64);
                     h.set_size(md.len());
-                    tar.append_data(&mut h, rel(path), f).map_err(ToolchainError::Write)?;
+                    tar.append_data(&mut h, rel(path), f)
+                        .map_err(ToolchainError::Write)?;
                     files += 1;
                     bytes += md.len();
                 }
@@ -295,14 +338,17 @@ fn write_archive(c: &Collector, out: &mut dyn Write) -> Result<(usize, usize, u6
                     h.set_entry_type(tar::EntryType::Symlink);
                     h.set_mode(0o777);
                     h.set_size(0);
-                    tar.append_link(&mut h, rel(path), target).map_err(ToolchainError::Write)?;
+                    tar.append_link(&mut h, rel(path), target)
+                        .map_err(ToolchainError::Write)?;
                     symlinks += 1;
                 }
                 _ => {}
             }
         }
     }
-    tar.into_inner().and_then(|gz| gz.finish()).map_err(ToolchainError::Write)?;
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(ToolchainError::Write)?;
     Ok((files, symlinks, bytes))
 }
 
@@ -314,8 +360,15 @@ pub fn archive_id(archive: &Path) -> Result<String, ToolchainError> {
     let data = fs::read(archive).map_err(read_err(archive))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write(&data);
-    let stem = archive.file_stem().unwrap_or(OsStr::new("tc")).to_string_lossy();
-    let stem: String = stem.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(40).collect();
+    let stem = archive
+        .file_stem()
+        .unwrap_or(OsStr::new("tc"))
+        .to_string_lossy();
+    let stem: String = stem
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(40)
+        .collect();
     Ok(format!("{stem}-{:016x}-{}", h.finish(), data.len()))
 }
 
@@ -325,10 +378,22 @@ mod tests {
 
     #[test]
     fn resolves_links_lexically() {
-        assert_eq!(resolve_link(Path::new("/usr/bin"), Path::new("gcc-12")), PathBuf::from("/usr/bin/gcc-12"));
-        assert_eq!(resolve_link(Path::new("/"), Path::new("usr/lib")), PathBuf::from("/usr/lib"));
-        assert_eq!(resolve_link(Path::new("/a/b"), Path::new("../../c")), PathBuf::from("/c"));
-        assert_eq!(resolve_link(Path::new("/a"), Path::new("/x/y")), PathBuf::from("/x/y"));
+        assert_eq!(
+            resolve_link(Path::new("/usr/bin"), Path::new("gcc-12")),
+            PathBuf::from("/usr/bin/gcc-12")
+        );
+        assert_eq!(
+            resolve_link(Path::new("/"), Path::new("usr/lib")),
+            PathBuf::from("/usr/lib")
+        );
+        assert_eq!(
+            resolve_link(Path::new("/a/b"), Path::new("../../c")),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            resolve_link(Path::new("/a"), Path::new("/x/y")),
+            PathBuf::from("/x/y")
+        );
     }
 
     #[test]
@@ -338,16 +403,28 @@ mod tests {
             return;
         };
         let mut out = Vec::new();
-        let opts = PackageOptions { compiler: cc.to_string_lossy().into(), headers: false, extra: vec![] };
+        let opts = PackageOptions {
+            compiler: cc.to_string_lossy().into(),
+            headers: false,
+            extra: vec![],
+        };
         let s = package(&opts, &mut out).unwrap();
         let mut names = Vec::new();
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(out.as_slice()));
         for e in ar.entries().unwrap() {
             names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
         }
-        assert!(names.iter().any(|n| n.ends_with("/cc1")), "cc1 missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n.ends_with("/cc1")),
+            "cc1 missing: {names:?}"
+        );
         assert!(names.iter().any(|n| n.contains("libc.so")), "libc missing");
-        assert!(names.iter().any(|n| n.contains("ld-linux") || n.contains("ld-elf")), "loader missing");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.contains("ld-linux") || n.contains("ld-elf")),
+            "loader missing"
+        );
         assert!(names.contains(&cc.strip_prefix("/").unwrap().to_string_lossy().into_owned()));
         assert!(s.files >= 4 && s.bytes > 0);
     }

@@ -4,11 +4,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod clean;
+mod common;
+mod demo;
+mod doctor;
+mod run;
 #[cfg(feature = "sccache")]
 mod serve;
+mod toolchain_cmd;
 
 #[derive(Parser)]
-#[command(name = "jailbuilder", version, about = "Spawn-free build sandboxes for sccache-dist: FreeBSD jails + ZFS, Linux namespaces + overlayfs", long_about = None)]
+#[command(
+    name = "jailbuilder",
+    version,
+    about = "Spawn-free build sandboxes for sccache-dist: FreeBSD jails + ZFS, Linux namespaces + overlayfs",
+    after_help = "Start with `sudo jailbuilder demo`. Logging: RUST_LOG=debug (or SCCACHE_LOG)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,15 +27,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Package a host compiler into an sccache-compatible toolchain archive.
+    Toolchain(toolchain_cmd::ToolchainArgs),
+    /// Run one compile in a fresh sandbox and bring its outputs back.
+    Run(run::RunArgs),
+    /// Compile a bundled C project with every compile sandboxed, link and run it, show timings.
+    Demo(demo::DemoArgs),
+    /// Remove every image, container, mount, jail and dataset jailbuilder created.
+    Clean(clean::CleanArgs),
+    /// Report what the native backend needs and whether this machine has it.
+    Doctor(doctor::DoctorArgs),
     /// Run an sccache-dist build server around jailbuilder (drop-in for `sccache-dist server`).
     #[cfg(feature = "sccache")]
     Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let filter = std::env::var("RUST_LOG").or_else(|_| std::env::var("SCCACHE_LOG")).unwrap_or_else(|_| "warn".into());
+    env_logger::Builder::new().parse_filters(&filter).init();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.command {
+    let result = match cli.command {
+        Command::Toolchain(a) => toolchain_cmd::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Clean(a) => clean::run(a),
+        Command::Doctor(a) => doctor::run(a),
         #[cfg(feature = "sccache")]
         Command::Serve(args) => serve::run(args),
     };

@@ -1,1 +1,24 @@
 //! FreeBSD backend: jails + ZFS, orchestrated over a kernel seam.
+//!
+//! - [`kernel`]: the seam ([`Kernel`]), its errors and parameters.
+//! - [`backend`]: [`FreeBsdBackend`], the orchestration (compiled and tested on every OS).
+//! - [`fake`]: [`FakeKernel`], the seam in memory with the kernel's rules enforced.
+//! - `real` (FreeBSD only): [`RealKernel`], libzfs_core + nmount(2) + jail_set(2) + pdfork(2).
+
+pub mod backend;
+pub mod fake;
+pub mod kernel;
+
+#[cfg(target_os = "freebsd")]
+mod real;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::{
+    FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, Step,
+};
+pub use fake::{FakeExec, FakeJail, FakeKernel, FakeMountKind, FakeRun};
+pub use kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+#[cfg(target_os = "freebsd")]
+pub use real::RealKernel;

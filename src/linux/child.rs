@@ -169,21 +169,6 @@ fn reset_signals() {
 
 /// Child B, pid 1 of the sandbox's pid namespace. Never returns.
 fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
-    check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
-    let mut pfd = libc::pollfd {
-        fd: parent_fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll(2) on one valid pollfd, zero timeout.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
-        exit(127); // A died before our death signal was armed (or poll failed): give up
-    }
-    // SAFETY: closing our copy of A's pidfd.
-    unsafe { libc::close(parent_fd) };
-
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
@@ -212,6 +197,25 @@ fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     // SAFETY: setresuid(2) with integer arguments.
     let r = unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) };
     check(ERR_FD, SetupStep::Setuid, r);
+
+    // The death signal is armed only now: the kernel clears it whenever the credentials
+    // change (commit_creds() resets pdeath_signal when the euid/egid changes), so set
+    // before setresuid it would be gone, and a crashed server would leave this namespace
+    // running. An unprivileged process may set its own (prctl(2) PR_SET_PDEATHSIG).
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
+    check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
+    let mut pfd = libc::pollfd {
+        fd: parent_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        exit(127); // A died before our death signal was armed (or poll failed): give up
+    }
+    // SAFETY: closing our copy of A's pidfd.
+    unsafe { libc::close(parent_fd) };
 
     for (resource, value) in p.rlimits {
         if value == 0 {

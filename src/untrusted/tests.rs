@@ -391,7 +391,8 @@ fn reading_outputs_never_leaves_the_root_or_hangs() {
         read_file_beneath(&root, "work/up/work/a.o", 100).unwrap(),
         b"object"
     );
-    let cases: Vec<(&str, fn(&BeneathError) -> bool)> = vec![
+    type Expect = fn(&BeneathError) -> bool;
+    let cases: Vec<(&str, Expect)> = vec![
         ("work/link.o", |e| {
             matches!(
                 e,

@@ -9,7 +9,7 @@
 //! name lengths are bounded (a gzip bomb stops at `max_bytes`).
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -18,7 +18,7 @@ use nix::unistd::UnlinkatFlags;
 use tar::EntryType;
 
 use super::beneath::{
-    cstr, fstatat_nofollow, lossy, resolve_dir, split, BeneathError, Create, RootDir,
+    cstr, fstatat_nofollow, lossy, openat_raw, resolve_dir, split, BeneathError, Create, RootDir,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +133,11 @@ pub fn unpack_tar(
                 let dir = resolve_dir(root, &comps, Create::No, &path).map_err(path_err)?;
                 // Owner must be able to traverse: an archive's 0000 directory would
                 // otherwise make the rest of it fail to unpack.
-                nix::sys::stat::fchmod(dir.as_fd(), Mode::from_bits_truncate(mode | 0o700))
-                    .map_err(|e| io("chmod", e))?;
+                nix::sys::stat::fchmod(
+                    dir.as_fd(),
+                    Mode::from_bits_truncate((mode | 0o700) as libc::mode_t),
+                )
+                .map_err(|e| io("chmod", e))?;
             }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.header().size().map_err(UnpackError::Corrupt)?;
@@ -149,8 +152,8 @@ pub fn unpack_tar(
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
-                let fd = openat_file(parent.as_fd(), &name, flags, 0o600)
-                    .map_err(|e| io("create", e))?;
+                let fd =
+                    openat_raw(parent.as_fd(), &name, flags, 0o600).map_err(|e| io("create", e))?;
                 let mut file = std::fs::File::from(fd);
                 let copied = io::copy(&mut (&mut entry).take(size), &mut file)
                     .map_err(UnpackError::Corrupt)?;
@@ -162,8 +165,11 @@ pub fn unpack_tar(
                 }
                 stats.bytes += size;
                 // setuid/setgid/sticky never survive: a client must not plant a setuid binary.
-                nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
-                    .map_err(|e| io("chmod", e))?;
+                nix::sys::stat::fchmod(
+                    file.as_fd(),
+                    Mode::from_bits_truncate(mode as libc::mode_t),
+                )
+                .map_err(|e| io("chmod", e))?;
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| {
@@ -223,33 +229,6 @@ fn entry_kind(t: EntryType) -> &'static str {
         EntryType::Fifo => "FIFO",
         EntryType::GNUSparse => "sparse file",
         _ => "special entry",
-    }
-}
-
-fn openat_file(
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::CStr,
-    flags: OFlag,
-    mode: u32,
-) -> Result<OwnedFd, Errno> {
-    loop {
-        // SAFETY: valid C string and live directory descriptor; the result is ours.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                flags.bits(),
-                mode as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: openat just returned this descriptor to us.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            e => return Err(e),
-        }
     }
 }
 

@@ -1,0 +1,925 @@
+//! [`FakeKernel`]: the kernel seam in memory, for tests on any OS.
+//!
+//! It records every call in order as a readable line, injects failures, and enforces the
+//! kernel's rules (DESIGN.md "Verified facts"), so an orchestration bug fails a test here
+//! rather than on a FreeBSD server:
+//! - ZFS: EEXIST creating/cloning onto an existing dataset, ENOENT without the parent or
+//!   the origin, EBUSY destroying a mounted dataset, one with snapshots or with children,
+//!   EBUSY destroying a snapshot that has clones unless deferred (a deferred one goes with
+//!   its last clone), EXDEV rolling back to a snapshot that is not the newest.
+//! - Mounts: ENOENT/ENOTDIR for a missing mount point, EBUSY mounting a dataset twice or
+//!   on a mount point, EINVAL unmounting what is not a mount point (unmount(2)), EBUSY
+//!   unmounting with a mount beneath (always) or under a jail's root (unless forced).
+//! - Jails: EEXIST for a live jail's name, EINVAL for a numeric name, ENOENT for a missing
+//!   path, EINVAL removing an unknown jid (kern_jail.c sys_jail_remove), EINVAL attaching
+//!   to a jail that is not alive (sys_jail_attach).
+//!
+//! Stricter than the kernel (documented deviations): a mount point must be a real
+//! directory, not a symlink (the real nmount follows it, which is never what we want);
+//! rollback is refused (EBUSY) while something is mounted beneath the dataset.
+//!
+//! Datasets are real directories under a temporary directory, so unpacking and output
+//! reads really happen: a snapshot or clone copies the tree, a rollback copies it back,
+//! and a mount moves the dataset's directory onto the mount point (the mount point's own
+//! content is set aside and put back at unmount).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::backend::{BuildUser, ExecOutcome, ExitStatus, Limits};
+use crate::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
+
+use super::kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+
+/// What a fake program sees: the container root on the host, the command, the user.
+pub struct FakeExec<'a> {
+    pub root: &'a Path,
+    pub command: &'a CommandSpec,
+    pub user: BuildUser,
+    pub limits: &'a Limits,
+}
+
+/// What a fake program did.
+#[derive(Clone, Debug, Default)]
+pub struct FakeRun {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Ran past the timeout: the fake kills the jail, as the real supervisor does.
+    pub hang: bool,
+    /// Processes it left running in the jail (daemons); only jail_remove ends them.
+    pub left_running: u32,
+}
+
+impl FakeRun {
+    pub fn exit(code: i32) -> FakeRun {
+        FakeRun {
+            exit_code: code,
+            ..FakeRun::default()
+        }
+    }
+}
+
+type Program = Arc<dyn Fn(&FakeExec<'_>) -> FakeRun + Send + Sync>;
+
+#[derive(Debug)]
+struct Dataset {
+    backing: PathBuf,
+    /// Snapshot this dataset was cloned from.
+    origin: Option<String>,
+    /// Its snapshots' full names, oldest first.
+    snapshots: Vec<String>,
+    mounted_at: Option<PathBuf>,
+    props: Vec<ZfsProp>,
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    backing: PathBuf,
+    clones: BTreeSet<String>,
+    defer_destroy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeMountKind {
+    Zfs(String),
+    Devfs(u16),
+}
+
+#[derive(Debug)]
+struct Mount {
+    fspath: PathBuf,
+    kind: FakeMountKind,
+    /// Where the mount point's own content was set aside.
+    stash: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeJail {
+    pub jid: i32,
+    pub params: JailParams,
+    pub alive: bool,
+    /// Processes running in it.
+    pub processes: u32,
+}
+
+struct Fault {
+    pattern: String,
+    /// 1-based index of the matching call that fails; 0 = every matching call.
+    nth: usize,
+    seen: usize,
+    errno: i32,
+}
+
+struct State {
+    datasets: BTreeMap<String, Dataset>,
+    snapshots: BTreeMap<String, Snapshot>,
+    mounts: Vec<Mount>,
+    jails: BTreeMap<i32, FakeJail>,
+    next_jid: i32,
+    next_backing: u64,
+    calls: Vec<String>,
+    faults: Vec<Fault>,
+    programs: HashMap<String, Program>,
+}
+
+/// The in-memory kernel. Cheap to share: `Arc<FakeKernel>` implements [`Kernel`] too.
+pub struct FakeKernel {
+    dir: ScratchDir,
+    state: Mutex<State>,
+}
+
+/// A temporary directory removed on drop (the fake is a library type, so it does not
+/// depend on the `tempfile` dev-dependency).
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> io::Result<ScratchDir> {
+        let p = std::env::temp_dir().join(format!("jb-fake-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&p)?;
+        Ok(ScratchDir(p))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn zerr(op: &'static str, name: &str, errno: i32) -> KernelError {
+    KernelError::Zfs {
+        op,
+        name: name.to_string(),
+        errno,
+        detail: String::new(),
+    }
+}
+
+fn parent_of(name: &str) -> Option<&str> {
+    name.rfind('/').map(|i| &name[..i])
+}
+
+/// Copies a directory tree without following symlinks.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir(to)?;
+    fs::set_permissions(to, fs::metadata(from)?.permissions())?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src)?;
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else if meta.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn empty_dir(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let p = entry?.path();
+        if fs::symlink_metadata(&p)?.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+fn io_errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl Default for FakeKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeKernel {
+    /// A fake with one pool, `pool`, and no jails.
+    pub fn new() -> FakeKernel {
+        let dir = ScratchDir::new().expect("scratch directory for FakeKernel");
+        fs::create_dir(dir.path().join("store")).expect("FakeKernel store");
+        let fake = FakeKernel {
+            dir,
+            state: Mutex::new(State {
+                datasets: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
+                mounts: Vec::new(),
+                jails: BTreeMap::new(),
+                next_jid: 1,
+                next_backing: 0,
+                calls: Vec::new(),
+                faults: Vec::new(),
+                programs: HashMap::new(),
+            }),
+        };
+        {
+            let mut st = fake.lock();
+            let backing = fake.new_backing(&mut st);
+            fs::create_dir(&backing).expect("pool dir");
+            st.datasets.insert(
+                "pool".into(),
+                Dataset {
+                    backing,
+                    origin: None,
+                    snapshots: Vec::new(),
+                    mounted_at: None,
+                    props: Vec::new(),
+                },
+            );
+        }
+        fake
+    }
+
+    /// A scratch directory for the test (mount roots live here); shown as `$T` in the log.
+    pub fn base(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_backing(&self, st: &mut State) -> PathBuf {
+        st.next_backing += 1;
+        self.dir
+            .path()
+            .join("store")
+            .join(st.next_backing.to_string())
+    }
+
+    fn show(&self, p: &Path) -> String {
+        match p.strip_prefix(self.dir.path()) {
+            Ok(rel) => format!("$T/{}", rel.display()),
+            Err(_) => p.display().to_string(),
+        }
+    }
+
+    // ---- test API ----
+
+    /// Registers a program: exec of `path` inside any jail runs `f`.
+    pub fn register_program(
+        &self,
+        path: &str,
+        f: impl Fn(&FakeExec<'_>) -> FakeRun + Send + Sync + 'static,
+    ) {
+        self.lock().programs.insert(path.to_string(), Arc::new(f));
+    }
+
+    /// The `nth` (1-based) call whose log line starts with `pattern` fails with `errno`
+    /// (without changing any state); `nth` = 0 makes every such call fail.
+    pub fn fail_on(&self, pattern: &str, nth: usize, errno: i32) {
+        self.lock().faults.push(Fault {
+            pattern: pattern.to_string(),
+            nth,
+            seen: 0,
+            errno,
+        });
+    }
+
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Returns the calls so far and clears the log.
+    pub fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    /// Names of all datasets (not snapshots), sorted; includes `pool`.
+    pub fn datasets(&self) -> Vec<String> {
+        self.lock().datasets.keys().cloned().collect()
+    }
+
+    /// Full names of all snapshots, sorted.
+    pub fn snapshots(&self) -> Vec<String> {
+        self.lock().snapshots.keys().cloned().collect()
+    }
+
+    /// Snapshots marked for deferred destruction (they still have clones).
+    pub fn deferred_snapshots(&self) -> Vec<String> {
+        let st = self.lock();
+        st.snapshots
+            .iter()
+            .filter(|(_, s)| s.defer_destroy)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The properties `name` was created with.
+    pub fn props(&self, name: &str) -> Vec<ZfsProp> {
+        self.lock()
+            .datasets
+            .get(name)
+            .map(|d| d.props.clone())
+            .unwrap_or_default()
+    }
+
+    /// Current mounts, in mount order.
+    pub fn mounts(&self) -> Vec<(PathBuf, FakeMountKind)> {
+        self.lock()
+            .mounts
+            .iter()
+            .map(|m| (m.fspath.clone(), m.kind.clone()))
+            .collect()
+    }
+
+    /// Jails, alive or dying.
+    pub fn jails(&self) -> Vec<FakeJail> {
+        self.lock().jails.values().cloned().collect()
+    }
+
+    /// Live jails.
+    pub fn live_jails(&self) -> Vec<FakeJail> {
+        self.jails().into_iter().filter(|j| j.alive).collect()
+    }
+
+    /// Creates a dataset directly (test set-up), like `zfs create`; not logged.
+    pub fn add_dataset(&self, name: &str) -> KResult<()> {
+        self.create_inner(name, &[], false)
+    }
+
+    // ---- internals ----
+
+    /// Logs `line`; fails if an injected fault matches.
+    fn enter(&self, st: &mut State, line: String) -> Result<(), i32> {
+        let mut fail = None;
+        for f in st.faults.iter_mut() {
+            if line.starts_with(&f.pattern) {
+                f.seen += 1;
+                if f.nth == 0 || f.seen == f.nth {
+                    fail = Some(f.errno);
+                    break;
+                }
+            }
+        }
+        match fail {
+            Some(errno) => {
+                st.calls.push(format!("{line} -> injected errno {errno}"));
+                Err(errno)
+            }
+            None => {
+                st.calls.push(line);
+                Ok(())
+            }
+        }
+    }
+
+    fn content_dir(ds: &Dataset) -> PathBuf {
+        ds.mounted_at.clone().unwrap_or_else(|| ds.backing.clone())
+    }
+
+    fn create_inner(&self, name: &str, props: &[ZfsProp], log: bool) -> KResult<()> {
+        let mut st = self.lock();
+        if log {
+            self.enter(&mut st, format!("create {name}"))
+                .map_err(|e| zerr("create", name, e))?;
+        }
+        if name.contains('@') || name.is_empty() {
+            return Err(zerr("create", name, libc::EINVAL));
+        }
+        if st.datasets.contains_key(name) {
+            return Err(zerr("create", name, libc::EEXIST));
+        }
+        match parent_of(name) {
+            Some(p) if st.datasets.contains_key(p) => {}
+            _ => return Err(zerr("create", name, libc::ENOENT)),
+        }
+        let backing = self.new_backing(&mut st);
+        fs::create_dir(&backing).map_err(|e| zerr("create", name, io_errno(&e)))?;
+        st.datasets.insert(
+            name.to_string(),
+            Dataset {
+                backing,
+                origin: None,
+                snapshots: Vec::new(),
+                mounted_at: None,
+                props: props.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_snapshot(st: &mut State, snap: &str) {
+        if let Some(s) = st.snapshots.remove(snap) {
+            let _ = fs::remove_dir_all(&s.backing);
+        }
+        if let Some((fs_name, _)) = snap.split_once('@') {
+            if let Some(ds) = st.datasets.get_mut(fs_name) {
+                ds.snapshots.retain(|s| s != snap);
+            }
+        }
+    }
+
+    fn mount_inner(&self, st: &mut State, fspath: &Path, kind: FakeMountKind) -> Result<(), i32> {
+        match fs::symlink_metadata(fspath) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(libc::ENOTDIR),
+            Err(e) => return Err(io_errno(&e)),
+        }
+        if st.mounts.iter().any(|m| m.fspath == fspath) {
+            return Err(libc::EBUSY);
+        }
+        let stash = self.new_backing(st);
+        fs::rename(fspath, &stash).map_err(|e| io_errno(&e))?;
+        let result = match &kind {
+            FakeMountKind::Zfs(ds) => {
+                let backing = st.datasets[ds].backing.clone();
+                fs::rename(&backing, fspath)
+            }
+            FakeMountKind::Devfs(_) => {
+                fs::create_dir(fspath).and_then(|()| fs::write(fspath.join("null"), b""))
+            }
+        };
+        if let Err(e) = result {
+            let _ = fs::rename(&stash, fspath);
+            return Err(io_errno(&e));
+        }
+        if let FakeMountKind::Zfs(ds) = &kind {
+            if let Some(d) = st.datasets.get_mut(ds) {
+                d.mounted_at = Some(fspath.to_path_buf());
+            }
+        }
+        st.mounts.push(Mount {
+            fspath: fspath.to_path_buf(),
+            kind,
+            stash,
+        });
+        Ok(())
+    }
+
+    fn kill_jail(st: &mut State, jid: i32) {
+        if let Some(j) = st.jails.get_mut(&jid) {
+            j.alive = false;
+            j.processes = 0;
+        }
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn zfs_create(&self, name: &str, props: &[ZfsProp]) -> KResult<()> {
+        self.create_inner(name, props, true)
+    }
+
+    fn zfs_clone(&self, fs_name: &str, origin: &str, props: &[ZfsProp]) -> KResult<()> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("clone {fs_name} <- {origin}"))
+            .map_err(|e| zerr("clone", fs_name, e))?;
+        if st.datasets.contains_key(fs_name) {
+            return Err(zerr("clone", fs_name, libc::EEXIST));
+        }
+        match parent_of(fs_name) {
+            Some(p) if st.datasets.contains_key(p) => {}
+            _ => return Err(zerr("clone", fs_name, libc::ENOENT)),
+        }
+        let Some(snap) = st.snapshots.get(origin) else {
+            return Err(zerr("clone", fs_name, libc::ENOENT));
+        };
+        if snap.defer_destroy {
+            // A snapshot marked for deferred destroy cannot get new clones.
+            return Err(zerr("clone", fs_name, libc::ENOENT));
+        }
+        let from = snap.backing.clone();
+        let backing = self.new_backing(&mut st);
+        copy_tree(&from, &backing).map_err(|e| zerr("clone", fs_name, io_errno(&e)))?;
+        if let Some(s) = st.snapshots.get_mut(origin) {
+            s.clones.insert(fs_name.to_string());
+        }
+        st.datasets.insert(
+            fs_name.to_string(),
+            Dataset {
+                backing,
+                origin: Some(origin.to_string()),
+                snapshots: Vec::new(),
+                mounted_at: None,
+                props: props.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn zfs_snapshot(&self, snaps: &[String]) -> KResult<()> {
+        let mut st = self.lock();
+        let first = snaps.first().cloned().unwrap_or_default();
+        self.enter(&mut st, format!("snapshot {}", snaps.join(",")))
+            .map_err(|e| zerr("snapshot", &first, e))?;
+        // All or nothing, as one txg.
+        for s in snaps {
+            let Some((fs_name, short)) = s.split_once('@') else {
+                return Err(zerr("snapshot", s, libc::EINVAL));
+            };
+            if short.is_empty() || !st.datasets.contains_key(fs_name) {
+                return Err(zerr("snapshot", s, libc::ENOENT));
+            }
+            if st.snapshots.contains_key(s) {
+                return Err(zerr("snapshot", s, libc::EEXIST));
+            }
+        }
+        for s in snaps {
+            let (fs_name, _) = s.split_once('@').unwrap_or_default();
+            let from = Self::content_dir(&st.datasets[fs_name]);
+            let backing = self.new_backing(&mut st);
+            copy_tree(&from, &backing).map_err(|e| zerr("snapshot", s, io_errno(&e)))?;
+            st.snapshots.insert(
+                s.clone(),
+                Snapshot {
+                    backing,
+                    clones: BTreeSet::new(),
+                    defer_destroy: false,
+                },
+            );
+            if let Some(d) = st.datasets.get_mut(fs_name) {
+                d.snapshots.push(s.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn zfs_rollback_to(&self, fs_name: &str, snap: &str) -> KResult<()> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("rollback {fs_name} -> {snap}"))
+            .map_err(|e| zerr("rollback", fs_name, e))?;
+        let Some(ds) = st.datasets.get(fs_name) else {
+            return Err(zerr("rollback", fs_name, libc::ENOENT));
+        };
+        if !ds.snapshots.iter().any(|s| s == snap) {
+            return Err(zerr("rollback", fs_name, libc::ENOENT));
+        }
+        if ds.snapshots.last().map(String::as_str) != Some(snap) {
+            return Err(zerr("rollback", fs_name, libc::EXDEV));
+        }
+        let content = Self::content_dir(ds);
+        if ds.mounted_at.is_some()
+            && st
+                .mounts
+                .iter()
+                .any(|m| m.fspath != content && m.fspath.starts_with(&content))
+        {
+            return Err(zerr("rollback", fs_name, libc::EBUSY));
+        }
+        let from = st.snapshots[snap].backing.clone();
+        let tmp = self.new_backing(&mut st);
+        copy_tree(&from, &tmp).map_err(|e| zerr("rollback", fs_name, io_errno(&e)))?;
+        empty_dir(&content).map_err(|e| zerr("rollback", fs_name, io_errno(&e)))?;
+        for entry in fs::read_dir(&tmp).map_err(|e| zerr("rollback", fs_name, io_errno(&e)))? {
+            let entry = entry.map_err(|e| zerr("rollback", fs_name, io_errno(&e)))?;
+            fs::rename(entry.path(), content.join(entry.file_name()))
+                .map_err(|e| zerr("rollback", fs_name, io_errno(&e)))?;
+        }
+        let _ = fs::remove_dir_all(&tmp);
+        Ok(())
+    }
+
+    fn zfs_destroy(&self, name: &str) -> KResult<()> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("destroy {name}"))
+            .map_err(|e| zerr("destroy", name, e))?;
+        let Some(ds) = st.datasets.get(name) else {
+            return Err(zerr("destroy", name, libc::ENOENT));
+        };
+        let child_prefix = format!("{name}/");
+        if ds.mounted_at.is_some()
+            || !ds.snapshots.is_empty()
+            || st.datasets.keys().any(|k| k.starts_with(&child_prefix))
+        {
+            return Err(zerr("destroy", name, libc::EBUSY));
+        }
+        let ds = st.datasets.remove(name).expect("checked above");
+        let _ = fs::remove_dir_all(&ds.backing);
+        if let Some(origin) = ds.origin {
+            let mut gone = false;
+            if let Some(s) = st.snapshots.get_mut(&origin) {
+                s.clones.remove(name);
+                gone = s.clones.is_empty() && s.defer_destroy;
+            }
+            if gone {
+                Self::remove_snapshot(&mut st, &origin);
+            }
+        }
+        Ok(())
+    }
+
+    fn zfs_destroy_snaps(&self, snaps: &[String], defer: bool) -> KResult<()> {
+        let mut st = self.lock();
+        let first = snaps.first().cloned().unwrap_or_default();
+        let line = format!(
+            "destroy_snaps {}{}",
+            snaps.join(","),
+            if defer { " defer" } else { "" }
+        );
+        self.enter(&mut st, line)
+            .map_err(|e| zerr("destroy_snaps", &first, e))?;
+        for s in snaps {
+            if let Some(snap) = st.snapshots.get(s) {
+                if !snap.clones.is_empty() && !defer {
+                    return Err(zerr("destroy_snaps", s, libc::EBUSY));
+                }
+            }
+        }
+        // lzc_destroy_snaps ignores snapshots that do not exist.
+        for s in snaps {
+            let has_clones = match st.snapshots.get_mut(s) {
+                Some(snap) if !snap.clones.is_empty() => {
+                    snap.defer_destroy = true;
+                    true
+                }
+                Some(_) => false,
+                None => continue,
+            };
+            if !has_clones {
+                Self::remove_snapshot(&mut st, s);
+            }
+        }
+        Ok(())
+    }
+
+    fn zfs_exists(&self, name: &str) -> bool {
+        let mut st = self.lock();
+        if self.enter(&mut st, format!("exists {name}")).is_err() {
+            return false;
+        }
+        st.datasets.contains_key(name) || st.snapshots.contains_key(name)
+    }
+
+    fn mount_zfs(&self, dataset: &str, fspath: &Path) -> KResult<()> {
+        let mut st = self.lock();
+        let err = |errno| KernelError::Nmount {
+            fspath: fspath.to_path_buf(),
+            fstype: "zfs",
+            errno,
+            errmsg: String::new(),
+        };
+        self.enter(
+            &mut st,
+            format!("nmount zfs {dataset} on {}", self.show(fspath)),
+        )
+        .map_err(err)?;
+        match st.datasets.get(dataset) {
+            None => return Err(err(libc::ENOENT)),
+            Some(d) if d.mounted_at.is_some() => return Err(err(libc::EBUSY)),
+            Some(_) => {}
+        }
+        self.mount_inner(&mut st, fspath, FakeMountKind::Zfs(dataset.to_string()))
+            .map_err(err)
+    }
+
+    fn mount_devfs(&self, fspath: &Path, ruleset: u16) -> KResult<()> {
+        let mut st = self.lock();
+        let err = |errno| KernelError::Nmount {
+            fspath: fspath.to_path_buf(),
+            fstype: "devfs",
+            errno,
+            errmsg: String::new(),
+        };
+        self.enter(
+            &mut st,
+            format!("nmount devfs ruleset={ruleset} on {}", self.show(fspath)),
+        )
+        .map_err(err)?;
+        self.mount_inner(&mut st, fspath, FakeMountKind::Devfs(ruleset))
+            .map_err(err)
+    }
+
+    fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
+        let mut st = self.lock();
+        let err = |errno| KernelError::Unmount {
+            fspath: fspath.to_path_buf(),
+            errno,
+        };
+        let flag = if force { "-f " } else { "" };
+        self.enter(&mut st, format!("unmount {flag}{}", self.show(fspath)))
+            .map_err(err)?;
+        let Some(idx) = st.mounts.iter().position(|m| m.fspath == fspath) else {
+            return Err(err(libc::EINVAL));
+        };
+        if st
+            .mounts
+            .iter()
+            .any(|m| m.fspath != fspath && m.fspath.starts_with(fspath))
+        {
+            return Err(err(libc::EBUSY));
+        }
+        if !force && st.jails.values().any(|j| j.params.path.starts_with(fspath)) {
+            // A jail, even a dying one, holds its root vnode (pr_root).
+            return Err(err(libc::EBUSY));
+        }
+        let m = st.mounts.remove(idx);
+        let result = match &m.kind {
+            FakeMountKind::Zfs(ds) => {
+                let backing = st.datasets[ds].backing.clone();
+                fs::rename(fspath, backing)
+            }
+            FakeMountKind::Devfs(_) => fs::remove_dir_all(fspath),
+        }
+        .and_then(|()| fs::rename(&m.stash, fspath));
+        if let FakeMountKind::Zfs(ds) = &m.kind {
+            if let Some(d) = st.datasets.get_mut(ds) {
+                d.mounted_at = None;
+            }
+        }
+        result.map_err(|e| err(io_errno(&e)))
+    }
+
+    fn jail_create(&self, p: &JailParams) -> KResult<i32> {
+        let mut st = self.lock();
+        let err = |errno, errmsg: &str| KernelError::JailSet {
+            name: p.name.clone(),
+            errno,
+            errmsg: errmsg.to_string(),
+        };
+        self.enter(
+            &mut st,
+            format!("jail_set create {} path={}", p.name, self.show(&p.path)),
+        )
+        .map_err(|e| err(e, ""))?;
+        if p.name.contains('.') || p.name.parse::<i64>().is_ok() || p.name.is_empty() {
+            return Err(err(libc::EINVAL, "bad name"));
+        }
+        if st
+            .jails
+            .values()
+            .any(|j| j.alive && j.params.name == p.name)
+        {
+            return Err(err(
+                libc::EEXIST,
+                &format!("jail \"{}\" already exists", p.name),
+            ));
+        }
+        if !p.path.is_dir() {
+            return Err(err(libc::ENOENT, ""));
+        }
+        let jid = st.next_jid;
+        st.next_jid += 1;
+        st.jails.insert(
+            jid,
+            FakeJail {
+                jid,
+                params: p.clone(),
+                alive: true,
+                processes: 0,
+            },
+        );
+        Ok(jid)
+    }
+
+    fn jail_remove(&self, jid: i32) -> KResult<()> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("jail_remove {jid}"))
+            .map_err(|errno| KernelError::JailRemove { jid, errno })?;
+        match st.jails.get(&jid) {
+            None => Err(KernelError::JailRemove {
+                jid,
+                errno: libc::EINVAL,
+            }),
+            Some(_) => {
+                Self::kill_jail(&mut st, jid);
+                Ok(())
+            }
+        }
+    }
+
+    fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("jail_wait_gone {jid}"))
+            .map_err(|_| KernelError::JailDying {
+                jid,
+                waited_ms: timeout.as_millis() as u64,
+            })?;
+        match st.jails.get(&jid) {
+            Some(j) if j.alive => Err(KernelError::JailDying {
+                jid,
+                waited_ms: timeout.as_millis() as u64,
+            }),
+            _ => {
+                st.jails.remove(&jid);
+                Ok(())
+            }
+        }
+    }
+
+    fn jail_find(&self, name: &str) -> KResult<Option<i32>> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("jail_find {name}"))
+            .map_err(|errno| KernelError::JailGet {
+                what: name.to_string(),
+                errno,
+                errmsg: String::new(),
+            })?;
+        Ok(st
+            .jails
+            .values()
+            .find(|j| j.alive && j.params.name == name)
+            .map(|j| j.jid))
+    }
+
+    fn jail_list(&self) -> KResult<Vec<JailInfo>> {
+        let mut st = self.lock();
+        self.enter(&mut st, "jail_list".to_string())
+            .map_err(|errno| KernelError::JailGet {
+                what: "lastjid".into(),
+                errno,
+                errmsg: String::new(),
+            })?;
+        Ok(st
+            .jails
+            .values()
+            .filter(|j| j.alive)
+            .map(|j| JailInfo {
+                jid: j.jid,
+                name: j.params.name.clone(),
+                path: j.params.path.clone(),
+            })
+            .collect())
+    }
+
+    fn exec(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> KResult<ExecOutcome> {
+        let spec = command.spec();
+        let setup = |step, errno| KernelError::Exec {
+            jid,
+            source: ExecError::Setup { step, errno },
+        };
+        let (root, program) = {
+            let mut st = self.lock();
+            self.enter(
+                &mut st,
+                format!(
+                    "exec {jid} {} as {}:{}",
+                    spec.executable, user.uid, user.gid
+                ),
+            )
+            .map_err(|errno| setup(SetupStep::Execve, errno))?;
+            let Some(jail) = st.jails.get(&jid).filter(|j| j.alive) else {
+                return Err(setup(SetupStep::JailAttach, libc::EINVAL));
+            };
+            let root = jail.params.path.clone();
+            let cwd = root.join(spec.cwd.trim_start_matches('/'));
+            if !cwd.is_dir() {
+                return Err(setup(SetupStep::Chdir, libc::ENOENT));
+            }
+            let Some(program) = st.programs.get(&spec.executable).cloned() else {
+                return Err(setup(SetupStep::Execve, libc::ENOENT));
+            };
+            (root, program)
+        };
+        // The program runs without the state lock, as a real child runs concurrently.
+        let run = program(&FakeExec {
+            root: &root,
+            command: spec,
+            user,
+            limits,
+        });
+        let mut st = self.lock();
+        let cap = limits.output_stream_cap;
+        let cut = |mut v: Vec<u8>| {
+            let t = v.len() > cap;
+            v.truncate(cap);
+            (v, t)
+        };
+        let (stdout, stdout_truncated) = cut(run.stdout);
+        let (stderr, stderr_truncated) = cut(run.stderr);
+        let status = if run.hang {
+            st.calls.push(format!("jail_remove {jid} (timeout)"));
+            Self::kill_jail(&mut st, jid);
+            ExitStatus::TimedOut
+        } else {
+            if let Some(j) = st.jails.get_mut(&jid) {
+                j.processes += run.left_running;
+            }
+            ExitStatus::Code(run.exit_code)
+        };
+        Ok(ExecOutcome {
+            status,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+        })
+    }
+}

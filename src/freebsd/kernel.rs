@@ -1,0 +1,268 @@
+//! The kernel seam of the FreeBSD backend: every system call (and libzfs_core call) the
+//! orchestration in [`super::backend`] makes, as one trait. [`super::real::RealKernel`] makes
+//! the calls on FreeBSD; [`super::fake::FakeKernel`] records them and enforces the same
+//! rules on any OS, so the orchestration is tested on Linux.
+//!
+//! Nothing here names a type of `crate::zfs`: the seam compiles without ZFS.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{BuildUser, ExecOutcome, Limits};
+use crate::exec::{ExecError, PreparedCommand};
+
+/// A ZFS property set at creation (lzc_create / lzc_clone). Numeric and index properties
+/// are passed as uint64 (the kernel rejects strings for index properties: OpenZFS
+/// module/zfs/zfs_ioctl.c, zfs_check_settable / zfs_prop_set_special), strings as strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ZfsProp {
+    U64(&'static str, u64),
+    Str(&'static str, String),
+}
+
+impl std::fmt::Display for ZfsProp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZfsProp::U64(n, v) => write!(f, "{n}={v}"),
+            ZfsProp::Str(n, v) => write!(f, "{n}={v}"),
+        }
+    }
+}
+
+/// Index values from OpenZFS include/sys/fs/zfs.h (zfs_sync_type_t, zfs_canmount_type_t);
+/// boolean properties (atime, setuid) are 0 = off, 1 = on.
+pub mod prop {
+    pub const SYNC_DISABLED: u64 = 2;
+    pub const CANMOUNT_NOAUTO: u64 = 2;
+    pub const OFF: u64 = 0;
+}
+
+/// Parameters of a new persistent jail (jail_set(2) with JAIL_CREATE).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JailParams {
+    /// `name`: must not contain '.' (hierarchical names) nor be numeric (kern_jail.c).
+    pub name: String,
+    /// `path`: the jail's root directory on the host.
+    pub path: PathBuf,
+    /// `host.hostname`.
+    pub hostname: String,
+    /// `securelevel`: at least the host's.
+    pub securelevel: i32,
+    /// `devfs_ruleset`: the ruleset the jail may use for devfs mounted inside it.
+    pub devfs_ruleset: i32,
+}
+
+/// A jail as jail_get(2) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JailInfo {
+    pub jid: i32,
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A failed kernel call, named after the step, keeping errno and (for jail_set and nmount)
+/// the kernel's own message.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("zfs {op} {name}: {}{}", errno_str(*.errno), errmsg_suffix(.detail))]
+    Zfs {
+        op: &'static str,
+        name: String,
+        errno: i32,
+        /// More from the ZFS layer (per-snapshot errors, a rejected name), may be empty.
+        detail: String,
+    },
+    #[error("nmount {fstype} on {}: {}{}", .fspath.display(), errno_str(*.errno), errmsg_suffix(.errmsg))]
+    Nmount {
+        fspath: PathBuf,
+        fstype: &'static str,
+        errno: i32,
+        errmsg: String,
+    },
+    #[error("unmount {}: {}", .fspath.display(), errno_str(*.errno))]
+    Unmount { fspath: PathBuf, errno: i32 },
+    #[error("jail_set (create) {name}: {}{}", errno_str(*.errno), errmsg_suffix(.errmsg))]
+    JailSet {
+        name: String,
+        errno: i32,
+        errmsg: String,
+    },
+    #[error("jail_get {what}: {}{}", errno_str(*.errno), errmsg_suffix(.errmsg))]
+    JailGet {
+        what: String,
+        errno: i32,
+        errmsg: String,
+    },
+    #[error("jail_remove jid {jid}: {}", errno_str(*.errno))]
+    JailRemove { jid: i32, errno: i32 },
+    #[error("jail {jid} still dying after {waited_ms} ms")]
+    JailDying { jid: i32, waited_ms: u64 },
+    #[error("exec in jail {jid}: {source}")]
+    Exec {
+        jid: i32,
+        #[source]
+        source: ExecError,
+    },
+}
+
+impl KernelError {
+    /// The errno of the failed call, if it has one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KernelError::Zfs { errno, .. }
+            | KernelError::Nmount { errno, .. }
+            | KernelError::Unmount { errno, .. }
+            | KernelError::JailSet { errno, .. }
+            | KernelError::JailGet { errno, .. }
+            | KernelError::JailRemove { errno, .. } => Some(*errno),
+            KernelError::Exec {
+                source: ExecError::Setup { errno, .. },
+                ..
+            } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+fn errno_str(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
+
+fn errmsg_suffix(errmsg: &str) -> String {
+    if errmsg.is_empty() {
+        String::new()
+    } else {
+        format!(" ({errmsg})")
+    }
+}
+
+pub type KResult<T> = Result<T, KernelError>;
+
+/// The one helper that turns a C return code into a result: `rc` < 0 (or, for calls that
+/// return an errno such as the lzc_* functions, `rc` > 0 with `rc_is_errno`) becomes the
+/// error `make(errno)` builds; otherwise `rc` is returned.
+pub fn check_rc(rc: i32, rc_is_errno: bool, make: impl FnOnce(i32) -> KernelError) -> KResult<i32> {
+    if rc_is_errno {
+        if rc != 0 {
+            return Err(make(rc));
+        }
+        return Ok(0);
+    }
+    if rc < 0 {
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return Err(make(errno));
+    }
+    Ok(rc)
+}
+
+/// Everything the FreeBSD orchestration asks of the kernel and of ZFS.
+pub trait Kernel: Send + Sync + 'static {
+    // ZFS (libzfs_core). Names are full dataset / snapshot names.
+    /// lzc_create(name, ZFS_TYPE_FILESYSTEM, props): EEXIST if it exists, ENOENT if the
+    /// parent does not.
+    fn zfs_create(&self, name: &str, props: &[ZfsProp]) -> KResult<()>;
+    /// lzc_clone(fs, origin, props): ENOENT if `origin` does not exist. Does not mount.
+    fn zfs_clone(&self, fs: &str, origin: &str, props: &[ZfsProp]) -> KResult<()>;
+    /// lzc_snapshot(snaps): atomically, in one txg.
+    fn zfs_snapshot(&self, snaps: &[String]) -> KResult<()>;
+    /// lzc_rollback_to(fs, snap): EXDEV unless `snap` is the newest snapshot of `fs`.
+    fn zfs_rollback_to(&self, fs: &str, snap: &str) -> KResult<()>;
+    /// lzc_destroy(name) of a filesystem: EBUSY while mounted or while it has snapshots.
+    fn zfs_destroy(&self, name: &str) -> KResult<()>;
+    /// lzc_destroy_snaps(snaps, defer): EBUSY for a snapshot with clones unless deferred.
+    fn zfs_destroy_snaps(&self, snaps: &[String], defer: bool) -> KResult<()>;
+    /// lzc_exists(name).
+    fn zfs_exists(&self, name: &str) -> bool;
+
+    // Mounts (nmount(2), unmount(2)).
+    /// nmount fstype=zfs from=`dataset` fspath=`fspath`.
+    fn mount_zfs(&self, dataset: &str, fspath: &Path) -> KResult<()>;
+    /// nmount fstype=devfs fspath=`fspath` ruleset=`ruleset`.
+    fn mount_devfs(&self, fspath: &Path, ruleset: u16) -> KResult<()>;
+    /// unmount(fspath, force ? MNT_FORCE : 0): EINVAL if `fspath` is not a mount point.
+    fn unmount(&self, fspath: &Path, force: bool) -> KResult<()>;
+
+    // Jails.
+    /// jail_set(JAIL_CREATE) of a persistent jail without network; returns the jid.
+    fn jail_create(&self, params: &JailParams) -> KResult<i32>;
+    /// jail_remove(jid): marks it dying, SIGKILLs its processes, returns without waiting.
+    fn jail_remove(&self, jid: i32) -> KResult<()>;
+    /// Waits until jail `jid` has fully gone (no process of it left), up to `timeout`.
+    fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()>;
+    /// jail_get(name): the jid of the live jail called `name`, if any.
+    fn jail_find(&self, name: &str) -> KResult<Option<i32>>;
+    /// Every live jail (jail_get with lastjid iteration).
+    fn jail_list(&self) -> KResult<Vec<JailInfo>>;
+
+    // Exec.
+    /// Runs `command` inside jail `jid` as `user` within `limits` and waits for it; on
+    /// timeout, every process of the jail is killed (jail_remove).
+    fn exec(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> KResult<ExecOutcome>;
+}
+
+/// Shares one kernel between a backend and a test that inspects it.
+impl<K: Kernel> Kernel for Arc<K> {
+    fn zfs_create(&self, name: &str, props: &[ZfsProp]) -> KResult<()> {
+        (**self).zfs_create(name, props)
+    }
+    fn zfs_clone(&self, fs: &str, origin: &str, props: &[ZfsProp]) -> KResult<()> {
+        (**self).zfs_clone(fs, origin, props)
+    }
+    fn zfs_snapshot(&self, snaps: &[String]) -> KResult<()> {
+        (**self).zfs_snapshot(snaps)
+    }
+    fn zfs_rollback_to(&self, fs: &str, snap: &str) -> KResult<()> {
+        (**self).zfs_rollback_to(fs, snap)
+    }
+    fn zfs_destroy(&self, name: &str) -> KResult<()> {
+        (**self).zfs_destroy(name)
+    }
+    fn zfs_destroy_snaps(&self, snaps: &[String], defer: bool) -> KResult<()> {
+        (**self).zfs_destroy_snaps(snaps, defer)
+    }
+    fn zfs_exists(&self, name: &str) -> bool {
+        (**self).zfs_exists(name)
+    }
+    fn mount_zfs(&self, dataset: &str, fspath: &Path) -> KResult<()> {
+        (**self).mount_zfs(dataset, fspath)
+    }
+    fn mount_devfs(&self, fspath: &Path, ruleset: u16) -> KResult<()> {
+        (**self).mount_devfs(fspath, ruleset)
+    }
+    fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
+        (**self).unmount(fspath, force)
+    }
+    fn jail_create(&self, params: &JailParams) -> KResult<i32> {
+        (**self).jail_create(params)
+    }
+    fn jail_remove(&self, jid: i32) -> KResult<()> {
+        (**self).jail_remove(jid)
+    }
+    fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
+        (**self).jail_wait_gone(jid, timeout)
+    }
+    fn jail_find(&self, name: &str) -> KResult<Option<i32>> {
+        (**self).jail_find(name)
+    }
+    fn jail_list(&self) -> KResult<Vec<JailInfo>> {
+        (**self).jail_list()
+    }
+    fn exec(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> KResult<ExecOutcome> {
+        (**self).exec(jid, command, user, limits)
+    }
+}

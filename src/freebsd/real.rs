@@ -1,0 +1,566 @@
+//! [`RealKernel`]: the kernel seam on FreeBSD. ZFS through libzfs_core (`crate::zfs`),
+//! mounts through nmount(2)/unmount(2), jails through jail_set(2)/jail_get(2)/
+//! jail_remove(2)/jail_attach(2), commands through pdfork(2) + execve(2). No process is
+//! spawned: no helper process, no shell, no `jexec`.
+//!
+//! Jails are made with jail_set(2) through `libc` directly rather than the `jail` crate:
+//! the calls are few (one iovec list per call), this keeps every errno and the kernel's
+//! errmsg, and the crate's `process::Jailed` (its exec path) logs and may panic after fork,
+//! which a threaded server cannot afford (DESIGN.md). All declarations used (jail_set,
+//! jail_get, jail_remove, jail_attach, nmount, unmount, pdfork, closefrom, setrlimit,
+//! setgroups) are in the `libc` crate for FreeBSD.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::backend::{BuildUser, ExecOutcome, Limits};
+use crate::exec::{
+    child_fail, errno, supervise, ExecError, PreparedCommand, SetupStep, SpawnedChild,
+};
+use crate::zfs::{NvList, Zfs, ZfsError};
+
+use super::kernel::{check_rc, JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+
+/// Size of the errmsg buffers handed to jail_set(2), jail_get(2) and nmount(2); the kernel
+/// truncates its message to the buffer (vfs_opterror, kern_jail.c done_errmsg).
+const ERRMSG_LEN: usize = 256;
+/// MAXPATHLEN (sys/sys/param.h): the largest jail path jail_get(2) returns.
+const MAXPATHLEN: usize = 1024;
+/// MAXHOSTNAMELEN (sys/sys/param.h): the largest jail name.
+const MAXHOSTNAMELEN: usize = 256;
+
+/// The kernel seam on FreeBSD.
+pub struct RealKernel {
+    zfs: Zfs,
+}
+
+impl RealKernel {
+    /// Opens /dev/zfs (libzfs_core_init, refcounted and thread-safe).
+    pub fn new() -> KResult<RealKernel> {
+        let zfs = Zfs::new().map_err(|e| zfs_err("init", "/dev/zfs", e))?;
+        Ok(RealKernel { zfs })
+    }
+}
+
+/// Keeps the libzfs_core return code as the errno (equal to it but for OpenZFS's own
+/// ZFS_ERR_* codes, which the detail then names).
+fn zfs_err(op: &'static str, name: &str, e: ZfsError) -> KernelError {
+    KernelError::Zfs {
+        op,
+        name: name.to_string(),
+        errno: e.code,
+        detail: e.to_string(),
+    }
+}
+
+fn zfs_props(op: &'static str, name: &str, props: &[ZfsProp]) -> KResult<NvList> {
+    let mut l = NvList::new();
+    for p in props {
+        let r = match p {
+            ZfsProp::U64(n, v) => l.add_u64(n, *v),
+            ZfsProp::Str(n, v) => l.add_string(n, v),
+        };
+        r.map_err(|e| KernelError::Zfs {
+            op,
+            name: name.to_string(),
+            errno: libc::EINVAL,
+            detail: format!("property {p}: {e}"),
+        })?;
+    }
+    Ok(l)
+}
+
+fn cstring(s: &[u8]) -> CString {
+    // Our names are validated (no NUL); a NUL would make an empty, failing parameter.
+    CString::new(s).unwrap_or_default()
+}
+
+fn path_c(p: &Path) -> CString {
+    cstring(p.as_os_str().as_bytes())
+}
+
+/// A name/value iovec list for jail_set(2), jail_get(2) and nmount(2) (jail(3) and
+/// nmount(2): pairs of iovecs, the name a NUL-terminated string; an empty value for a
+/// boolean parameter). Owns every buffer its iovecs point into.
+struct IoList {
+    strings: Vec<CString>,
+    // Boxed: the iovecs point at each integer, which must not move when the Vec grows.
+    #[allow(clippy::vec_box)]
+    ints: Vec<Box<i32>>,
+    bufs: Vec<Vec<u8>>,
+    iov: Vec<libc::iovec>,
+}
+
+impl IoList {
+    fn new() -> IoList {
+        IoList {
+            strings: Vec::new(),
+            ints: Vec::new(),
+            bufs: Vec::new(),
+            iov: Vec::new(),
+        }
+    }
+
+    fn name(&mut self, name: &str) {
+        let c = cstring(name.as_bytes());
+        self.iov.push(libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.as_bytes_with_nul().len(),
+        });
+        // Moving the CString does not move its heap buffer.
+        self.strings.push(c);
+    }
+
+    fn str(&mut self, name: &str, value: &[u8]) {
+        self.name(name);
+        let c = cstring(value);
+        self.iov.push(libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.as_bytes_with_nul().len(),
+        });
+        self.strings.push(c);
+    }
+
+    /// Integer parameters are 4 bytes (kern_jail.c: vfs_copyopt(..., sizeof(int))).
+    fn int(&mut self, name: &str, value: i32) -> usize {
+        self.name(name);
+        let mut b = Box::new(value);
+        self.iov.push(libc::iovec {
+            iov_base: (&mut *b as *mut i32).cast(),
+            iov_len: std::mem::size_of::<i32>(),
+        });
+        self.ints.push(b);
+        self.ints.len() - 1
+    }
+
+    fn flag(&mut self, name: &str) {
+        self.name(name);
+        self.iov.push(libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        });
+    }
+
+    /// An output buffer of `len` bytes (errmsg, or a string jail_get(2) fills in).
+    fn buf(&mut self, name: &str, len: usize) -> usize {
+        self.name(name);
+        let mut b = vec![0u8; len];
+        self.iov.push(libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: len,
+        });
+        self.bufs.push(b);
+        self.bufs.len() - 1
+    }
+
+    fn buf_str(&self, idx: usize) -> String {
+        let b = &self.bufs[idx];
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    }
+
+    fn len(&self) -> libc::c_uint {
+        self.iov.len() as libc::c_uint
+    }
+}
+
+impl RealKernel {
+    fn nmount(&self, fstype: &'static str, fspath: &Path, opts: &[(&str, &[u8])]) -> KResult<()> {
+        let mut l = IoList::new();
+        l.str("fstype", fstype.as_bytes());
+        l.str("fspath", fspath.as_os_str().as_bytes());
+        for (n, v) in opts {
+            l.str(n, v);
+        }
+        let e = l.buf("errmsg", ERRMSG_LEN);
+        // SAFETY: l.iov points into buffers `l` owns, alive for the call; nmount(2) reads
+        // the name/value pairs and writes at most ERRMSG_LEN bytes into the errmsg buffer.
+        let rc = unsafe { libc::nmount(l.iov.as_mut_ptr(), l.len(), 0) };
+        check_rc(rc, false, |errno| KernelError::Nmount {
+            fspath: fspath.to_path_buf(),
+            fstype,
+            errno,
+            errmsg: l.buf_str(e),
+        })
+        .map(drop)
+    }
+
+    /// jail_get(2) of a dying or live jail by jid: Ok(false) once it is gone (ENOENT).
+    fn jail_exists_any(&self, jid: i32) -> KResult<bool> {
+        let mut l = IoList::new();
+        l.int("jid", jid);
+        let e = l.buf("errmsg", ERRMSG_LEN);
+        // SAFETY: as in nmount: the iovecs point into `l`'s live buffers.
+        let rc = unsafe { libc::jail_get(l.iov.as_mut_ptr(), l.len(), libc::JAIL_DYING) };
+        match check_rc(rc, false, |errno| KernelError::JailGet {
+            what: format!("jid {jid}"),
+            errno,
+            errmsg: l.buf_str(e),
+        }) {
+            Ok(_) => Ok(true),
+            Err(err) if err.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl Kernel for RealKernel {
+    fn zfs_create(&self, name: &str, props: &[ZfsProp]) -> KResult<()> {
+        self.zfs
+            .create_filesystem(name, &zfs_props("create", name, props)?)
+            .map_err(|e| zfs_err("create", name, e))
+    }
+
+    fn zfs_clone(&self, fs: &str, origin: &str, props: &[ZfsProp]) -> KResult<()> {
+        self.zfs
+            .clone(fs, origin, &zfs_props("clone", fs, props)?)
+            .map_err(|e| zfs_err("clone", fs, e))
+    }
+
+    fn zfs_snapshot(&self, snaps: &[String]) -> KResult<()> {
+        let names: Vec<&str> = snaps.iter().map(String::as_str).collect();
+        self.zfs
+            .snapshot(&names)
+            .map_err(|e| zfs_err("snapshot", snaps.first().map_or("", |s| s), e))
+    }
+
+    fn zfs_rollback_to(&self, fs: &str, snap: &str) -> KResult<()> {
+        self.zfs
+            .rollback_to(fs, snap)
+            .map_err(|e| zfs_err("rollback_to", fs, e))
+    }
+
+    fn zfs_destroy(&self, name: &str) -> KResult<()> {
+        self.zfs
+            .destroy(name)
+            .map_err(|e| zfs_err("destroy", name, e))
+    }
+
+    fn zfs_destroy_snaps(&self, snaps: &[String], defer: bool) -> KResult<()> {
+        let names: Vec<&str> = snaps.iter().map(String::as_str).collect();
+        self.zfs
+            .destroy_snapshots(&names, defer)
+            .map_err(|e| zfs_err("destroy_snaps", snaps.first().map_or("", |s| s), e))
+    }
+
+    fn zfs_exists(&self, name: &str) -> bool {
+        // An error (e.g. an invalid name) means it cannot exist.
+        self.zfs.exists(name).unwrap_or(false)
+    }
+
+    /// nmount(2) with fstype=zfs, from=<dataset>, fspath (as libzfs's zmount does:
+    /// openzfs lib/libzfs/os/freebsd/libzfs_zmount.c).
+    fn mount_zfs(&self, dataset: &str, fspath: &Path) -> KResult<()> {
+        self.nmount("zfs", fspath, &[("from", dataset.as_bytes())])
+    }
+
+    /// nmount(2) with fstype=devfs and ruleset=<n>, parsed with "%d"
+    /// (sys/fs/devfs/devfs_vfsops.c devfs_mount).
+    fn mount_devfs(&self, fspath: &Path, ruleset: u16) -> KResult<()> {
+        let rs = ruleset.to_string();
+        self.nmount(
+            "devfs",
+            fspath,
+            &[("from", b"devfs".as_slice()), ("ruleset", rs.as_bytes())],
+        )
+    }
+
+    /// unmount(2); EINVAL when `fspath` is not a mount point (unmount(2) ERRORS).
+    fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
+        let p = path_c(fspath);
+        let flags = if force { libc::MNT_FORCE } else { 0 };
+        // SAFETY: p is a live NUL-terminated path.
+        let rc = unsafe { libc::unmount(p.as_ptr(), flags) };
+        check_rc(rc, false, |errno| KernelError::Unmount {
+            fspath: fspath.to_path_buf(),
+            errno,
+        })
+        .map(drop)
+    }
+
+    /// jail_set(2), JAIL_CREATE, `persist` (a new jail must persist or attach: kern_jail.c
+    /// "new jail must persist or attach"). No ip4/ip6 parameter: the new jail gets
+    /// PR_IP4_USER/PR_IP6_USER with no address, so it cannot use inet sockets, and no vnet
+    /// (kern_jail.c kern_jail_set, "Set some default values"). Defaults it would inherit
+    /// (JAIL_DEFAULT_ALLOW: set_hostname, reserved_ports, unprivileged_proc_debug, suser)
+    /// are narrowed: no hostname changes, no debugging of other processes.
+    fn jail_create(&self, p: &JailParams) -> KResult<i32> {
+        let mut l = IoList::new();
+        l.str("name", p.name.as_bytes());
+        l.str("path", p.path.as_os_str().as_bytes());
+        l.str("host.hostname", p.hostname.as_bytes());
+        l.flag("persist");
+        l.int("securelevel", p.securelevel);
+        l.int("enforce_statfs", 2);
+        l.int("children.max", 0);
+        l.int("devfs_ruleset", p.devfs_ruleset);
+        l.flag("allow.noset_hostname");
+        l.flag("allow.nounprivileged_proc_debug");
+        let e = l.buf("errmsg", ERRMSG_LEN);
+        // SAFETY: the iovecs point into `l`'s live buffers; the kernel reads them and
+        // writes the errmsg buffer only.
+        let rc = unsafe { libc::jail_set(l.iov.as_mut_ptr(), l.len(), libc::JAIL_CREATE) };
+        check_rc(rc, false, |errno| KernelError::JailSet {
+            name: p.name.clone(),
+            errno,
+            errmsg: l.buf_str(e),
+        })
+    }
+
+    /// jail_remove(2): EINVAL for an unknown jid; a dying jail is ignored (returns 0).
+    fn jail_remove(&self, jid: i32) -> KResult<()> {
+        // SAFETY: plain system call on an integer.
+        let rc = unsafe { libc::jail_remove(jid) };
+        check_rc(rc, false, |errno| KernelError::JailRemove { jid, errno }).map(drop)
+    }
+
+    /// Polls jail_get(2) with JAIL_DYING until the jid is unknown (the prison is freed
+    /// when its last process has exited).
+    fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        while self.jail_exists_any(jid)? {
+            if start.elapsed() >= timeout {
+                return Err(KernelError::JailDying {
+                    jid,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn jail_find(&self, name: &str) -> KResult<Option<i32>> {
+        let mut l = IoList::new();
+        l.str("name", name.as_bytes());
+        let e = l.buf("errmsg", ERRMSG_LEN);
+        // SAFETY: the iovecs point into `l`'s live buffers.
+        let rc = unsafe { libc::jail_get(l.iov.as_mut_ptr(), l.len(), 0) };
+        match check_rc(rc, false, |errno| KernelError::JailGet {
+            what: name.to_string(),
+            errno,
+            errmsg: l.buf_str(e),
+        }) {
+            Ok(jid) => Ok(Some(jid)),
+            Err(err) if err.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// jail_get(2) with `lastjid`: the next live jail after it, ENOENT after the last
+    /// (kern_jail.c kern_jail_get).
+    fn jail_list(&self) -> KResult<Vec<JailInfo>> {
+        let mut out = Vec::new();
+        let mut last = 0;
+        loop {
+            let mut l = IoList::new();
+            l.int("lastjid", last);
+            let n = l.buf("name", MAXHOSTNAMELEN);
+            let p = l.buf("path", MAXPATHLEN);
+            let e = l.buf("errmsg", ERRMSG_LEN);
+            // SAFETY: the iovecs point into `l`'s live buffers; the kernel writes at most
+            // each buffer's length.
+            let rc = unsafe { libc::jail_get(l.iov.as_mut_ptr(), l.len(), 0) };
+            match check_rc(rc, false, |errno| KernelError::JailGet {
+                what: format!("after jid {last}"),
+                errno,
+                errmsg: l.buf_str(e),
+            }) {
+                Ok(jid) => {
+                    out.push(JailInfo {
+                        jid,
+                        name: l.buf_str(n),
+                        path: PathBuf::from(l.buf_str(p)),
+                    });
+                    last = jid;
+                }
+                Err(err) if err.errno() == Some(libc::ENOENT) => return Ok(out),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    fn exec(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+    ) -> KResult<ExecOutcome> {
+        let io = |e: std::io::Error| KernelError::Exec {
+            jid,
+            source: ExecError::Io(e),
+        };
+        let child = spawn_in_jail(jid, command, user, limits).map_err(io)?;
+        let mut kill = || {
+            // jail_remove(2) SIGKILLs every process of the jail, the child included.
+            if let Err(e) = self.jail_remove(jid) {
+                log::warn!("killing jail {jid} on timeout: {e}");
+            }
+        };
+        supervise(child, limits, &mut kill).map_err(|source| KernelError::Exec { jid, source })
+    }
+}
+
+/// Everything the child needs, prepared before fork: it then only reads this memory.
+struct ChildPlan<'a> {
+    jid: i32,
+    exe: &'a CStr,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: &'a CStr,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    rlimits: [(libc::c_int, u64); 4],
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    errpipe: RawFd,
+}
+
+/// A pipe whose ends are close-on-exec and numbered at least 10, so that the child's
+/// dup2 onto 0..=3 never overwrites a descriptor it still needs.
+fn high_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((high(r)?, high(w)?))
+}
+
+fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one we then own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: n is a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+fn spawn_in_jail(
+    jid: i32,
+    command: &PreparedCommand,
+    user: BuildUser,
+    limits: &Limits,
+) -> std::io::Result<SpawnedChild> {
+    let devnull = std::fs::File::open("/dev/null")?;
+    let stdin = high(OwnedFd::from(devnull))?;
+    let (out_r, out_w) = high_pipe()?;
+    let (err_r, err_w) = high_pipe()?;
+    let (ep_r, ep_w) = high_pipe()?;
+    let plan = ChildPlan {
+        jid,
+        exe: command.executable(),
+        argv: command.argv_ptr(),
+        envp: command.envp_ptr(),
+        cwd: command.cwd(),
+        uid: user.uid,
+        gid: user.gid,
+        // RLIMIT_NPROC counts processes of the real uid host-wide, not per jail.
+        rlimits: [
+            (libc::RLIMIT_AS, limits.memory_bytes),
+            (libc::RLIMIT_NPROC, limits.max_processes),
+            (libc::RLIMIT_NOFILE, limits.max_open_files),
+            (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+        ],
+        stdin: stdin.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        errpipe: ep_w.as_raw_fd(),
+    };
+    let mut pd: libc::c_int = -1;
+    // SAFETY: pdfork(2) is fork(2) that also returns a process descriptor (PD_CLOEXEC:
+    // not inherited across exec). In the child we call only async-signal-safe functions
+    // on memory prepared above (child_main), never returning.
+    let pid = unsafe { libc::pdfork(&mut pd, libc::PD_CLOEXEC) };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of pdfork; child_main never returns.
+        unsafe { child_main(&plan) }
+    }
+    // SAFETY: pdfork stored a fresh process descriptor in pd.
+    let exit_fd = unsafe { OwnedFd::from_raw_fd(pd) };
+    drop((stdin, out_w, err_w, ep_w));
+    Ok(SpawnedChild {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+        error_pipe: ep_r,
+        exit_fd,
+    })
+}
+
+/// The child between pdfork and execve: async-signal-safe calls only, no allocation, no
+/// panics; on failure reports (step, errno) on the error pipe and _exits.
+///
+/// # Safety
+/// Call only in the child of a fork, with `plan` pointing at memory prepared before it.
+unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
+    let ep = plan.errpipe;
+    // SAFETY: each call below is async-signal-safe (sigaction(2) lists them) and takes
+    // descriptors and pointers prepared before fork, which stay valid in the child.
+    unsafe {
+        // The server's signal mask and SIGPIPE disposition (ignored by Rust) are not the
+        // compiler's.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
+            if libc::dup2(from, to) < 0 {
+                child_fail(ep, SetupStep::Dup2, errno());
+            }
+        }
+        // The error pipe at 3, still close-on-exec: EOF at a successful execve.
+        if libc::fcntl(ep, libc::F_DUP2FD_CLOEXEC, 3) < 0 {
+            child_fail(ep, SetupStep::Dup2, errno());
+        }
+        // Newer kernels refuse jail_attach with an open directory descriptor (EPERM):
+        // close everything the server had open.
+        libc::closefrom(4);
+        // jail_attach(2) sets root and cwd to the jail's root (kern_jail.c
+        // do_jail_attach: change_dir + pwd_chroot_chdir), so chdir comes after it.
+        if libc::jail_attach(plan.jid) < 0 {
+            child_fail(3, SetupStep::JailAttach, errno());
+        }
+        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+            child_fail(3, SetupStep::Chdir, errno());
+        }
+        // Lowering limits needs no privilege; done before dropping it.
+        for (res, v) in plan.rlimits {
+            if v == 0 {
+                continue;
+            }
+            let lim = libc::rlimit {
+                rlim_cur: v as libc::rlim_t,
+                rlim_max: v as libc::rlim_t,
+            };
+            if libc::setrlimit(res, &lim) < 0 {
+                child_fail(3, SetupStep::Rlimit, errno());
+            }
+        }
+        if libc::setgroups(1, &plan.gid) < 0 {
+            child_fail(3, SetupStep::Setgroups, errno());
+        }
+        if libc::setgid(plan.gid) < 0 {
+            child_fail(3, SetupStep::Setgid, errno());
+        }
+        if libc::setuid(plan.uid) < 0 {
+            child_fail(3, SetupStep::Setuid, errno());
+        }
+        libc::execve(plan.exe.as_ptr(), plan.argv, plan.envp);
+        child_fail(3, SetupStep::Execve, errno())
+    }
+}

@@ -1,0 +1,84 @@
+//! FreeBSD: jails + ZFS through libzfs_core.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::ProbeItem;
+use crate::config::BuilderConfig;
+use crate::freebsd::{FreeBsdBackend, FreeBsdConfig, FreeBsdError, Kernel, RealKernel, Step};
+use crate::untrusted::UnpackLimits;
+
+pub type NativeError = FreeBsdError;
+
+fn freebsd_config(cfg: &BuilderConfig) -> FreeBsdConfig {
+    FreeBsdConfig {
+        dataset_root: cfg.dataset_root.clone(),
+        mount_root: cfg.mount_root.clone(),
+        base_snapshot: cfg.base_snapshot.clone(),
+        devfs_ruleset: u16::try_from(cfg.devfs_ruleset).unwrap_or(4),
+        unpack_limits: UnpackLimits {
+            max_bytes: cfg.max_toolchain_bytes,
+            max_entries: cfg.max_toolchain_entries,
+        },
+        jail_gone_timeout: Duration::from_secs(10),
+        ..FreeBsdConfig::default()
+    }
+}
+
+pub fn open_backend(cfg: &BuilderConfig) -> Result<FreeBsdBackend<RealKernel>, FreeBsdError> {
+    let kernel = RealKernel::new().map_err(|source| FreeBsdError::Kernel {
+        step: Step::Init,
+        what: "/dev/zfs".into(),
+        source,
+    })?;
+    FreeBsdBackend::new(kernel, freebsd_config(cfg))
+}
+
+pub fn probe() -> Vec<ProbeItem> {
+    let mut items = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
+    items.push(ProbeItem {
+        name: "root",
+        ok: root,
+        detail: if root {
+            "running as root".into()
+        } else {
+            "jail_set(2), nmount(2) and ZFS need root".into()
+        },
+    });
+    let devzfs = Path::new("/dev/zfs").exists();
+    items.push(ProbeItem {
+        name: "zfs",
+        ok: devzfs,
+        detail: if devzfs {
+            "/dev/zfs present".into()
+        } else {
+            "no /dev/zfs: kldload zfs".into()
+        },
+    });
+    match RealKernel::new() {
+        Ok(k) => {
+            let cfg = BuilderConfig::default();
+            let exists = k.zfs_exists(&cfg.dataset_root);
+            items.push(ProbeItem {
+                name: "libzfs_core",
+                ok: true,
+                detail: format!(
+                    "initialised; default dataset root {} {}",
+                    cfg.dataset_root,
+                    if exists {
+                        "exists"
+                    } else {
+                        "does not exist yet (created on first start)"
+                    }
+                ),
+            });
+        }
+        Err(e) => items.push(ProbeItem {
+            name: "libzfs_core",
+            ok: false,
+            detail: e.to_string(),
+        }),
+    }
+    items
+}
