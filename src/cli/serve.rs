@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use jailbuilder::backend::Backend;
-use jailbuilder::config::BuilderConfig;
 use jailbuilder::engine::Engine;
 use jailbuilder::sccache::{JailBuilder, JailServer, ServeConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -41,77 +40,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     log::debug!("configuration: {cfg:?}");
     // Before any thread or sandbox exists, so no signal is lost to the default action.
     let signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    let backend = native_backend(&cfg.builder)?;
+    let backend = jailbuilder::native::open_backend(&cfg.builder).with_context(|| {
+        format!(
+            "opening the sandbox backend for {} (try `jailbuilder doctor`)",
+            cfg.path.display()
+        )
+    })?;
     serve(cfg, backend, signals)
-}
-
-#[cfg(target_os = "linux")]
-fn native_backend(b: &BuilderConfig) -> anyhow::Result<jailbuilder::NativeBackend> {
-    use jailbuilder::linux::{LinuxBackend, LinuxConfig};
-    let config = LinuxConfig {
-        state_dir: b.state_dir.clone(),
-        base_dir: b.base_dir.clone(),
-        tmpfs_size_bytes: b.container_tmpfs_bytes,
-        image_limits: b.engine_config().toolchain_limits,
-    };
-    LinuxBackend::new(config)
-        .with_context(|| format!("starting the Linux backend in {}", b.state_dir.display()))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn native_backend(_b: &BuilderConfig) -> anyhow::Result<NoBackend> {
-    anyhow::bail!("`jailbuilder serve` has no backend for this platform yet")
-}
-
-/// Stands in for a platform whose backend is not wired in yet; never constructed.
-#[cfg(not(target_os = "linux"))]
-enum NoBackend {}
-
-#[cfg(not(target_os = "linux"))]
-impl Backend for NoBackend {
-    type Image = ();
-    type Container = ();
-    type Error = std::io::Error;
-    fn kind(&self) -> &'static str {
-        match *self {}
-    }
-    fn remove_leftovers(&self) -> Result<jailbuilder::backend::CleanupReport, Self::Error> {
-        match *self {}
-    }
-    fn create_image(
-        &self,
-        _: &jailbuilder::backend::ToolchainId,
-        _: &mut dyn std::io::Read,
-    ) -> Result<(), Self::Error> {
-        match *self {}
-    }
-    fn destroy_image(&self, _: ()) -> Result<(), Self::Error> {
-        match *self {}
-    }
-    fn create_container(&self, _: &()) -> Result<(), Self::Error> {
-        match *self {}
-    }
-    fn root<'c>(&self, _: &'c ()) -> &'c std::path::Path {
-        match *self {}
-    }
-    fn exec(
-        &self,
-        _: &(),
-        _: &jailbuilder::exec::PreparedCommand,
-        _: jailbuilder::backend::BuildUser,
-        _: &jailbuilder::backend::Limits,
-    ) -> Result<jailbuilder::backend::ExecOutcome, Self::Error> {
-        match *self {}
-    }
-    fn reset(&self, _: &mut ()) -> Result<(), Self::Error> {
-        match *self {}
-    }
-    fn destroy_container(&self, _: ()) -> Result<(), Self::Error> {
-        match *self {}
-    }
-    fn clean_all(&self) -> Result<jailbuilder::backend::CleanupReport, Self::Error> {
-        match *self {}
-    }
 }
 
 fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::Result<ExitCode> {
