@@ -382,8 +382,21 @@ fn sccache_compiles_through_jailbuilder_serve() {
         ("mul.c", "obj/mul.o"),
         ("main.c", "main.o"),
     ];
-    for (src, obj) in objects {
-        let out = client.run(&["gcc", "-O2", "-Wall", "-c", src, "-o", obj]);
+    // All at once: concurrent jobs, and concurrent first uses of the toolchain.
+    let compiles: Vec<_> = objects
+        .iter()
+        .map(|(src, obj)| {
+            let child = client
+                .command(&["gcc", "-O2", "-Wall", "-c", src, "-o", obj])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (*src, *obj, child)
+        })
+        .collect();
+    for (src, obj, child) in compiles {
+        let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "sccache gcc -c {src}: {}\n{}",
