@@ -786,6 +786,16 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
         "freebsd-jail-zfs"
     }
 
+    /// An unusable toolchain archive, or a missing executable or working directory, is the
+    /// client's fault; everything else is the builder's.
+    fn is_job_error(&self, error: &FreeBsdError) -> bool {
+        match error {
+            FreeBsdError::Unpack { .. } => true,
+            FreeBsdError::Exec { source, .. } => source.is_job_error(),
+            _ => false,
+        }
+    }
+
     fn remove_leftovers(&self) -> Result<CleanupReport> {
         self.acquire_lock()?;
         self.ensure_dataset_root()?;

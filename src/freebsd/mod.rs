@@ -14,6 +14,8 @@ mod real;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_engine;
 
 pub use backend::{
     FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, Step,

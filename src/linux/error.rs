@@ -157,10 +157,14 @@ pub enum LinuxError {
 }
 
 impl LinuxError {
-    /// True when the client's command, not the sandbox, is at fault (missing executable or
-    /// working directory): see [`ExecError::is_job_error`].
+    /// True when the client, not the sandbox, is at fault: an unusable toolchain archive,
+    /// or a missing executable or working directory (see [`ExecError::is_job_error`]).
     pub fn is_job_error(&self) -> bool {
-        matches!(self, LinuxError::Exec { source, .. } if source.is_job_error())
+        match self {
+            LinuxError::Unpack { .. } => true,
+            LinuxError::Exec { source, .. } => source.is_job_error(),
+            _ => false,
+        }
     }
 
     /// The set-up failure of a sandboxed child, if that is what this is.
