@@ -21,7 +21,7 @@ mod server;
 
 pub use builder::{JailBuilder, JobError};
 pub use config::{ServeConfig, ServeConfigError, DEFAULT_TOOLCHAIN_CACHE_SIZE};
-pub use server::{JailServer, ServerError};
+pub use server::{JailServer, ServerError, UNCLAIMED_JOB_TIMEOUT, UNHEALTHY_PROBE_INTERVAL};
 
 #[cfg(test)]
 mod tests;
