@@ -786,6 +786,20 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
         "freebsd-jail-zfs"
     }
 
+    /// The client's fault: a missing executable or working directory, a corrupt or hostile
+    /// toolchain archive (also one that plants a non-directory at `dev`).
+    fn is_job_error(&self, error: &FreeBsdError) -> bool {
+        match error {
+            FreeBsdError::Exec { source, .. } => source.is_job_error(),
+            FreeBsdError::Unpack { source, .. } => source.is_archive_fault(),
+            FreeBsdError::Beneath {
+                step: Step::ImageDevDir,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
     fn remove_leftovers(&self) -> Result<CleanupReport> {
         self.acquire_lock()?;
         self.ensure_dataset_root()?;

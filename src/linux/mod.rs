@@ -43,7 +43,7 @@ use std::time::Duration;
 use crate::backend::{
     Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
 };
-use crate::exec::{supervise, PreparedCommand, SpawnedChild};
+use crate::exec::{supervise_cancellable, CancelToken, PreparedCommand, SpawnedChild};
 use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 
 pub use error::LinuxError;
@@ -566,6 +566,145 @@ impl LinuxBackend {
     }
 }
 
+impl LinuxBackend {
+    /// `exec`, stopping early when `cancel` is cancelled (see [`Backend::exec_cancellable`]).
+    fn exec_inner(
+        &self,
+        container: &LinuxContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: Option<&CancelToken>,
+    ) -> Result<ExecOutcome, LinuxError> {
+        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
+            &container.net,
+            &container.ipc,
+            &container.uts,
+            &container.mnt,
+        ) else {
+            return Err(LinuxError::Setns {
+                path: container.ns_dir.clone(),
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
+        };
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (ep_r, ep_w) = pipe()?;
+        let plan = child::ChildPlan {
+            parent_pid: nix::unistd::getpid().as_raw(),
+            stdin: self.dev_null.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            error: ep_w.as_raw_fd(),
+            ns: [
+                (net.as_raw_fd(), libc::CLONE_NEWNET),
+                (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
+                (uts.as_raw_fd(), libc::CLONE_NEWUTS),
+                (mnt.as_raw_fd(), libc::CLONE_NEWNS),
+            ],
+            cwd: command.cwd().as_ptr(),
+            executable: command.executable().as_ptr(),
+            argv: command.argv_ptr(),
+            envp: command.envp_ptr(),
+            uid: user.uid,
+            gid: user.gid,
+            rlimits: [
+                (libc::RLIMIT_AS, limits.memory_bytes),
+                (libc::RLIMIT_NPROC, limits.max_processes),
+                (libc::RLIMIT_NOFILE, limits.max_open_files),
+                (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+            ],
+        };
+
+        // SAFETY: fork(2). The child runs only `first_child`, which makes async-signal-safe
+        // system calls on memory prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(LinuxError::Fork {
+                source: io::Error::last_os_error(),
+            });
+        }
+        if pid == 0 {
+            child::first_child(&plan);
+        }
+        drop((out_w, err_w, ep_w));
+
+        // Until A is known to have exited normally, sandbox processes may be alive.
+        container.dirty.store(true, Ordering::Release);
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                // SAFETY: kill + waitpid on our own unreaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                return Err(LinuxError::PidfdOpen { source });
+            }
+        };
+        let killer = pidfd
+            .try_clone()
+            .map_err(|source| LinuxError::PidfdOpen { source })?;
+        let kill_a = || {
+            // SAFETY: pidfd_send_signal(2) on a pidfd we own: it cannot hit a reused pid.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    killer.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        };
+        let child = SpawnedChild {
+            pid,
+            stdout: out_r,
+            stderr: err_r,
+            error_pipe: ep_r,
+            exit_fd: pidfd,
+        };
+        let result = supervise_cancellable(child, limits, cancel, &mut || kill_a());
+        match &result {
+            // A exited by itself: it waited for B, and B's exit waited for its whole pid
+            // namespace. Nothing is left.
+            Ok(o) if matches!(o.status, ExitStatus::Code(_)) => {
+                container.dirty.store(false, Ordering::Release)
+            }
+            Err(crate::exec::ExecError::Setup { .. }) => {
+                container.dirty.store(false, Ordering::Release)
+            }
+            // Timed out or cancelled (A killed), A killed by someone else, or supervision
+            // failed: kill A
+            // if it still runs, reap it, and wait for B's pid namespace to die with it.
+            _ => {
+                kill_a();
+                // SAFETY: waitid(2) on our pidfd; ECHILD if supervise already reaped A.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PIDFD,
+                        killer.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED,
+                    );
+                }
+                if let Err(e) = container.sweep() {
+                    log::warn!("{e}; reset will retry");
+                }
+            }
+        }
+        result.map_err(|source| LinuxError::Exec {
+            root: container.root.clone(),
+            source,
+        })
+    }
+}
+
 impl Backend for LinuxBackend {
     type Image = LinuxImage;
     type Container = LinuxContainer;
@@ -690,131 +829,18 @@ impl Backend for LinuxBackend {
         user: BuildUser,
         limits: &Limits,
     ) -> Result<ExecOutcome, LinuxError> {
-        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
-            &container.net,
-            &container.ipc,
-            &container.uts,
-            &container.mnt,
-        ) else {
-            return Err(LinuxError::Setns {
-                path: container.ns_dir.clone(),
-                source: io::Error::from_raw_os_error(libc::EBADF),
-            });
-        };
-        let pipe = || {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
-        };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (ep_r, ep_w) = pipe()?;
-        let plan = child::ChildPlan {
-            parent_pid: nix::unistd::getpid().as_raw(),
-            stdin: self.dev_null.as_raw_fd(),
-            stdout: out_w.as_raw_fd(),
-            stderr: err_w.as_raw_fd(),
-            error: ep_w.as_raw_fd(),
-            ns: [
-                (net.as_raw_fd(), libc::CLONE_NEWNET),
-                (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
-                (uts.as_raw_fd(), libc::CLONE_NEWUTS),
-                (mnt.as_raw_fd(), libc::CLONE_NEWNS),
-            ],
-            cwd: command.cwd().as_ptr(),
-            executable: command.executable().as_ptr(),
-            argv: command.argv_ptr(),
-            envp: command.envp_ptr(),
-            uid: user.uid,
-            gid: user.gid,
-            rlimits: [
-                (libc::RLIMIT_AS, limits.memory_bytes),
-                (libc::RLIMIT_NPROC, limits.max_processes),
-                (libc::RLIMIT_NOFILE, limits.max_open_files),
-                (libc::RLIMIT_FSIZE, limits.max_file_bytes),
-            ],
-        };
+        self.exec_inner(container, command, user, limits, None)
+    }
 
-        // SAFETY: fork(2). The child runs only `first_child`, which makes async-signal-safe
-        // system calls on memory prepared above and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(LinuxError::Fork {
-                source: io::Error::last_os_error(),
-            });
-        }
-        if pid == 0 {
-            child::first_child(&plan);
-        }
-        drop((out_w, err_w, ep_w));
-
-        // Until A is known to have exited normally, sandbox processes may be alive.
-        container.dirty.store(true, Ordering::Release);
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(source) => {
-                // SAFETY: kill + waitpid on our own unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, std::ptr::null_mut(), 0);
-                }
-                return Err(LinuxError::PidfdOpen { source });
-            }
-        };
-        let killer = pidfd
-            .try_clone()
-            .map_err(|source| LinuxError::PidfdOpen { source })?;
-        let kill_a = || {
-            // SAFETY: pidfd_send_signal(2) on a pidfd we own: it cannot hit a reused pid.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    killer.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-        };
-        let child = SpawnedChild {
-            pid,
-            stdout: out_r,
-            stderr: err_r,
-            error_pipe: ep_r,
-            exit_fd: pidfd,
-        };
-        let result = supervise(child, limits, &mut || kill_a());
-        match &result {
-            // A exited by itself: it waited for B, and B's exit waited for its whole pid
-            // namespace. Nothing is left.
-            Ok(o) if matches!(o.status, ExitStatus::Code(_)) => {
-                container.dirty.store(false, Ordering::Release)
-            }
-            Err(crate::exec::ExecError::Setup { .. }) => {
-                container.dirty.store(false, Ordering::Release)
-            }
-            // Timed out (A killed), A killed by someone else, or supervision failed: kill A
-            // if it still runs, reap it, and wait for B's pid namespace to die with it.
-            _ => {
-                kill_a();
-                // SAFETY: waitid(2) on our pidfd; ECHILD if supervise already reaped A.
-                unsafe {
-                    let mut info: libc::siginfo_t = std::mem::zeroed();
-                    libc::waitid(
-                        libc::P_PIDFD,
-                        killer.as_raw_fd() as libc::id_t,
-                        &mut info,
-                        libc::WEXITED,
-                    );
-                }
-                if let Err(e) = container.sweep() {
-                    log::warn!("{e}; reset will retry");
-                }
-            }
-        }
-        result.map_err(|source| LinuxError::Exec {
-            root: container.root.clone(),
-            source,
-        })
+    fn exec_cancellable(
+        &self,
+        container: &LinuxContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> Result<ExecOutcome, LinuxError> {
+        self.exec_inner(container, command, user, limits, Some(cancel))
     }
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
