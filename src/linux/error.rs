@@ -152,6 +152,12 @@ pub enum LinuxError {
         #[source]
         source: ExecError,
     },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{count} process(es) of the sandbox {root} still alive after SIGKILL")]
     Kill { root: PathBuf, count: usize },
 }

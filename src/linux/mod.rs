@@ -26,6 +26,7 @@
 //! privileges and execs the compiler; see [`child`]. When B exits the kernel kills every
 //! process left in its pid namespace before A's wait returns, so nothing outlives a compile.
 
+mod cgroup;
 mod child;
 mod error;
 mod probe;
@@ -46,6 +47,7 @@ use crate::backend::{
 use crate::exec::{supervise_cancellable, CancelToken, PreparedCommand, SpawnedChild};
 use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 
+pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
 pub use probe::{probe, ProbeItem};
 
@@ -72,6 +74,10 @@ pub struct LinuxConfig {
     pub tmpfs_size_bytes: u64,
     /// Bounds on an unpacked toolchain archive.
     pub image_limits: UnpackLimits,
+    /// Use a cgroup v2 per container for memory and process limits where the unified
+    /// hierarchy offers the memory and pids controllers (else rlimits): see
+    /// [`LimitMechanism`].
+    pub cgroup_v2: bool,
 }
 
 impl Default for LinuxConfig {
@@ -81,6 +87,7 @@ impl Default for LinuxConfig {
             base_dir: None,
             tmpfs_size_bytes: 2 << 30,
             image_limits: UnpackLimits::default(),
+            cgroup_v2: true,
         }
     }
 }
@@ -97,6 +104,7 @@ pub struct LinuxBackend {
     dev_null: OwnedFd,
     next_container: AtomicU64,
     skel_lock: Mutex<()>,
+    limit_mechanism: LimitMechanism,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -138,6 +146,8 @@ pub struct LinuxContainer {
     netns_id: (u64, u64),
     /// Set while processes of this container may be alive (a killed or failed exec).
     dirty: AtomicBool,
+    /// The container's cgroup v2 leaf, when that is the limit mechanism.
+    cgroup: Option<cgroup::ContainerCgroup>,
     torn_down: bool,
 }
 
@@ -237,6 +247,12 @@ impl LinuxContainer {
         }
         for d in [&self.ns_dir, &self.tmp, &self.root, &self.dir] {
             remove_dir_if_exists(d)?;
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let dir = cg.dir.clone();
+            drop(cg);
+            cgroup::kill_and_remove(&dir, KILL_PATIENCE)
+                .map_err(|source| LinuxError::Cgroup { path: dir, source })?;
         }
         self.torn_down = true;
         swept
@@ -394,7 +410,23 @@ impl LinuxBackend {
             source: sys::io(e),
         })?;
 
+        let limit_mechanism = match cgroup::decide(
+            config.cgroup_v2,
+            &cgroup::system_mounts(),
+            &cgroup::instance_name(&state),
+        ) {
+            LimitMechanism::CgroupV2 { parent } => match cgroup::prepare_parent(&parent) {
+                Ok(()) => LimitMechanism::CgroupV2 { parent },
+                Err(e) => {
+                    let reason = format!("preparing cgroup {}: {e}", parent.display());
+                    log::warn!("{reason}; falling back to rlimits");
+                    LimitMechanism::Rlimits { reason }
+                }
+            },
+            rlimits => rlimits,
+        };
         let backend = LinuxBackend {
+            limit_mechanism,
             state,
             base,
             tmpfs_size: config.tmpfs_size_bytes,
@@ -416,6 +448,11 @@ impl LinuxBackend {
 
     pub fn state_dir(&self) -> &Path {
         &self.state
+    }
+
+    /// How memory and process limits are enforced here (`jailbuilder doctor` shows it).
+    pub fn limit_mechanism(&self) -> &LimitMechanism {
+        &self.limit_mechanism
     }
 
     fn images_dir(&self) -> PathBuf {
@@ -500,6 +537,24 @@ impl LinuxBackend {
         for m in sys::unmount_all_beneath(&self.state)? {
             report.push(format!("mount {}", m.display()));
         }
+        if let LimitMechanism::CgroupV2 { parent } = &self.limit_mechanism {
+            if let Ok(entries) = fs::read_dir(parent) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let leaf = e.file_name().to_string_lossy().starts_with('c');
+                    if leaf && p.is_dir() {
+                        if cgroup::kill_and_remove(&p, KILL_PATIENCE).map_err(|source| {
+                            LinuxError::Cgroup {
+                                path: p.clone(),
+                                source,
+                            }
+                        })? {
+                            report.push(format!("cgroup {}", p.display()));
+                        }
+                    }
+                }
+            }
+        }
         let containers = self.containers_dir();
         if let Ok(entries) = fs::read_dir(&containers) {
             for e in entries.flatten() {
@@ -551,6 +606,13 @@ impl LinuxBackend {
                 .open(&p)
                 .map_err(|source| LinuxError::CreateDir { path: p, source })?;
         }
+        if let LimitMechanism::CgroupV2 { parent } = &self.limit_mechanism {
+            let dir = parent.join(&c.name);
+            c.cgroup = Some(
+                cgroup::ContainerCgroup::create(dir.clone(), KILL_PATIENCE)
+                    .map_err(|source| LinuxError::Cgroup { path: dir, source })?,
+            );
+        }
         c.mount_layers()?;
         let [net, ipc, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
         sys::pin_new_namespaces(
@@ -591,6 +653,19 @@ impl LinuxBackend {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
         };
+        // With a cgroup, memory.max and pids.max bound the whole sandbox and replace
+        // RLIMIT_AS (per process) and RLIMIT_NPROC (per uid, host-wide).
+        let (rlimit_as, rlimit_nproc, cgroup_procs) = match &container.cgroup {
+            Some(cg) => {
+                cg.apply(limits.memory_bytes, limits.max_processes)
+                    .map_err(|source| LinuxError::Cgroup {
+                        path: cg.dir.clone(),
+                        source,
+                    })?;
+                (0, 0, cg.procs.as_raw_fd())
+            }
+            None => (limits.memory_bytes, limits.max_processes, -1),
+        };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (ep_r, ep_w) = pipe()?;
@@ -610,11 +685,12 @@ impl LinuxBackend {
             executable: command.executable().as_ptr(),
             argv: command.argv_ptr(),
             envp: command.envp_ptr(),
+            cgroup_procs,
             uid: user.uid,
             gid: user.gid,
             rlimits: [
-                (libc::RLIMIT_AS, limits.memory_bytes),
-                (libc::RLIMIT_NPROC, limits.max_processes),
+                (libc::RLIMIT_AS, rlimit_as),
+                (libc::RLIMIT_NPROC, rlimit_nproc),
                 (libc::RLIMIT_NOFILE, limits.max_open_files),
                 (libc::RLIMIT_FSIZE, limits.max_file_bytes),
             ],
@@ -811,6 +887,7 @@ impl Backend for LinuxBackend {
             mnt: None,
             netns_id: (0, 0),
             dirty: AtomicBool::new(false),
+            cgroup: None,
             torn_down: false,
         };
         // On failure, dropping `c` tears down what was built.
