@@ -790,6 +790,12 @@ impl Backend for LinuxBackend {
         "linux-ns-overlay"
     }
 
+    /// See [`LinuxError::is_job_error`]: a missing executable or working directory, a
+    /// corrupt or hostile toolchain archive.
+    fn is_job_error(&self, error: &LinuxError) -> bool {
+        error.is_job_error()
+    }
+
     /// Removes what a crashed instance left: every mount beneath the state directory
     /// (deepest first), container directories, half-unpacked images, and unpacked images
     /// too: the engine keeps no record of images across restarts and re-creates each from
