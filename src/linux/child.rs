@@ -175,8 +175,9 @@ fn reset_signals() {
     }
 }
 
-/// Child B, pid 1 of the sandbox's pid namespace. Never returns.
-fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
+/// Arms SIGKILL as B's parent-death signal, then checks through A's pidfd that A is still
+/// alive (else its death may have come before the arming: give up).
+fn arm_parent_death_signal(parent_fd: c_int) {
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
     check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
@@ -189,8 +190,11 @@ fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
         exit(127); // A died before our death signal was armed (or poll failed): give up
     }
-    // SAFETY: closing our copy of A's pidfd.
-    unsafe { libc::close(parent_fd) };
+}
+
+/// Child B, pid 1 of the sandbox's pid namespace. Never returns.
+fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
+    arm_parent_death_signal(parent_fd);
 
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
@@ -220,6 +224,12 @@ fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     // SAFETY: setresuid(2) with integer arguments.
     let r = unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) };
     check(ERR_FD, SetupStep::Setuid, r);
+    // Changing the effective uid or gid clears the parent-death signal (prctl(2)
+    // PR_SET_PDEATHSIG): arm it again, or B (and with it the whole sandbox, B being its
+    // pid 1) would outlive a server killed with SIGKILL.
+    arm_parent_death_signal(parent_fd);
+    // SAFETY: closing our copy of A's pidfd.
+    unsafe { libc::close(parent_fd) };
 
     for (resource, value) in p.rlimits {
         if value == 0 {
