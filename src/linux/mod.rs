@@ -542,15 +542,17 @@ impl LinuxBackend {
                 for e in entries.flatten() {
                     let p = e.path();
                     let leaf = e.file_name().to_string_lossy().starts_with('c');
-                    if leaf && p.is_dir() {
-                        if cgroup::kill_and_remove(&p, KILL_PATIENCE).map_err(|source| {
-                            LinuxError::Cgroup {
-                                path: p.clone(),
-                                source,
-                            }
-                        })? {
-                            report.push(format!("cgroup {}", p.display()));
+                    if !leaf || !p.is_dir() {
+                        continue;
+                    }
+                    let removed = cgroup::kill_and_remove(&p, KILL_PATIENCE).map_err(|source| {
+                        LinuxError::Cgroup {
+                            path: p.clone(),
+                            source,
                         }
+                    })?;
+                    if removed {
+                        report.push(format!("cgroup {}", p.display()));
                     }
                 }
             }
