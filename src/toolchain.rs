@@ -414,10 +414,19 @@ mod tests {
         for e in ar.entries().unwrap() {
             names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
         }
-        assert!(
-            names.iter().any(|n| n.ends_with("/cc1")),
-            "cc1 missing: {names:?}"
-        );
+        // Every program the driver runs (gcc: cc1, as, collect2; clang: as), stored at its
+        // resolved path, and the C library with its dynamic loader.
+        let programs = driver_programs(&cc).unwrap();
+        assert!(!programs.is_empty(), "the driver names no programs");
+        for prog in programs {
+            let stored = fs::canonicalize(&prog).unwrap();
+            let stored = stored
+                .strip_prefix("/")
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert!(names.contains(&stored), "{stored} missing: {names:?}");
+        }
         assert!(names.iter().any(|n| n.contains("libc.so")), "libc missing");
         assert!(
             names

@@ -15,6 +15,8 @@ mod real;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_engine;
+#[cfg(test)]
 mod tests_faults;
 
 pub use backend::{

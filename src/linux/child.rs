@@ -175,27 +175,8 @@ fn reset_signals() {
     }
 }
 
-/// Arms SIGKILL as B's parent-death signal, then checks through A's pidfd that A is still
-/// alive (else its death may have come before the arming: give up).
-fn arm_parent_death_signal(parent_fd: c_int) {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
-    check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
-    let mut pfd = libc::pollfd {
-        fd: parent_fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll(2) on one valid pollfd, zero timeout.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
-        exit(127); // A died before our death signal was armed (or poll failed): give up
-    }
-}
-
 /// Child B, pid 1 of the sandbox's pid namespace. Never returns.
 fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
-    arm_parent_death_signal(parent_fd);
-
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
@@ -224,10 +205,23 @@ fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     // SAFETY: setresuid(2) with integer arguments.
     let r = unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) };
     check(ERR_FD, SetupStep::Setuid, r);
-    // Changing the effective uid or gid clears the parent-death signal (prctl(2)
-    // PR_SET_PDEATHSIG): arm it again, or B (and with it the whole sandbox, B being its
-    // pid 1) would outlive a server killed with SIGKILL.
-    arm_parent_death_signal(parent_fd);
+
+    // The death signal is armed only now: the kernel clears it whenever the credentials
+    // change (commit_creds() resets pdeath_signal when the euid/egid changes), so set
+    // before setresuid it would be gone, and a crashed server would leave this namespace
+    // running. An unprivileged process may set its own (prctl(2) PR_SET_PDEATHSIG).
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
+    check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
+    let mut pfd = libc::pollfd {
+        fd: parent_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        exit(127); // A died before our death signal was armed (or poll failed): give up
+    }
     // SAFETY: closing our copy of A's pidfd.
     unsafe { libc::close(parent_fd) };
 
