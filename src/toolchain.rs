@@ -416,9 +416,8 @@ mod tests {
         }
         // Every program the driver runs (gcc: cc1, as, collect2; clang: as), stored at its
         // resolved path, and the C library with its dynamic loader.
-        let programs = driver_programs(&cc).unwrap();
-        assert!(!programs.is_empty(), "the driver names no programs");
-        for prog in programs {
+        // (FreeBSD's clang runs none: its assembler is integrated.)
+        for prog in driver_programs(&cc).unwrap() {
             let stored = fs::canonicalize(&prog).unwrap();
             let stored = stored
                 .strip_prefix("/")

@@ -641,7 +641,7 @@ fn leftovers_of_a_crashed_instance_are_removed() {
             .flatten()
             .filter(|e| {
                 std::fs::read(e.path().join("cmdline"))
-                    .map(|c| c == b"sleep\x004242421\0")
+                    .map(|c| c == b"sleep\x004242421\x00")
                     .unwrap_or(false)
             })
             .count();
