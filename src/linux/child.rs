@@ -35,6 +35,8 @@ pub(super) struct ChildPlan {
     /// (descriptor, CLONE_NEW* type) of the net, ipc, uts and mount namespaces to join;
     /// the mount namespace is the container's, already pivoted into its root.
     pub ns: [(c_int, c_int); 4],
+    /// An open `cgroup.procs` of the container's cgroup (written "0" to join it), or -1.
+    pub cgroup_procs: c_int,
     pub cwd: *const c_char,
     pub executable: *const c_char,
     pub argv: *const *const c_char,
@@ -60,6 +62,12 @@ fn check(fd: c_int, step: SetupStep, r: c_long) -> c_long {
 
 /// Child A. Never returns.
 pub(super) fn first_child(p: &ChildPlan) -> ! {
+    // Join the container's cgroup first, so that everything the sandbox forks is in it.
+    if p.cgroup_procs >= 0 {
+        // SAFETY: write(2) of a static byte string to a descriptor opened before fork.
+        let r = unsafe { libc::write(p.cgroup_procs, c"0".as_ptr().cast(), 1) };
+        check(p.error, SetupStep::Cgroup, r as c_long);
+    }
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
     check(p.error, SetupStep::ParentDeathSignal, r as c_long);

@@ -152,17 +152,25 @@ pub enum LinuxError {
         #[source]
         source: ExecError,
     },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{count} process(es) of the sandbox {root} still alive after SIGKILL")]
     Kill { root: PathBuf, count: usize },
 }
 
 impl LinuxError {
-    /// True when the client, not the sandbox, is at fault: an unusable toolchain archive,
-    /// or a missing executable or working directory (see [`ExecError::is_job_error`]).
+    /// True when the client, not the sandbox, is at fault: a missing executable or working
+    /// directory (see [`ExecError::is_job_error`]), or a corrupt or hostile toolchain
+    /// archive (see [`UnpackError::is_archive_fault`]; the engine then reports
+    /// `BuildError::Toolchain`, and the sccache glue drops the toolchain from its cache).
     pub fn is_job_error(&self) -> bool {
         match self {
-            LinuxError::Unpack { .. } => true,
             LinuxError::Exec { source, .. } => source.is_job_error(),
+            LinuxError::Unpack { source, .. } => source.is_archive_fault(),
             _ => false,
         }
     }

@@ -46,6 +46,27 @@ pub enum UnpackError {
     Corrupt(#[source] io::Error),
 }
 
+impl UnpackError {
+    /// True when the archive is at fault (corrupt, hostile, too big, naming things that
+    /// cannot be laid out); false when the host failed (out of space, I/O error), which
+    /// says nothing about the archive.
+    pub fn is_archive_fault(&self) -> bool {
+        let host = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::ENOMEM | libc::EROFS)
+            )
+        };
+        match self {
+            UnpackError::Io { source, .. } | UnpackError::Corrupt(source) => !host(source),
+            UnpackError::Path { .. }
+            | UnpackError::Unsupported { .. }
+            | UnpackError::TooManyBytes { .. }
+            | UnpackError::TooManyEntries { .. } => true,
+        }
+    }
+}
+
 /// Bounds on one archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnpackLimits {
