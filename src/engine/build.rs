@@ -2,6 +2,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{BuildError, Engine};
@@ -134,9 +135,12 @@ impl<B: Backend> Engine<B> {
     /// Runs one build. Request errors come back as a [`BuildError`] for that job; nothing
     /// in the request can panic the engine.
     pub fn build(&self, req: BuildRequest<'_>) -> Result<BuildOutcome, BuildError> {
-        let result = self.build_inner(req, None);
-        self.pool.record_build(result.is_ok());
-        result
+        let token = CancelToken::new().map_err(|e| BuildError::Backend {
+            step: "creating the build's cancel pipe",
+            backend: self.pool.backend.kind(),
+            source: Box::new(e),
+        })?;
+        self.build_with_cancel(req, &Arc::new(token))
     }
 
     /// [`Engine::build`] that another thread can stop with `cancel.cancel()` (client
@@ -144,13 +148,16 @@ impl<B: Backend> Engine<B> {
     /// command runs, wakes its supervisor at once: the sandbox's processes are killed and
     /// the build returns [`BuildError::Cancelled`] promptly; the container is reset by the
     /// recycler as after any build. (A build waiting for a container at the pool bound, or
-    /// unpacking a toolchain image, notices at the end of that phase.)
+    /// unpacking a toolchain image, notices at the end of that phase.) [`Engine::shutdown`]
+    /// cancels the builds still running when its grace period ends.
     pub fn build_with_cancel(
         &self,
         req: BuildRequest<'_>,
-        cancel: &CancelToken,
+        cancel: &Arc<CancelToken>,
     ) -> Result<BuildOutcome, BuildError> {
+        let id = self.pool.started(cancel);
         let result = self.build_inner(req, Some(cancel));
+        self.pool.finished(id);
         self.pool.record_build(result.is_ok());
         result
     }
