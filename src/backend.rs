@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::exec::PreparedCommand;
+use crate::exec::{CancelToken, PreparedCommand};
 
 /// Identifies a toolchain image: sccache's `Toolchain.archive_id` (a hex digest), or any
 /// name of `[A-Za-z0-9_.-]{1,128}` not starting with `.`. Validated because it becomes part
@@ -177,6 +177,22 @@ pub trait Backend: Send + Sync + 'static {
         user: BuildUser,
         limits: &Limits,
     ) -> Result<ExecOutcome, Self::Error>;
+
+    /// [`Backend::exec`] that also ends when `cancel` is cancelled: the sandbox's processes
+    /// are killed at once and the call returns an error (the engine reports
+    /// [`crate::engine::BuildError::Cancelled`]). The default ignores `cancel` (the command
+    /// runs to its end or its timeout); both real backends override it.
+    fn exec_cancellable(
+        &self,
+        container: &Self::Container,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> Result<ExecOutcome, Self::Error> {
+        let _ = cancel;
+        self.exec(container, command, user, limits)
+    }
 
     fn reset(&self, container: &mut Self::Container) -> Result<(), Self::Error>;
 

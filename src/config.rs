@@ -19,8 +19,14 @@ pub struct BuilderConfig {
     pub state_dir: PathBuf,
     /// Linux: optional base root directory laid under every toolchain (a lower layer).
     pub base_dir: Option<PathBuf>,
-    /// Linux: size of each container's tmpfs (its writable layer), bytes.
+    /// Linux: size of each container's tmpfs (its writable layer), bytes. A compile that
+    /// writes more gets ENOSPC (that job only); inputs beyond it fail the job's unpack.
     pub container_tmpfs_bytes: u64,
+    /// Linux: enforce `memory_bytes` and `max_processes` per container with a cgroup v2
+    /// (memory.max, pids.max) where the unified hierarchy offers the memory and pids
+    /// controllers; otherwise, or when false, per-process rlimits. `jailbuilder doctor`
+    /// shows which is active.
+    pub cgroup_v2: bool,
 
     /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".
     pub dataset_root: String,
@@ -31,6 +37,9 @@ pub struct BuilderConfig {
     pub base_snapshot: Option<String>,
     /// FreeBSD: devfs ruleset for jails (4 = devfsrules_jail).
     pub devfs_ruleset: u32,
+    /// FreeBSD: ZFS `quota` of each container clone, bytes (what a compile may write; the
+    /// toolchain it shares with the image does not count); 0 = none.
+    pub container_quota_bytes: u64,
 
     /// The unprivileged user and group compiles run as.
     pub build_uid: u32,
@@ -48,11 +57,16 @@ pub struct BuilderConfig {
     pub timeout_secs: u64,
     /// Bytes of stdout and of stderr kept per compile.
     pub stream_cap_bytes: usize,
-    /// Address space per process (RLIMIT_AS); 0 = unlimited.
+    /// Memory of one compile, bytes; 0 = unlimited. Linux: memory.max of the container's
+    /// cgroup (v2), else RLIMIT_AS per process. FreeBSD: rctl `memoryuse:deny` per jail
+    /// (with kern.racct.enable=1), else RLIMIT_AS per process.
     pub memory_bytes: u64,
-    /// Processes of the build user (RLIMIT_NPROC); 0 = unlimited.
+    /// Processes of one compile; 0 = unlimited. Linux: pids.max (cgroup v2), else
+    /// RLIMIT_NPROC (which counts all processes of the build uid, host-wide). FreeBSD:
+    /// rctl `maxproc:deny` per jail, else RLIMIT_NPROC.
     pub max_processes: u64,
-    /// Open files per process (RLIMIT_NOFILE); 0 = unlimited.
+    /// Open files per process (RLIMIT_NOFILE; FreeBSD with RACCT also rctl `openfiles`
+    /// per jail); 0 = unlimited.
     pub max_open_files: u64,
     /// Largest file a compile may write (RLIMIT_FSIZE); 0 = unlimited.
     pub max_file_bytes: u64,
@@ -74,10 +88,12 @@ impl Default for BuilderConfig {
             state_dir: PathBuf::from("/var/lib/jailbuilder"),
             base_dir: None,
             container_tmpfs_bytes: 4 << 30,
+            cgroup_v2: true,
             dataset_root: "zroot/jailbuilder".into(),
             mount_root: PathBuf::from("/var/jailbuilder"),
             base_snapshot: None,
             devfs_ruleset: 4,
+            container_quota_bytes: 4 << 30,
             build_uid: e.build_user.uid,
             build_gid: e.build_user.gid,
             max_containers: e.max_containers,

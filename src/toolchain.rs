@@ -414,10 +414,18 @@ mod tests {
         for e in ar.entries().unwrap() {
             names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
         }
-        assert!(
-            names.iter().any(|n| n.ends_with("/cc1")),
-            "cc1 missing: {names:?}"
-        );
+        // Every program the driver runs (gcc: cc1, as, collect2; clang: as), stored at its
+        // resolved path, and the C library with its dynamic loader.
+        // (FreeBSD's clang runs none: its assembler is integrated.)
+        for prog in driver_programs(&cc).unwrap() {
+            let stored = fs::canonicalize(&prog).unwrap();
+            let stored = stored
+                .strip_prefix("/")
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert!(names.contains(&stored), "{stored} missing: {names:?}");
+        }
         assert!(names.iter().any(|n| n.contains("libc.so")), "libc missing");
         assert!(
             names

@@ -54,7 +54,9 @@ impl BuilderArgs {
             let (uid, gid) = u
                 .split_once(':')
                 .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
-                .with_context(|| format!("--build-user {u:?}: expected UID:GID, e.g. 65534:65534"))?;
+                .with_context(|| {
+                    format!("--build-user {u:?}: expected UID:GID, e.g. 65534:65534")
+                })?;
             cfg.build_uid = uid;
             cfg.build_gid = gid;
         }
@@ -64,12 +66,20 @@ impl BuilderArgs {
 }
 
 pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 /// Opens the platform backend and starts an engine (cleaning up after a crashed run).
-pub fn start_engine(cfg: &BuilderConfig, engine: EngineConfig) -> anyhow::Result<Engine<NativeBackend>> {
-    let backend = jailbuilder::native::open_backend(cfg).context("opening the sandbox backend (try `jailbuilder doctor`)")?;
+pub fn start_engine(
+    cfg: &BuilderConfig,
+    engine: EngineConfig,
+) -> anyhow::Result<Engine<NativeBackend>> {
+    let backend = jailbuilder::native::open_backend(cfg)
+        .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
     Ok(Engine::start(backend, engine)?)
 }
 
@@ -96,7 +106,12 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, total: usize) -> Progress {
-        let p = Progress { label: label.to_string(), total, done: 0, tty: std::io::stderr().is_terminal() };
+        let p = Progress {
+            label: label.to_string(),
+            total,
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+        };
         p.draw();
         p
     }
@@ -115,7 +130,10 @@ impl Progress {
             return;
         }
         let width = 30;
-        let filled = (self.done * width).checked_div(self.total).unwrap_or(width).min(width);
+        let filled = (self.done * width)
+            .checked_div(self.total)
+            .unwrap_or(width)
+            .min(width);
         eprint!(
             "\r  {} [{}{}] {}/{}",
             self.label,

@@ -60,10 +60,24 @@ fn object_of(file: &str) -> String {
     format!("{}.o", file.trim_end_matches(".c"))
 }
 
-fn compile_all(engine: &Engine<NativeBackend>, id: &ToolchainId, tc: &Path, cc: &str, jobs: usize, label: &str) -> anyhow::Result<Vec<Compile>> {
-    let files: Vec<&'static str> = SOURCES.iter().map(|(f, _)| *f).filter(|f| f.ends_with(".c")).collect();
-    let header: Vec<(String, Vec<u8>)> =
-        SOURCES.iter().filter(|(f, _)| f.ends_with(".h")).map(|(f, s)| (format!("/work/{f}"), s.as_bytes().to_vec())).collect();
+fn compile_all(
+    engine: &Engine<NativeBackend>,
+    id: &ToolchainId,
+    tc: &Path,
+    cc: &str,
+    jobs: usize,
+    label: &str,
+) -> anyhow::Result<Vec<Compile>> {
+    let files: Vec<&'static str> = SOURCES
+        .iter()
+        .map(|(f, _)| *f)
+        .filter(|f| f.ends_with(".c"))
+        .collect();
+    let header: Vec<(String, Vec<u8>)> = SOURCES
+        .iter()
+        .filter(|(f, _)| f.ends_with(".h"))
+        .map(|(f, s)| (format!("/work/{f}"), s.as_bytes().to_vec()))
+        .collect();
     let queue = Arc::new(Mutex::new(files.clone()));
     let results = Arc::new(Mutex::new(Vec::new()));
     let progress = Arc::new(Mutex::new(Progress::new(label, files.len())));
@@ -71,8 +85,14 @@ fn compile_all(engine: &Engine<NativeBackend>, id: &ToolchainId, tc: &Path, cc: 
     std::thread::scope(|s| {
         for _ in 0..jobs.min(files.len()).max(1) {
             s.spawn(|| loop {
-                let Some(file) = queue.lock().unwrap().pop() else { return };
-                let src = SOURCES.iter().find(|(f, _)| *f == file).map(|(_, s)| s.as_bytes().to_vec()).unwrap_or_default();
+                let Some(file) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let src = SOURCES
+                    .iter()
+                    .find(|(f, _)| *f == file)
+                    .map(|(_, s)| s.as_bytes().to_vec())
+                    .unwrap_or_default();
                 let mut inputs_files = header.clone();
                 inputs_files.push((format!("/work/{file}"), src));
                 let result = common::tar_files(&inputs_files).and_then(|inputs| {
@@ -85,7 +105,10 @@ fn compile_all(engine: &Engine<NativeBackend>, id: &ToolchainId, tc: &Path, cc: 
                         command: CommandSpec {
                             executable: cc.to_string(),
                             arguments: args,
-                            env_vars: vec![("PATH".into(), "/usr/bin:/bin".into()), ("LC_ALL".into(), "C".into())],
+                            env_vars: vec![
+                                ("PATH".into(), "/usr/bin:/bin".into()),
+                                ("LC_ALL".into(), "C".into()),
+                            ],
                             cwd: "/work".into(),
                         },
                         outputs: vec![object_of(file)],
@@ -98,10 +121,18 @@ fn compile_all(engine: &Engine<NativeBackend>, id: &ToolchainId, tc: &Path, cc: 
     });
     progress.lock().unwrap().finish();
     let mut out = Vec::new();
-    for (file, r) in Arc::try_unwrap(results).map_err(|_| anyhow::anyhow!("threads still hold results"))?.into_inner().unwrap() {
+    for (file, r) in Arc::try_unwrap(results)
+        .map_err(|_| anyhow::anyhow!("threads still hold results"))?
+        .into_inner()
+        .unwrap()
+    {
         let outcome = r.with_context(|| format!("compiling {file}"))?;
         if !outcome.exec.status.success() {
-            bail!("compiling {file} failed ({:?}):\n{}", outcome.exec.status, String::from_utf8_lossy(&outcome.exec.stderr));
+            bail!(
+                "compiling {file} failed ({:?}):\n{}",
+                outcome.exec.status,
+                String::from_utf8_lossy(&outcome.exec.stderr)
+            );
         }
         out.push(Compile { file, outcome });
     }
@@ -111,15 +142,25 @@ fn compile_all(engine: &Engine<NativeBackend>, id: &ToolchainId, tc: &Path, cc: 
 
 /// The same compiles on the host, no sandbox: the floor the overhead is measured against.
 fn compile_bare(dir: &Path, cc: &str, jobs: usize) -> anyhow::Result<Vec<Duration>> {
-    let files: Vec<&str> = SOURCES.iter().map(|(f, _)| *f).filter(|f| f.ends_with(".c")).collect();
+    let files: Vec<&str> = SOURCES
+        .iter()
+        .map(|(f, _)| *f)
+        .filter(|f| f.ends_with(".c"))
+        .collect();
     let queue = Mutex::new(files);
     let times = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
-                let Some(file) = queue.lock().unwrap().pop() else { return };
+                let Some(file) = queue.lock().unwrap().pop() else {
+                    return;
+                };
                 let t = Instant::now();
-                let st = Command::new(cc).args(CFLAGS).args(["-c", file, "-o", &object_of(file)]).current_dir(dir).status();
+                let st = Command::new(cc)
+                    .args(CFLAGS)
+                    .args(["-c", file, "-o", &object_of(file)])
+                    .current_dir(dir)
+                    .status();
                 times.lock().unwrap().push((file, t.elapsed(), st));
             });
         }
@@ -150,11 +191,16 @@ fn sandbox_time(t: &PhaseTimings) -> Duration {
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     common::require_root("jailbuilder demo")?;
     let cfg = args.builder.load()?;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
     let (work, _tmp) = match &args.keep {
         Some(d) => (common::absolute(d)?, None),
         None => {
-            let t = tempfile::Builder::new().prefix("jailbuilder-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("jailbuilder-demo-")
+                .tempdir()?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -164,11 +210,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(src.join(f), s)?;
     }
 
-    println!("jailbuilder demo: {} backend, {} compiles at once", std::env::consts::OS, jobs);
+    println!(
+        "jailbuilder demo: {} backend, {} compiles at once",
+        std::env::consts::OS,
+        jobs
+    );
     let t = Instant::now();
     let tc = work.join("toolchain.tar.gz");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tc)?);
-    let summary = package(&PackageOptions { compiler: args.compiler.clone(), headers: true, extra: vec![] }, &mut w)?;
+    let summary = package(
+        &PackageOptions {
+            compiler: args.compiler.clone(),
+            headers: true,
+            extra: vec![],
+        },
+        &mut w,
+    )?;
     drop(w);
     let cc = summary.compiler.to_string_lossy().into_owned();
     println!(
@@ -188,7 +245,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let id = ToolchainId::new(jailbuilder::toolchain::archive_id(&tc)?)?;
     let mut rounds = Vec::new();
     for r in 1..=args.rounds.max(1) {
-        let label = if r == 1 { "2. compiling (cold: image + containers)" } else { "3. compiling (warm pool)" };
+        let label = if r == 1 {
+            "2. compiling (cold: image + containers)"
+        } else {
+            "3. compiling (warm pool)"
+        };
         let t = Instant::now();
         let compiles = compile_all(&engine, &id, &tc, &cc, jobs, label)?;
         rounds.push((t.elapsed(), compiles));
@@ -221,13 +282,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let program = work.join("calc");
     let objects: Vec<PathBuf> = last.iter().map(|c| obj.join(object_of(c.file))).collect();
-    let st = Command::new(&cc).arg("-o").arg(&program).args(&objects).status().context("linking on the host")?;
+    let st = Command::new(&cc)
+        .arg("-o")
+        .arg(&program)
+        .args(&objects)
+        .status()
+        .context("linking on the host")?;
     if !st.success() {
         bail!("linking the sandbox-built objects failed");
     }
-    let out = Command::new(&program).output().context("running the linked program")?;
+    let out = Command::new(&program)
+        .output()
+        .context("running the linked program")?;
     let printed = String::from_utf8_lossy(&out.stdout);
-    println!("4. linked {} objects on the host; ./calc prints:", objects.len());
+    println!(
+        "4. linked {} objects on the host; ./calc prints:",
+        objects.len()
+    );
     for l in printed.lines() {
         println!("     {l}");
     }
@@ -235,9 +306,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!("the program printed something unexpected");
     }
 
-    println!("5. timings ({} compiles per round, {} at once)", last.len(), jobs);
+    println!(
+        "5. timings ({} compiles per round, {} at once)",
+        last.len(),
+        jobs
+    );
     for (i, (wall, compiles)) in rounds.iter().enumerate() {
-        let mut total: Vec<Duration> = compiles.iter().map(|c| sandbox_time(&c.outcome.timings)).collect();
+        let mut total: Vec<Duration> = compiles
+            .iter()
+            .map(|c| sandbox_time(&c.outcome.timings))
+            .collect();
         total.sort();
         let image = mean(compiles.iter().map(|c| c.outcome.timings.image));
         println!(
@@ -263,14 +341,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "   host compile p50 {} vs sandboxed p50 {}: sandbox overhead {} per compile",
         ms(b50),
         ms(s50),
-        if s50 >= b50 { ms(s50 - b50) } else { format!("-{}", ms(b50 - s50)) }
+        if s50 >= b50 {
+            ms(s50 - b50)
+        } else {
+            format!("-{}", ms(b50 - s50))
+        }
     );
-    println!("   objects identical to host-built ones: {identical}/{}", last.len());
+    println!(
+        "   objects identical to host-built ones: {identical}/{}",
+        last.len()
+    );
     let stats = engine.stats();
     engine.shutdown();
     println!(
         "6. cleaned up: {} containers created, {} resets, {} destroyed",
-        stats.containers_created, stats.containers_reset, engine.stats().containers_destroyed
+        stats.containers_created,
+        stats.containers_reset,
+        engine.stats().containers_destroyed
     );
     if let Some(d) = &args.keep {
         println!("   kept {}", d.display());

@@ -10,7 +10,12 @@ pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
     println!("jailbuilder doctor ({} backend)", std::env::consts::OS);
     let mut missing = 0;
     for i in &items {
-        println!("  [{}] {:<22} {}", if i.ok { " ok " } else { "MISS" }, i.name, i.detail);
+        println!(
+            "  [{}] {:<22} {}",
+            if i.ok { " ok " } else { "MISS" },
+            i.name,
+            i.detail
+        );
         missing += usize::from(!i.ok);
     }
     if missing == 0 {

@@ -46,7 +46,9 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let filter = std::env::var("RUST_LOG").or_else(|_| std::env::var("SCCACHE_LOG")).unwrap_or_else(|_| "warn".into());
+    let filter = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("SCCACHE_LOG"))
+        .unwrap_or_else(|_| "warn".into());
     env_logger::Builder::new().parse_filters(&filter).init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -12,8 +12,10 @@ use jailbuilder::exec::CommandSpec;
 use super::common::{self, BuilderArgs};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  jailbuilder toolchain --compiler gcc -o gcc.tar.gz\n  \
-jailbuilder run --toolchain gcc.tar.gz --inputs-dir src --output hello.o -- /usr/bin/gcc -c hello.c -o hello.o")]
+#[command(
+    after_help = "Example:\n  jailbuilder toolchain --compiler gcc -o gcc.tar.gz\n  \
+jailbuilder run --toolchain gcc.tar.gz --inputs-dir src --output hello.o -- /usr/bin/gcc -c hello.c -o hello.o"
+)]
 pub struct RunArgs {
     /// Toolchain archive (gzip'd tar, e.g. from `jailbuilder toolchain`).
     #[arg(long, value_name = "TC.tar.gz")]
@@ -59,32 +61,57 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut exe = args.command[0].clone();
     if !exe.starts_with('/') {
         exe = jailbuilder::toolchain::which(&exe)
-            .with_context(|| format!("{exe:?} is not in PATH; give the absolute path it has inside the toolchain"))?
+            .with_context(|| {
+                format!(
+                    "{exe:?} is not in PATH; give the absolute path it has inside the toolchain"
+                )
+            })?
             .to_string_lossy()
             .into_owned();
     }
     let inputs = match (&args.inputs_dir, &args.inputs) {
         (Some(dir), _) => common::tar_dir_at(dir, &args.cwd)?,
-        (None, Some(tar)) => std::fs::read(tar).with_context(|| format!("reading {}", tar.display()))?,
+        (None, Some(tar)) => {
+            std::fs::read(tar).with_context(|| format!("reading {}", tar.display()))?
+        }
         (None, None) => common::tar_files(&[])?,
     };
     let env = if args.env.is_empty() {
-        vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()), ("LC_ALL".into(), "C".into())]
+        vec![
+            (
+                "PATH".to_string(),
+                "/usr/local/bin:/usr/bin:/bin".to_string(),
+            ),
+            ("LC_ALL".into(), "C".into()),
+        ]
     } else {
         args.env
             .iter()
-            .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect::<Option<Vec<_>>>()
             .context("--env takes KEY=VALUE")?
     };
     let id = ToolchainId::new(jailbuilder::toolchain::archive_id(&args.toolchain)?)?;
-    let engine_cfg = EngineConfig { max_containers: 1, warm_per_toolchain: 0, recycler_threads: 1, ..cfg.engine_config() };
+    let engine_cfg = EngineConfig {
+        max_containers: 1,
+        warm_per_toolchain: 0,
+        recycler_threads: 1,
+        ..cfg.engine_config()
+    };
     let engine = common::start_engine(&cfg, engine_cfg)?;
     let result = engine.build(BuildRequest {
         toolchain: id,
         toolchain_archive: &args.toolchain,
         inputs: &mut inputs.as_slice(),
-        command: CommandSpec { executable: exe, arguments: args.command[1..].to_vec(), env_vars: env, cwd: args.cwd.clone() },
+        command: CommandSpec {
+            executable: exe,
+            arguments: args.command[1..].to_vec(),
+            env_vars: env,
+            cwd: args.cwd.clone(),
+        },
         outputs: args.outputs.clone(),
     });
     engine.shutdown();

@@ -27,7 +27,11 @@ pub fn run(args: ToolchainArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
     );
-    let opts = PackageOptions { compiler: args.compiler.clone(), headers: !args.no_headers, extra: args.extra };
+    let opts = PackageOptions {
+        compiler: args.compiler.clone(),
+        headers: !args.no_headers,
+        extra: args.extra,
+    };
     let summary = match package(&opts, &mut file) {
         Ok(s) => s,
         Err(e) => {

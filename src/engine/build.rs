@@ -2,11 +2,12 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{BuildError, Engine};
 use crate::backend::{Backend, ExecOutcome, ToolchainId};
-use crate::exec::{CommandSpec, PreparedCommand};
+use crate::exec::{CancelToken, CommandSpec, PreparedCommand};
 use crate::untrusted::{self, BeneathError, RootDir};
 
 /// Where a toolchain archive (gzip'd tar) comes from, opened only if the image must be
@@ -134,12 +135,42 @@ impl<B: Backend> Engine<B> {
     /// Runs one build. Request errors come back as a [`BuildError`] for that job; nothing
     /// in the request can panic the engine.
     pub fn build(&self, req: BuildRequest<'_>) -> Result<BuildOutcome, BuildError> {
-        let result = self.build_inner(req);
+        let token = CancelToken::new().map_err(|e| BuildError::Backend {
+            step: "creating the build's cancel pipe",
+            backend: self.pool.backend.kind(),
+            source: Box::new(e),
+        })?;
+        self.build_with_cancel(req, &Arc::new(token))
+    }
+
+    /// [`Engine::build`] that another thread can stop with `cancel.cancel()` (client
+    /// disconnect, scheduler cancel). Cancellation is checked between phases and, while the
+    /// command runs, wakes its supervisor at once: the sandbox's processes are killed and
+    /// the build returns [`BuildError::Cancelled`] promptly; the container is reset by the
+    /// recycler as after any build. (A build waiting for a container at the pool bound, or
+    /// unpacking a toolchain image, notices at the end of that phase.) [`Engine::shutdown`]
+    /// cancels the builds still running when its grace period ends.
+    pub fn build_with_cancel(
+        &self,
+        req: BuildRequest<'_>,
+        cancel: &Arc<CancelToken>,
+    ) -> Result<BuildOutcome, BuildError> {
+        let id = self.pool.started(cancel);
+        let result = self.build_inner(req, Some(cancel));
+        self.pool.finished(id);
         self.pool.record_build(result.is_ok());
         result
     }
 
-    fn build_inner(&self, req: BuildRequest<'_>) -> Result<BuildOutcome, BuildError> {
+    fn build_inner(
+        &self,
+        req: BuildRequest<'_>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<BuildOutcome, BuildError> {
+        let check = || match cancel {
+            Some(c) if c.is_cancelled() => Err(BuildError::Cancelled),
+            _ => Ok(()),
+        };
         let start = Instant::now();
         let mut t = PhaseTimings::default();
         let pool = &self.pool;
@@ -155,11 +186,13 @@ impl<B: Backend> Engine<B> {
             .map(|o| output_beneath(&cwd, o).map(|full| (o.clone(), full)))
             .collect::<Result<Vec<_>, _>>()?;
 
+        check()?;
         let mark = Instant::now();
         let image = pool.image(&req.toolchain, req.toolchain_archive)?;
         let _image_use = ImageUse(self, &req.toolchain);
         t.image = mark.elapsed();
 
+        check()?;
         let mark = Instant::now();
         let container = pool.acquire(&req.toolchain, &image)?;
         drop(image);
@@ -193,21 +226,28 @@ impl<B: Backend> Engine<B> {
         }
         t.unpack = mark.elapsed();
 
+        check()?;
         let mark = Instant::now();
-        let exec = backend
-            .exec(container, &command, cfg.build_user, &cfg.limits)
-            .map_err(|e| {
-                if backend.is_job_error(&e) {
-                    BuildError::Start(Box::new(e))
-                } else {
-                    pool.record_failure();
-                    BuildError::Backend {
-                        step: "running the command",
-                        backend: backend.kind(),
-                        source: Box::new(e),
-                    }
+        let exec = match cancel {
+            Some(c) => {
+                backend.exec_cancellable(container, &command, cfg.build_user, &cfg.limits, c)
+            }
+            None => backend.exec(container, &command, cfg.build_user, &cfg.limits),
+        };
+        let exec = exec.map_err(|e| {
+            if cancel.is_some_and(CancelToken::is_cancelled) {
+                BuildError::Cancelled
+            } else if backend.is_job_error(&e) {
+                BuildError::Start(Box::new(e))
+            } else {
+                pool.record_failure();
+                BuildError::Backend {
+                    step: "running the command",
+                    backend: backend.kind(),
+                    source: Box::new(e),
                 }
-            })?;
+            }
+        })?;
         t.exec = mark.elapsed();
 
         let mark = Instant::now();

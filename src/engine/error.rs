@@ -52,10 +52,15 @@ pub enum BuildError {
     },
     #[error("the builder is shutting down")]
     ShuttingDown,
+    /// [`crate::exec::CancelToken::cancel`] was called: the build stopped, its sandbox's
+    /// processes were killed and the container went back to the recycler.
+    #[error("the build was cancelled")]
+    Cancelled,
 }
 
 impl BuildError {
-    /// True when the request was at fault; false when the builder was.
+    /// True when the request was at fault (or the client cancelled it); false when the
+    /// builder was.
     pub fn is_client_error(&self) -> bool {
         !matches!(self, BuildError::Backend { .. } | BuildError::ShuttingDown)
     }

@@ -15,6 +15,10 @@ use std::time::Instant;
 use super::build::ToolchainSource;
 use super::{BuildError, EngineConfig, EngineStats, Health};
 use crate::backend::{Backend, ToolchainId};
+use crate::exec::CancelToken;
+
+/// How long shutdown waits for cancelled builds to hand their containers back.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 enum ImageState<B: Backend> {
     Building,
@@ -65,6 +69,10 @@ pub(crate) struct Pool<B: Backend> {
     jobs: Mutex<Option<mpsc::Sender<Job<B>>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     counters: Counters,
+    /// Cancel tokens of the builds running now, so shutdown can stop those that outlive
+    /// its grace period.
+    running: Mutex<Vec<(u64, Arc<CancelToken>)>>,
+    next_build: AtomicU64,
 }
 
 fn backend_error<B: Backend>(backend: &B, step: &'static str, e: B::Error) -> BuildError {
@@ -97,6 +105,8 @@ impl<B: Backend> Pool<B> {
             jobs: Mutex::new(Some(tx)),
             threads: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            running: Mutex::new(Vec::new()),
+            next_build: AtomicU64::new(0),
             config,
         });
         let rx = Arc::new(Mutex::new(rx));
@@ -521,6 +531,23 @@ impl<B: Backend> Pool<B> {
         }
     }
 
+    /// Records a running build's cancel token; the id goes back to `finished`.
+    pub(crate) fn started(&self, token: &Arc<CancelToken>) -> u64 {
+        let id = self.next_build.fetch_add(1, Ordering::Relaxed);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, Arc::clone(token)));
+        id
+    }
+
+    pub(crate) fn finished(&self, id: u64) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
+    }
+
     pub(crate) fn shutdown(&self) {
         let deadline = Instant::now() + self.config.shutdown_grace;
         let mut st = self.lock();
@@ -532,10 +559,25 @@ impl<B: Backend> Pool<B> {
         while st.lent > 0 || st.queued > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                log::warn!(
-                    "shutdown: {} builds still running after the grace period",
-                    st.lent
-                );
+                if st.lent > 0 {
+                    log::warn!(
+                        "shutdown: killing {} builds still running after the grace period",
+                        st.lent
+                    );
+                    drop(st);
+                    self.cancel_running();
+                    st = self.lock();
+                    // Cancelled builds return at once; their containers then go back.
+                    let kill_deadline = Instant::now() + KILL_WAIT;
+                    while st.lent > 0 && Instant::now() < kill_deadline {
+                        let left = kill_deadline.saturating_duration_since(Instant::now());
+                        st = self
+                            .changed
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
                 break;
             }
             st = self
@@ -555,6 +597,17 @@ impl<B: Backend> Pool<B> {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
+        }
+    }
+
+    fn cancel_running(&self) {
+        for (_, token) in self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            token.cancel();
         }
     }
 

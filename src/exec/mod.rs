@@ -5,11 +5,13 @@
 //!
 //! The platform half (what the child does between fork and execve) lives in each backend.
 
+mod cancel;
 mod command;
 mod supervise;
 
+pub use cancel::CancelToken;
 pub use command::{CommandSpec, InvalidCommand, PreparedCommand};
-pub use supervise::{supervise, ExecError, SetupStep, SpawnedChild};
+pub use supervise::{supervise, supervise_cancellable, ExecError, SetupStep, SpawnedChild};
 
 /// Called in a forked child when a set-up step fails: writes (step, errno) to the error pipe
 /// and exits 127 without unwinding. Async-signal-safe: `write(2)` and `_exit(2)` only.

@@ -10,6 +10,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::CancelToken;
 use crate::backend::{ExecOutcome, ExitStatus, Limits};
 
 /// The steps a child takes between fork and execve, named in set-up errors.
@@ -35,10 +36,12 @@ pub enum SetupStep {
     Rlimit,
     Execve,
     Wait,
+    /// Joining the container's cgroup (writing to its cgroup.procs).
+    Cgroup,
 }
 
 impl SetupStep {
-    const ALL: [SetupStep; 19] = [
+    const ALL: [SetupStep; 20] = [
         SetupStep::Dup2,
         SetupStep::CloseFds,
         SetupStep::JailAttach,
@@ -58,6 +61,7 @@ impl SetupStep {
         SetupStep::Rlimit,
         SetupStep::Execve,
         SetupStep::Wait,
+        SetupStep::Cgroup,
     ];
 
     fn from_u32(v: u32) -> Option<SetupStep> {
@@ -73,6 +77,9 @@ pub enum ExecError {
     Setup { step: SetupStep, errno: i32 },
     #[error("supervising sandboxed child: {0}")]
     Io(#[from] io::Error),
+    /// The build was cancelled ([`CancelToken::cancel`]); the sandbox was killed.
+    #[error("cancelled; the sandbox was killed")]
+    Cancelled,
 }
 
 impl ExecError {
@@ -173,6 +180,18 @@ pub fn supervise(
     limits: &Limits,
     kill_sandbox: &mut dyn FnMut(),
 ) -> Result<ExecOutcome, ExecError> {
+    supervise_cancellable(child, limits, None, kill_sandbox)
+}
+
+/// [`supervise`], and also stops when `cancel` is cancelled: its descriptor is in the poll
+/// set, so cancellation wakes the supervisor at once; it then calls `kill_sandbox`, reaps
+/// the child and returns [`ExecError::Cancelled`].
+pub fn supervise_cancellable(
+    child: SpawnedChild,
+    limits: &Limits,
+    cancel: Option<&CancelToken>,
+    kill_sandbox: &mut dyn FnMut(),
+) -> Result<ExecOutcome, ExecError> {
     let deadline = Instant::now() + limits.timeout;
     let cap = limits.output_stream_cap;
     let mut out = Stream::new(child.stdout)?;
@@ -180,11 +199,17 @@ pub fn supervise(
     let mut errpipe = Stream::new(child.error_pipe)?;
     let mut scratch = vec![0u8; 64 << 10];
     let mut timed_out = false;
+    let mut cancelled = false;
     let mut exited = false;
 
     while !exited {
-        let mut fds = Vec::with_capacity(4);
-        let mut which = Vec::with_capacity(4);
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            cancelled = true;
+            kill_sandbox();
+            break;
+        }
+        let mut fds = Vec::with_capacity(5);
+        let mut which = Vec::with_capacity(5);
         for (i, s) in [&out, &err, &errpipe].into_iter().enumerate() {
             if let Some(fd) = &s.fd {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
@@ -193,6 +218,10 @@ pub fn supervise(
         }
         fds.push(PollFd::new(child.exit_fd.as_fd(), PollFlags::POLLIN));
         which.push(3);
+        if let Some(c) = cancel {
+            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            which.push(4);
+        }
 
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -226,7 +255,8 @@ pub fn supervise(
                 0 => out.drain(cap, &mut scratch)?,
                 1 => err.drain(cap, &mut scratch)?,
                 2 => errpipe.drain(8, &mut scratch)?,
-                _ => exited = true,
+                3 => exited = true,
+                _ => {} // cancelled: handled at the top of the loop
             }
         }
     }
@@ -237,6 +267,9 @@ pub fn supervise(
     err.drain(cap, &mut scratch)?;
     errpipe.drain(8, &mut scratch)?;
     drop(child.exit_fd);
+    if cancelled {
+        return Err(ExecError::Cancelled);
+    }
 
     if errpipe.data.len() == 8 {
         let step = u32::from_ne_bytes(errpipe.data[..4].try_into().unwrap_or_default());

@@ -27,7 +27,7 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
-use crate::exec::{ExecError, PreparedCommand};
+use crate::exec::{CancelToken, ExecError, PreparedCommand};
 use crate::untrusted::{self, BeneathError, RootDir, UnpackError, UnpackLimits};
 
 use super::kernel::{prop, JailParams, Kernel, KernelError, ZfsProp};
@@ -63,6 +63,40 @@ pub struct FreeBsdConfig {
     pub unpack_limits: UnpackLimits,
     /// How long reset and destroy wait for a removed jail's processes to be gone.
     pub jail_gone_timeout: Duration,
+    /// Limits per jail as rctl rules (rctl_add_rule(2)), when the kernel has RACCT enabled
+    /// (kern.racct.enable=1); without RACCT the per-process rlimits of `Limits` apply.
+    pub jail_limits: JailLimits,
+    /// ZFS `quota` of each container clone, bytes; 0 = none. A clone's used space starts
+    /// at zero (the toolchain is charged to the image), so this bounds what a compile
+    /// writes; a compile beyond it gets EDQUOT, that job only.
+    pub container_quota_bytes: u64,
+}
+
+/// Per-jail resource limits as rctl(8) rules on the jail's name (subject `jail:<name>`,
+/// action `deny`); 0 = no rule for that resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JailLimits {
+    /// `memoryuse` (resident memory of the whole jail), bytes.
+    pub memory_bytes: u64,
+    /// `maxproc` (processes in the jail).
+    pub max_processes: u64,
+    /// `openfiles` (file descriptors of the whole jail).
+    pub max_open_files: u64,
+}
+
+impl JailLimits {
+    /// The rules for jail `name`, in rctl(8) syntax.
+    pub fn rules(&self, name: &str) -> Vec<String> {
+        [
+            ("memoryuse", self.memory_bytes),
+            ("maxproc", self.max_processes),
+            ("openfiles", self.max_open_files),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(r, v)| format!("jail:{name}:{r}:deny={v}"))
+        .collect()
+    }
 }
 
 impl Default for FreeBsdConfig {
@@ -79,6 +113,8 @@ impl Default for FreeBsdConfig {
                 max_entries: 1_000_000,
             },
             jail_gone_timeout: Duration::from_secs(10),
+            jail_limits: JailLimits::default(),
+            container_quota_bytes: 0,
         }
     }
 }
@@ -103,9 +139,13 @@ pub enum Step {
     ContainerMount,
     ContainerDevfs,
     ContainerJail,
+    /// Adding the jail's rctl rules.
+    Rctl,
     Exec,
     JailRemove,
     JailWait,
+    /// Removing the jail's rctl rules.
+    RctlRemove,
     UnmountDevfs,
     Rollback,
     Unmount,
@@ -271,6 +311,8 @@ pub struct FreeBsdContainer {
     dataset_exists: bool,
     /// The clone was made (the image's container count then drops in `container_gone`).
     clone_made: bool,
+    /// rctl rules may exist for the jail's name.
+    rctl: bool,
     dead: bool,
 }
 
@@ -295,6 +337,8 @@ pub struct FreeBsdBackend<K: Kernel> {
     instance: String,
     next: AtomicU64,
     lock: Mutex<Option<Flock<File>>>,
+    /// kern.racct.enable, read once at start: rctl rules per jail, else rlimits only.
+    racct: bool,
 }
 
 fn valid_component(s: &str) -> bool {
@@ -337,7 +381,9 @@ impl<K: Kernel> FreeBsdBackend<K> {
             }
         }
         let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let racct = kernel.racct_enabled();
         Ok(FreeBsdBackend {
+            racct,
             kernel,
             config,
             instance,
@@ -348,6 +394,11 @@ impl<K: Kernel> FreeBsdBackend<K> {
 
     pub fn kernel(&self) -> &K {
         &self.kernel
+    }
+
+    /// True when jails get rctl rules (RACCT enabled); false: rlimits per process only.
+    pub fn uses_rctl(&self) -> bool {
+        self.racct
     }
 
     pub fn config(&self) -> &FreeBsdConfig {
@@ -476,10 +527,38 @@ impl<K: Kernel> FreeBsdBackend<K> {
 
     /// Throwaway clones: as images, plus sync=disabled (as poudriere does). exec stays on
     /// (inherited): the compiler runs from here.
-    fn container_props() -> Vec<ZfsProp> {
+    fn container_props(&self) -> Vec<ZfsProp> {
         let mut p = Self::image_props();
         p.push(ZfsProp::U64("sync", prop::SYNC_DISABLED));
+        if self.config.container_quota_bytes > 0 {
+            p.push(ZfsProp::U64("quota", self.config.container_quota_bytes));
+        }
         p
+    }
+
+    /// Adds the jail's rctl rules (by name: they outlive a reset's new jail, and apply to
+    /// it from its creation on). No-op without RACCT or without limits.
+    fn add_rctl(&self, c: &mut FreeBsdContainer) -> Result<()> {
+        if !self.racct {
+            return Ok(());
+        }
+        for rule in self.config.jail_limits.rules(&c.jail_name) {
+            c.rctl = true;
+            self.kernel
+                .rctl_add_rule(&rule)
+                .map_err(kerr(Step::Rctl, rule.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every rctl rule of jail `name`; none is fine (ESRCH).
+    fn remove_rctl(&self, name: &str) -> Result<bool> {
+        let filter = format!("jail:{name}");
+        match self.kernel.rctl_remove_rule(&filter) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(kerr(Step::RctlRemove, filter)(e)),
+        }
     }
 
     fn create_image_inner(
@@ -551,7 +630,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
     fn create_container_inner(&self, c: &mut FreeBsdContainer) -> Result<()> {
         let k = &self.kernel;
         self.make_mount_dir(&c.root)?;
-        k.zfs_clone(&c.dataset, &c.image.snapshot, &Self::container_props())
+        k.zfs_clone(&c.dataset, &c.image.snapshot, &self.container_props())
             .map_err(kerr(Step::ContainerClone, c.dataset.clone()))?;
         c.dataset_exists = true;
         c.clone_made = true;
@@ -561,6 +640,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
         k.mount_zfs(&c.dataset, &c.root)
             .map_err(kerr(Step::ContainerMount, c.dataset.clone()))?;
         c.mounted = true;
+        self.add_rctl(c)?;
         self.start_jail(c)
     }
 
@@ -623,6 +703,10 @@ impl<K: Kernel> FreeBsdBackend<K> {
         let k = &self.kernel;
         c.dead = true;
         self.stop_jail(c)?;
+        if c.rctl {
+            self.remove_rctl(&c.jail_name)?;
+            c.rctl = false;
+        }
         if c.devfs {
             k.unmount(&c.dev, true)
                 .map_err(kerr(Step::UnmountDevfs, c.dev.display().to_string()))?;
@@ -730,6 +814,12 @@ impl<K: Kernel> FreeBsdBackend<K> {
         let dir = self.config.mount_root.join(leaf);
         let dataset = format!("{}/{leaf}", self.config.dataset_root);
         let snapshot = format!("{dataset}@{snap}");
+        if let (true, Some(rest)) = (self.racct, leaf.strip_prefix("c-")) {
+            let jail = format!("{}-{rest}", self.config.jail_prefix);
+            if self.remove_rctl(&jail)? {
+                report.push(format!("rctl rules of jail {jail}"));
+            }
+        }
         // unmount(2) follows symlinks: only a real directory is unmounted (no jail runs
         // now, so nothing can swap it between the check and the call).
         for (path, what) in [(dir.join("dev"), "devfs"), (dir.clone(), "mount")] {
@@ -764,6 +854,55 @@ impl<K: Kernel> FreeBsdBackend<K> {
     }
 }
 
+impl<K: Kernel> FreeBsdBackend<K> {
+    fn exec_inner(
+        &self,
+        container: &FreeBsdContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: Option<&CancelToken>,
+    ) -> Result<ExecOutcome> {
+        let Some(jid) = container.jid.filter(|_| !container.dead) else {
+            return Err(FreeBsdError::ContainerDead(container.jail_name.clone()));
+        };
+        // With rctl rules on the jail, memoryuse and maxproc bound the whole jail and
+        // replace RLIMIT_AS (per process) and RLIMIT_NPROC (per uid, host-wide).
+        let per_jail;
+        let limits = if container.rctl {
+            let j = &self.config.jail_limits;
+            per_jail = Limits {
+                memory_bytes: if j.memory_bytes > 0 {
+                    0
+                } else {
+                    limits.memory_bytes
+                },
+                max_processes: if j.max_processes > 0 {
+                    0
+                } else {
+                    limits.max_processes
+                },
+                ..limits.clone()
+            };
+            &per_jail
+        } else {
+            limits
+        };
+        let k = &self.kernel;
+        match cancel {
+            Some(c) => k.exec_cancellable(jid, command, user, limits, c),
+            None => k.exec(jid, command, user, limits),
+        }
+        .map_err(|e| match e {
+            KernelError::Exec { source, .. } => FreeBsdError::Exec {
+                jail: container.jail_name.clone(),
+                source,
+            },
+            other => kerr(Step::Exec, container.jail_name.clone())(other),
+        })
+    }
+}
+
 #[derive(Default)]
 struct ImageUndo {
     dir: bool,
@@ -784,6 +923,20 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
 
     fn kind(&self) -> &'static str {
         "freebsd-jail-zfs"
+    }
+
+    /// The client's fault: a missing executable or working directory, a corrupt or hostile
+    /// toolchain archive (also one that plants a non-directory at `dev`).
+    fn is_job_error(&self, error: &FreeBsdError) -> bool {
+        match error {
+            FreeBsdError::Exec { source, .. } => source.is_job_error(),
+            FreeBsdError::Unpack { source, .. } => source.is_archive_fault(),
+            FreeBsdError::Beneath {
+                step: Step::ImageDevDir,
+                ..
+            } => true,
+            _ => false,
+        }
     }
 
     fn remove_leftovers(&self) -> Result<CleanupReport> {
@@ -866,6 +1019,7 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
             snapshot: false,
             dataset_exists: false,
             clone_made: false,
+            rctl: false,
             dead: false,
         };
         let checked = Self::check_name(&c.clean).and_then(|()| {
@@ -900,18 +1054,18 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
         user: BuildUser,
         limits: &Limits,
     ) -> Result<ExecOutcome> {
-        let Some(jid) = container.jid.filter(|_| !container.dead) else {
-            return Err(FreeBsdError::ContainerDead(container.jail_name.clone()));
-        };
-        self.kernel
-            .exec(jid, command, user, limits)
-            .map_err(|e| match e {
-                KernelError::Exec { source, .. } => FreeBsdError::Exec {
-                    jail: container.jail_name.clone(),
-                    source,
-                },
-                other => kerr(Step::Exec, container.jail_name.clone())(other),
-            })
+        self.exec_inner(container, command, user, limits, None)
+    }
+
+    fn exec_cancellable(
+        &self,
+        container: &FreeBsdContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> Result<ExecOutcome> {
+        self.exec_inner(container, command, user, limits, Some(cancel))
     }
 
     fn reset(&self, container: &mut FreeBsdContainer) -> Result<()> {

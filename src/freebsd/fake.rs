@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::backend::{BuildUser, ExecOutcome, ExitStatus, Limits};
-use crate::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
+use crate::exec::{CancelToken, CommandSpec, ExecError, PreparedCommand, SetupStep};
 
 use super::kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
 
@@ -125,6 +125,10 @@ struct State {
     calls: Vec<String>,
     faults: Vec<Fault>,
     programs: HashMap<String, Program>,
+    /// kern.racct.enable; off by default (as in GENERIC before 13: RACCT_DEFAULT_TO_DISABLED).
+    racct: bool,
+    /// rctl rules in force, as added.
+    rules: BTreeSet<String>,
 }
 
 /// The in-memory kernel. Cheap to share: `Arc<FakeKernel>` implements [`Kernel`] too.
@@ -227,6 +231,8 @@ impl FakeKernel {
                 calls: Vec::new(),
                 faults: Vec::new(),
                 programs: HashMap::new(),
+                racct: false,
+                rules: BTreeSet::new(),
             }),
         };
         {
@@ -291,6 +297,16 @@ impl FakeKernel {
             seen: 0,
             errno,
         });
+    }
+
+    /// Turns resource accounting (kern.racct.enable) on or off.
+    pub fn set_racct(&self, on: bool) {
+        self.lock().racct = on;
+    }
+
+    /// The rctl rules in force, sorted.
+    pub fn rctl_rules(&self) -> Vec<String> {
+        self.lock().rules.iter().cloned().collect()
     }
 
     pub fn clear_faults(&self) {
@@ -860,6 +876,88 @@ impl Kernel for FakeKernel {
         user: BuildUser,
         limits: &Limits,
     ) -> KResult<ExecOutcome> {
+        self.exec_inner(jid, command, user, limits, None)
+    }
+
+    /// A program that "hangs" (`FakeRun::hang`) and is cancelled ends as cancelled rather
+    /// than timed out; a token cancelled before the call stops it before the program runs.
+    fn exec_cancellable(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> KResult<ExecOutcome> {
+        self.exec_inner(jid, command, user, limits, Some(cancel))
+    }
+
+    fn racct_enabled(&self) -> bool {
+        self.lock().racct
+    }
+
+    fn rctl_add_rule(&self, rule: &str) -> KResult<()> {
+        let mut st = self.lock();
+        let err = |errno| KernelError::Rctl {
+            op: "rctl_add_rule",
+            rule: rule.to_string(),
+            errno,
+        };
+        self.enter(&mut st, format!("rctl_add_rule {rule}"))
+            .map_err(err)?;
+        if !st.racct {
+            return Err(err(libc::ENOSYS));
+        }
+        // subject:id:resource:action=amount, fully specified (kern_rctl.c).
+        let parts: Vec<&str> = rule.split(':').collect();
+        let ok = parts.len() == 4
+            && parts[0] == "jail"
+            && !parts[1].is_empty()
+            && parts[3]
+                .split_once('=')
+                .is_some_and(|(a, n)| a == "deny" && n.parse::<u64>().is_ok());
+        if !ok {
+            return Err(err(libc::EINVAL));
+        }
+        // A deny rule replaces one differing only in amount.
+        let key = format!("{}:{}:{}:", parts[0], parts[1], parts[2]);
+        st.rules.retain(|r| !r.starts_with(&key));
+        st.rules.insert(rule.to_string());
+        Ok(())
+    }
+
+    fn rctl_remove_rule(&self, filter: &str) -> KResult<()> {
+        let mut st = self.lock();
+        let err = |errno| KernelError::Rctl {
+            op: "rctl_remove_rule",
+            rule: filter.to_string(),
+            errno,
+        };
+        self.enter(&mut st, format!("rctl_remove_rule {filter}"))
+            .map_err(err)?;
+        if !st.racct {
+            return Err(err(libc::ENOSYS));
+        }
+        let prefix = format!("{filter}:");
+        let before = st.rules.len();
+        st.rules.retain(|r| !r.starts_with(&prefix));
+        if st.rules.len() == before {
+            return Err(err(libc::ESRCH));
+        }
+        Ok(())
+    }
+}
+
+impl FakeKernel {
+    fn exec_inner(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: Option<&CancelToken>,
+    ) -> KResult<ExecOutcome> {
+        let cancelled = || cancel.is_some_and(CancelToken::is_cancelled);
         let spec = command.spec();
         let setup = |step, errno| KernelError::Exec {
             jid,
@@ -886,6 +984,14 @@ impl Kernel for FakeKernel {
             let Some(program) = st.programs.get(&spec.executable).cloned() else {
                 return Err(setup(SetupStep::Execve, libc::ENOENT));
             };
+            if cancelled() {
+                st.calls.push(format!("jail_remove {jid} (cancelled)"));
+                Self::kill_jail(&mut st, jid);
+                return Err(KernelError::Exec {
+                    jid,
+                    source: ExecError::Cancelled,
+                });
+            }
             (root, program)
         };
         // The program runs without the state lock, as a real child runs concurrently.
@@ -904,6 +1010,14 @@ impl Kernel for FakeKernel {
         };
         let (stdout, stdout_truncated) = cut(run.stdout);
         let (stderr, stderr_truncated) = cut(run.stderr);
+        if run.hang && cancelled() {
+            st.calls.push(format!("jail_remove {jid} (cancelled)"));
+            Self::kill_jail(&mut st, jid);
+            return Err(KernelError::Exec {
+                jid,
+                source: ExecError::Cancelled,
+            });
+        }
         let status = if run.hang {
             st.calls.push(format!("jail_remove {jid} (timeout)"));
             Self::kill_jail(&mut st, jid);

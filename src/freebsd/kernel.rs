@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{BuildUser, ExecOutcome, Limits};
-use crate::exec::{ExecError, PreparedCommand};
+use crate::exec::{CancelToken, ExecError, PreparedCommand};
 
 /// A ZFS property set at creation (lzc_create / lzc_clone). Numeric and index properties
 /// are passed as uint64 (the kernel rejects strings for index properties: OpenZFS
@@ -98,6 +98,12 @@ pub enum KernelError {
     JailRemove { jid: i32, errno: i32 },
     #[error("jail {jid} still dying after {waited_ms} ms")]
     JailDying { jid: i32, waited_ms: u64 },
+    #[error("{op} {rule:?}: {}", errno_str(*.errno))]
+    Rctl {
+        op: &'static str,
+        rule: String,
+        errno: i32,
+    },
     #[error("exec in jail {jid}: {source}")]
     Exec {
         jid: i32,
@@ -115,7 +121,8 @@ impl KernelError {
             | KernelError::Unmount { errno, .. }
             | KernelError::JailSet { errno, .. }
             | KernelError::JailGet { errno, .. }
-            | KernelError::JailRemove { errno, .. } => Some(*errno),
+            | KernelError::JailRemove { errno, .. }
+            | KernelError::Rctl { errno, .. } => Some(*errno),
             KernelError::Exec {
                 source: ExecError::Setup { errno, .. },
                 ..
@@ -207,6 +214,33 @@ pub trait Kernel: Send + Sync + 'static {
         user: BuildUser,
         limits: &Limits,
     ) -> KResult<ExecOutcome>;
+
+    /// [`Kernel::exec`] that also ends when `cancel` is cancelled: every process of the
+    /// jail is killed (jail_remove) and the call fails with `ExecError::Cancelled`. The
+    /// default ignores `cancel`.
+    fn exec_cancellable(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> KResult<ExecOutcome> {
+        let _ = cancel;
+        self.exec(jid, command, user, limits)
+    }
+
+    // Resource limits (rctl(8), RACCT).
+    /// True when the kernel accounts resources (sysctl kern.racct.enable=1, a kernel built
+    /// with `options RACCT`): rctl rules then work; otherwise the rctl calls fail ENOSYS
+    /// (kern_rctl.c) and only rlimits limit a jail's processes.
+    fn racct_enabled(&self) -> bool;
+    /// rctl_add_rule(2) with a full rule, e.g. `jail:jb-ab12-3:maxproc:deny=256`. A deny
+    /// rule replaces one that differs only in amount (kern_rctl.c rctl_rule_add).
+    fn rctl_add_rule(&self, rule: &str) -> KResult<()>;
+    /// rctl_remove_rule(2) with a filter, e.g. `jail:jb-ab12-3`: removes every matching
+    /// rule; ESRCH when none matched.
+    fn rctl_remove_rule(&self, filter: &str) -> KResult<()>;
 }
 
 /// Shares one kernel between a backend and a test that inspects it.
@@ -264,5 +298,24 @@ impl<K: Kernel> Kernel for Arc<K> {
         limits: &Limits,
     ) -> KResult<ExecOutcome> {
         (**self).exec(jid, command, user, limits)
+    }
+    fn exec_cancellable(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> KResult<ExecOutcome> {
+        (**self).exec_cancellable(jid, command, user, limits, cancel)
+    }
+    fn racct_enabled(&self) -> bool {
+        (**self).racct_enabled()
+    }
+    fn rctl_add_rule(&self, rule: &str) -> KResult<()> {
+        (**self).rctl_add_rule(rule)
+    }
+    fn rctl_remove_rule(&self, filter: &str) -> KResult<()> {
+        (**self).rctl_remove_rule(filter)
     }
 }

@@ -14,9 +14,13 @@ mod real;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_engine;
+#[cfg(test)]
+mod tests_faults;
 
 pub use backend::{
-    FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, Step,
+    FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, JailLimits, Step,
 };
 pub use fake::{FakeExec, FakeJail, FakeKernel, FakeMountKind, FakeRun};
 pub use kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{BuildUser, ExecOutcome, Limits};
 use crate::exec::{
-    child_fail, errno, supervise, ExecError, PreparedCommand, SetupStep, SpawnedChild,
+    child_fail, errno, supervise_cancellable, CancelToken, ExecError, PreparedCommand, SetupStep,
+    SpawnedChild,
 };
 use crate::zfs::{NvList, Zfs, ZfsError};
 
@@ -31,6 +32,26 @@ const ERRMSG_LEN: usize = 256;
 const MAXPATHLEN: usize = 1024;
 /// MAXHOSTNAMELEN (sys/sys/param.h): the largest jail name.
 const MAXHOSTNAMELEN: usize = 256;
+
+// rctl(2) system calls (FreeBSD libc, <sys/rctl.h>; rctl_add_rule(2) man page): not in the
+// `libc` crate. Each takes a NUL-terminated rule string with its length including the NUL
+// (kern_rctl.c rctl_read_inbuf copies it with copyinstr) and an optional output buffer;
+// each returns 0 or -1 with errno (ENOSYS without RACCT, ESRCH from remove when no rule
+// matched, EINVAL for a malformed rule).
+extern "C" {
+    fn rctl_add_rule(
+        inbufp: *const libc::c_char,
+        inbuflen: libc::size_t,
+        outbufp: *mut libc::c_char,
+        outbuflen: libc::size_t,
+    ) -> libc::c_int;
+    fn rctl_remove_rule(
+        inbufp: *const libc::c_char,
+        inbuflen: libc::size_t,
+        outbufp: *mut libc::c_char,
+        outbuflen: libc::size_t,
+    ) -> libc::c_int;
+}
 
 /// The kernel seam on FreeBSD.
 pub struct RealKernel {
@@ -392,6 +413,77 @@ impl Kernel for RealKernel {
         user: BuildUser,
         limits: &Limits,
     ) -> KResult<ExecOutcome> {
+        self.exec_inner(jid, command, user, limits, None)
+    }
+
+    fn exec_cancellable(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> KResult<ExecOutcome> {
+        self.exec_inner(jid, command, user, limits, Some(cancel))
+    }
+
+    fn racct_enabled(&self) -> bool {
+        // kern.racct.enable is a bool sysctl (kern_racct.c SYSCTL_BOOL): read into a
+        // zeroed buffer wide enough for any integer width; absent (no RACCT) = off.
+        let mut value = [0u8; 8];
+        let mut len: libc::size_t = value.len();
+        // SAFETY: sysctlbyname(3) with a NUL-terminated name, an output buffer of `len`
+        // bytes and no new value.
+        let r = unsafe {
+            libc::sysctlbyname(
+                c"kern.racct.enable".as_ptr(),
+                value.as_mut_ptr().cast(),
+                &mut len,
+                std::ptr::null(),
+                0,
+            )
+        };
+        r == 0 && value[..len.min(8)].iter().any(|b| *b != 0)
+    }
+
+    fn rctl_add_rule(&self, rule: &str) -> KResult<()> {
+        let c = cstring(rule.as_bytes());
+        let n = c.as_bytes_with_nul().len();
+        // SAFETY: rctl_add_rule(2) with a NUL-terminated string of n bytes (NUL included)
+        // and no output buffer.
+        let rc = unsafe { rctl_add_rule(c.as_ptr(), n, std::ptr::null_mut(), 0) };
+        check_rc(rc, false, |errno| KernelError::Rctl {
+            op: "rctl_add_rule",
+            rule: rule.to_string(),
+            errno,
+        })
+        .map(drop)
+    }
+
+    fn rctl_remove_rule(&self, filter: &str) -> KResult<()> {
+        let c = cstring(filter.as_bytes());
+        let n = c.as_bytes_with_nul().len();
+        // SAFETY: rctl_remove_rule(2) with a NUL-terminated string of n bytes (NUL
+        // included) and no output buffer.
+        let rc = unsafe { rctl_remove_rule(c.as_ptr(), n, std::ptr::null_mut(), 0) };
+        check_rc(rc, false, |errno| KernelError::Rctl {
+            op: "rctl_remove_rule",
+            rule: filter.to_string(),
+            errno,
+        })
+        .map(drop)
+    }
+}
+
+impl RealKernel {
+    fn exec_inner(
+        &self,
+        jid: i32,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: Option<&CancelToken>,
+    ) -> KResult<ExecOutcome> {
         let io = |e: std::io::Error| KernelError::Exec {
             jid,
             source: ExecError::Io(e),
@@ -400,10 +492,11 @@ impl Kernel for RealKernel {
         let mut kill = || {
             // jail_remove(2) SIGKILLs every process of the jail, the child included.
             if let Err(e) = self.jail_remove(jid) {
-                log::warn!("killing jail {jid} on timeout: {e}");
+                log::warn!("killing jail {jid} on timeout or cancel: {e}");
             }
         };
-        supervise(child, limits, &mut kill).map_err(|source| KernelError::Exec { jid, source })
+        supervise_cancellable(child, limits, cancel, &mut kill)
+            .map_err(|source| KernelError::Exec { jid, source })
     }
 }
 

@@ -4,15 +4,13 @@
 //! on memory prepared before fork ([`ChildPlan`]), no allocation, no locks, no panics. A
 //! failed step is reported with [`child_fail`] on the error pipe at fd 3.
 //!
-//! One child, cloned by the server straight into a new pid namespace (clone(2) with
-//! CLONE_NEWPID: allowed in a threaded process, unlike setns into a mount namespace, which
-//! the child does). As pid 1 of that namespace it dies with the server
-//! (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the container's
-//! net/ipc/uts namespaces and its mount namespace (pivoted into the container root when the
-//! container was made, so joining it is the chroot), unshares a private copy of the latter,
-//! mounts /proc, drops to the build user, sets rlimits and execs the compiler. When the
-//! compiler (pid 1) exits, the kernel kills every other process of its pid namespace before
-//! the server's wait returns. (An earlier version forked twice, A then B.)
+//! - A (forked by the server): moves its descriptors into place, joins the container's
+//!   net/ipc/uts namespaces and its mount namespace (pivoted into the container root when
+//!   the container was made, so joining it is the chroot), unshares a private copy of it
+//!   and a pid namespace, forks B, waits for it and exits with its status. Nothing else.
+//! - B (pid 1 of the new pid namespace): dies with A (`PR_SET_PDEATHSIG`), mounts /proc,
+//!   drops to the build user, sets rlimits, execs. When it
+//!   exits, the kernel kills every other process of its pid namespace before A sees it.
 
 use std::os::raw::{c_char, c_int, c_long, c_ulong};
 
@@ -28,9 +26,8 @@ const ERR_FD: c_int = 3;
 
 /// Everything the children need, prepared (and allocated) before fork.
 pub(super) struct ChildPlan {
-    /// A pidfd of the server, to detect that it died before `PR_SET_PDEATHSIG` took effect
-    /// (getppid() is 0 in a new pid namespace).
-    pub parent_fd: c_int,
+    /// The server's pid, to detect that it died before `PR_SET_PDEATHSIG` took effect.
+    pub parent_pid: libc::pid_t,
     pub stdin: c_int,
     pub stdout: c_int,
     pub stderr: c_int,
@@ -38,6 +35,8 @@ pub(super) struct ChildPlan {
     /// (descriptor, CLONE_NEW* type) of the net, ipc, uts and mount namespaces to join;
     /// the mount namespace is the container's, already pivoted into its root.
     pub ns: [(c_int, c_int); 4],
+    /// An open `cgroup.procs` of the container's cgroup (written "0" to join it), or -1.
+    pub cgroup_procs: c_int,
     pub cwd: *const c_char,
     pub executable: *const c_char,
     pub argv: *const *const c_char,
@@ -61,19 +60,20 @@ fn check(fd: c_int, step: SetupStep, r: c_long) -> c_long {
     r
 }
 
-/// The child, pid 1 of its own pid namespace. Never returns.
+/// Child A. Never returns.
 pub(super) fn first_child(p: &ChildPlan) -> ! {
+    // Join the container's cgroup first, so that everything the sandbox forks is in it.
+    if p.cgroup_procs >= 0 {
+        // SAFETY: write(2) of a static byte string to a descriptor opened before fork.
+        let r = unsafe { libc::write(p.cgroup_procs, c"0".as_ptr().cast(), 1) };
+        check(p.error, SetupStep::Cgroup, r as c_long);
+    }
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
     check(p.error, SetupStep::ParentDeathSignal, r as c_long);
-    let mut pfd = libc::pollfd {
-        fd: p.parent_fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll(2) on one valid pollfd, zero timeout.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
-        exit(127); // the server died before PR_SET_PDEATHSIG (or poll failed): give up
+    // SAFETY: getppid(2) cannot fail.
+    if unsafe { libc::getppid() } != p.parent_pid {
+        exit(127); // the server died before PR_SET_PDEATHSIG: nobody waits for us
     }
 
     // Move every descriptor we need to >= 10 first, so that placing stdio and the error pipe
@@ -112,11 +112,46 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     reset_signals();
 
     // A private copy of the container's mount namespace (one mount, all private) for this
-    // command's /proc.
+    // command's /proc, and a pid namespace for B.
     // SAFETY: unshare(2) with integer flags; this process is single-threaded.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) };
     check(ERR_FD, SetupStep::Unshare, r as c_long);
-    exec_in_sandbox(p)
+
+    // A descriptor on ourselves, for B to check that we were still alive once its parent
+    // death signal was armed (B's getppid() is 0 in its pid namespace, useless for that).
+    // SAFETY: pidfd_open(2) and getpid(2) with integer arguments.
+    let self_fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    check(ERR_FD, SetupStep::ParentDeathSignal, self_fd);
+
+    // A raw fork (clone with only SIGCHLD): no atfork handlers run in this forked child.
+    // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2); the child
+    // continues on a copy of this stack and only makes raw system calls.
+    let b = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0, 0, 0, 0) };
+    check(ERR_FD, SetupStep::Fork, b);
+    if b == 0 {
+        second_child(p, self_fd as c_int);
+    }
+    let b = b as libc::pid_t;
+
+    // Only B holds the output pipes from now on.
+    // SAFETY: close_range(2) on our own stdio.
+    unsafe { libc::syscall(libc::SYS_close_range, 0 as c_ulong, 2 as c_ulong, 0) };
+    let mut status: c_int = 0;
+    loop {
+        // SAFETY: waitpid(2) on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(b, &mut status, 0) };
+        if r == b {
+            break;
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            child_fail(ERR_FD, SetupStep::Wait, e);
+        }
+    }
+    if libc::WIFEXITED(status) {
+        exit(libc::WEXITSTATUS(status))
+    }
+    exit(128 + (libc::WTERMSIG(status) & 0x7f))
 }
 
 /// Default dispositions for the signals the server may ignore (ignored signals survive
@@ -140,8 +175,8 @@ fn reset_signals() {
     }
 }
 
-/// The rest of the child, in its namespaces: /proc, cwd, identity, limits, execve.
-fn exec_in_sandbox(p: &ChildPlan) -> ! {
+/// Child B, pid 1 of the sandbox's pid namespace. Never returns.
+fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
@@ -170,6 +205,25 @@ fn exec_in_sandbox(p: &ChildPlan) -> ! {
     // SAFETY: setresuid(2) with integer arguments.
     let r = unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) };
     check(ERR_FD, SetupStep::Setuid, r);
+
+    // The death signal is armed only now: the kernel clears it whenever the credentials
+    // change (commit_creds() resets pdeath_signal when the euid/egid changes), so set
+    // before setresuid it would be gone, and a crashed server would leave this namespace
+    // running. An unprivileged process may set its own (prctl(2) PR_SET_PDEATHSIG).
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
+    check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
+    let mut pfd = libc::pollfd {
+        fd: parent_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        exit(127); // A died before our death signal was armed (or poll failed): give up
+    }
+    // SAFETY: closing our copy of A's pidfd.
+    unsafe { libc::close(parent_fd) };
 
     for (resource, value) in p.rlimits {
         if value == 0 {

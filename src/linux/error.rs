@@ -152,15 +152,27 @@ pub enum LinuxError {
         #[source]
         source: ExecError,
     },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{count} process(es) of the sandbox {root} still alive after SIGKILL")]
     Kill { root: PathBuf, count: usize },
 }
 
 impl LinuxError {
-    /// True when the client's command, not the sandbox, is at fault (missing executable or
-    /// working directory): see [`ExecError::is_job_error`].
+    /// True when the client, not the sandbox, is at fault: a missing executable or working
+    /// directory (see [`ExecError::is_job_error`]), or a corrupt or hostile toolchain
+    /// archive (see [`UnpackError::is_archive_fault`]; the engine then reports
+    /// `BuildError::Toolchain`, and the sccache glue drops the toolchain from its cache).
     pub fn is_job_error(&self) -> bool {
-        matches!(self, LinuxError::Exec { source, .. } if source.is_job_error())
+        match self {
+            LinuxError::Exec { source, .. } => source.is_job_error(),
+            LinuxError::Unpack { source, .. } => source.is_archive_fault(),
+            _ => false,
+        }
     }
 
     /// The set-up failure of a sandboxed child, if that is what this is.

@@ -26,6 +26,7 @@
 //! privileges and execs the compiler; see [`child`]. When B exits the kernel kills every
 //! process left in its pid namespace before A's wait returns, so nothing outlives a compile.
 
+mod cgroup;
 mod child;
 mod error;
 mod probe;
@@ -43,9 +44,10 @@ use std::time::Duration;
 use crate::backend::{
     Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
 };
-use crate::exec::{supervise, PreparedCommand, SpawnedChild};
+use crate::exec::{supervise_cancellable, CancelToken, PreparedCommand, SpawnedChild};
 use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 
+pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
 pub use probe::{probe, ProbeItem};
 
@@ -72,6 +74,10 @@ pub struct LinuxConfig {
     pub tmpfs_size_bytes: u64,
     /// Bounds on an unpacked toolchain archive.
     pub image_limits: UnpackLimits,
+    /// Use a cgroup v2 per container for memory and process limits where the unified
+    /// hierarchy offers the memory and pids controllers (else rlimits): see
+    /// [`LimitMechanism`].
+    pub cgroup_v2: bool,
 }
 
 impl Default for LinuxConfig {
@@ -81,6 +87,7 @@ impl Default for LinuxConfig {
             base_dir: None,
             tmpfs_size_bytes: 2 << 30,
             image_limits: UnpackLimits::default(),
+            cgroup_v2: true,
         }
     }
 }
@@ -97,6 +104,7 @@ pub struct LinuxBackend {
     dev_null: OwnedFd,
     next_container: AtomicU64,
     skel_lock: Mutex<()>,
+    limit_mechanism: LimitMechanism,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -138,6 +146,8 @@ pub struct LinuxContainer {
     netns_id: (u64, u64),
     /// Set while processes of this container may be alive (a killed or failed exec).
     dirty: AtomicBool,
+    /// The container's cgroup v2 leaf, when that is the limit mechanism.
+    cgroup: Option<cgroup::ContainerCgroup>,
     torn_down: bool,
 }
 
@@ -237,6 +247,12 @@ impl LinuxContainer {
         }
         for d in [&self.ns_dir, &self.tmp, &self.root, &self.dir] {
             remove_dir_if_exists(d)?;
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let dir = cg.dir.clone();
+            drop(cg);
+            cgroup::kill_and_remove(&dir, KILL_PATIENCE)
+                .map_err(|source| LinuxError::Cgroup { path: dir, source })?;
         }
         self.torn_down = true;
         swept
@@ -394,7 +410,23 @@ impl LinuxBackend {
             source: sys::io(e),
         })?;
 
+        let limit_mechanism = match cgroup::decide(
+            config.cgroup_v2,
+            &cgroup::system_mounts(),
+            &cgroup::instance_name(&state),
+        ) {
+            LimitMechanism::CgroupV2 { parent } => match cgroup::prepare_parent(&parent) {
+                Ok(()) => LimitMechanism::CgroupV2 { parent },
+                Err(e) => {
+                    let reason = format!("preparing cgroup {}: {e}", parent.display());
+                    log::warn!("{reason}; falling back to rlimits");
+                    LimitMechanism::Rlimits { reason }
+                }
+            },
+            rlimits => rlimits,
+        };
         let backend = LinuxBackend {
+            limit_mechanism,
             state,
             base,
             tmpfs_size: config.tmpfs_size_bytes,
@@ -416,6 +448,11 @@ impl LinuxBackend {
 
     pub fn state_dir(&self) -> &Path {
         &self.state
+    }
+
+    /// How memory and process limits are enforced here (`jailbuilder doctor` shows it).
+    pub fn limit_mechanism(&self) -> &LimitMechanism {
+        &self.limit_mechanism
     }
 
     fn images_dir(&self) -> PathBuf {
@@ -500,6 +537,26 @@ impl LinuxBackend {
         for m in sys::unmount_all_beneath(&self.state)? {
             report.push(format!("mount {}", m.display()));
         }
+        if let LimitMechanism::CgroupV2 { parent } = &self.limit_mechanism {
+            if let Ok(entries) = fs::read_dir(parent) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let leaf = e.file_name().to_string_lossy().starts_with('c');
+                    if !leaf || !p.is_dir() {
+                        continue;
+                    }
+                    let removed = cgroup::kill_and_remove(&p, KILL_PATIENCE).map_err(|source| {
+                        LinuxError::Cgroup {
+                            path: p.clone(),
+                            source,
+                        }
+                    })?;
+                    if removed {
+                        report.push(format!("cgroup {}", p.display()));
+                    }
+                }
+            }
+        }
         let containers = self.containers_dir();
         if let Ok(entries) = fs::read_dir(&containers) {
             for e in entries.flatten() {
@@ -551,6 +608,13 @@ impl LinuxBackend {
                 .open(&p)
                 .map_err(|source| LinuxError::CreateDir { path: p, source })?;
         }
+        if let LimitMechanism::CgroupV2 { parent } = &self.limit_mechanism {
+            let dir = parent.join(&c.name);
+            c.cgroup = Some(
+                cgroup::ContainerCgroup::create(dir.clone(), KILL_PATIENCE)
+                    .map_err(|source| LinuxError::Cgroup { path: dir, source })?,
+            );
+        }
         c.mount_layers()?;
         let [net, ipc, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
         sys::pin_new_namespaces(
@@ -566,6 +630,159 @@ impl LinuxBackend {
     }
 }
 
+impl LinuxBackend {
+    /// `exec`, stopping early when `cancel` is cancelled (see [`Backend::exec_cancellable`]).
+    fn exec_inner(
+        &self,
+        container: &LinuxContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: Option<&CancelToken>,
+    ) -> Result<ExecOutcome, LinuxError> {
+        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
+            &container.net,
+            &container.ipc,
+            &container.uts,
+            &container.mnt,
+        ) else {
+            return Err(LinuxError::Setns {
+                path: container.ns_dir.clone(),
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
+        };
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
+        };
+        // With a cgroup, memory.max and pids.max bound the whole sandbox and replace
+        // RLIMIT_AS (per process) and RLIMIT_NPROC (per uid, host-wide).
+        let (rlimit_as, rlimit_nproc, cgroup_procs) = match &container.cgroup {
+            Some(cg) => {
+                cg.apply(limits.memory_bytes, limits.max_processes)
+                    .map_err(|source| LinuxError::Cgroup {
+                        path: cg.dir.clone(),
+                        source,
+                    })?;
+                (0, 0, cg.procs.as_raw_fd())
+            }
+            None => (limits.memory_bytes, limits.max_processes, -1),
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (ep_r, ep_w) = pipe()?;
+        let plan = child::ChildPlan {
+            parent_pid: nix::unistd::getpid().as_raw(),
+            stdin: self.dev_null.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            error: ep_w.as_raw_fd(),
+            ns: [
+                (net.as_raw_fd(), libc::CLONE_NEWNET),
+                (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
+                (uts.as_raw_fd(), libc::CLONE_NEWUTS),
+                (mnt.as_raw_fd(), libc::CLONE_NEWNS),
+            ],
+            cwd: command.cwd().as_ptr(),
+            executable: command.executable().as_ptr(),
+            argv: command.argv_ptr(),
+            envp: command.envp_ptr(),
+            cgroup_procs,
+            uid: user.uid,
+            gid: user.gid,
+            rlimits: [
+                (libc::RLIMIT_AS, rlimit_as),
+                (libc::RLIMIT_NPROC, rlimit_nproc),
+                (libc::RLIMIT_NOFILE, limits.max_open_files),
+                (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+            ],
+        };
+
+        // SAFETY: fork(2). The child runs only `first_child`, which makes async-signal-safe
+        // system calls on memory prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(LinuxError::Fork {
+                source: io::Error::last_os_error(),
+            });
+        }
+        if pid == 0 {
+            child::first_child(&plan);
+        }
+        drop((out_w, err_w, ep_w));
+
+        // Until A is known to have exited normally, sandbox processes may be alive.
+        container.dirty.store(true, Ordering::Release);
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                // SAFETY: kill + waitpid on our own unreaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                return Err(LinuxError::PidfdOpen { source });
+            }
+        };
+        let killer = pidfd
+            .try_clone()
+            .map_err(|source| LinuxError::PidfdOpen { source })?;
+        let kill_a = || {
+            // SAFETY: pidfd_send_signal(2) on a pidfd we own: it cannot hit a reused pid.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    killer.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        };
+        let child = SpawnedChild {
+            pid,
+            stdout: out_r,
+            stderr: err_r,
+            error_pipe: ep_r,
+            exit_fd: pidfd,
+        };
+        let result = supervise_cancellable(child, limits, cancel, &mut || kill_a());
+        match &result {
+            // A exited by itself: it waited for B, and B's exit waited for its whole pid
+            // namespace. Nothing is left.
+            Ok(o) if matches!(o.status, ExitStatus::Code(_)) => {
+                container.dirty.store(false, Ordering::Release)
+            }
+            Err(crate::exec::ExecError::Setup { .. }) => {
+                container.dirty.store(false, Ordering::Release)
+            }
+            // Timed out or cancelled (A killed), A killed by someone else, or supervision
+            // failed: kill A
+            // if it still runs, reap it, and wait for B's pid namespace to die with it.
+            _ => {
+                kill_a();
+                // SAFETY: waitid(2) on our pidfd; ECHILD if supervise already reaped A.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PIDFD,
+                        killer.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED,
+                    );
+                }
+                if let Err(e) = container.sweep() {
+                    log::warn!("{e}; reset will retry");
+                }
+            }
+        }
+        result.map_err(|source| LinuxError::Exec {
+            root: container.root.clone(),
+            source,
+        })
+    }
+}
+
 impl Backend for LinuxBackend {
     type Image = LinuxImage;
     type Container = LinuxContainer;
@@ -573,6 +790,12 @@ impl Backend for LinuxBackend {
 
     fn kind(&self) -> &'static str {
         "linux-ns-overlay"
+    }
+
+    /// See [`LinuxError::is_job_error`]: a missing executable or working directory, a
+    /// corrupt or hostile toolchain archive.
+    fn is_job_error(&self, error: &LinuxError) -> bool {
+        error.is_job_error()
     }
 
     /// Removes what a crashed instance left: every mount beneath the state directory
@@ -672,6 +895,7 @@ impl Backend for LinuxBackend {
             mnt: None,
             netns_id: (0, 0),
             dirty: AtomicBool::new(false),
+            cgroup: None,
             torn_down: false,
         };
         // On failure, dropping `c` tears down what was built.
@@ -690,143 +914,18 @@ impl Backend for LinuxBackend {
         user: BuildUser,
         limits: &Limits,
     ) -> Result<ExecOutcome, LinuxError> {
-        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
-            &container.net,
-            &container.ipc,
-            &container.uts,
-            &container.mnt,
-        ) else {
-            return Err(LinuxError::Setns {
-                path: container.ns_dir.clone(),
-                source: io::Error::from_raw_os_error(libc::EBADF),
-            });
-        };
-        let pipe = || {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
-        };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (ep_r, ep_w) = pipe()?;
-        let server = sys::pidfd_open(nix::unistd::getpid().as_raw())
-            .map_err(|source| LinuxError::PidfdOpen { source })?;
-        let plan = child::ChildPlan {
-            parent_fd: server.as_raw_fd(),
-            stdin: self.dev_null.as_raw_fd(),
-            stdout: out_w.as_raw_fd(),
-            stderr: err_w.as_raw_fd(),
-            error: ep_w.as_raw_fd(),
-            ns: [
-                (net.as_raw_fd(), libc::CLONE_NEWNET),
-                (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
-                (uts.as_raw_fd(), libc::CLONE_NEWUTS),
-                (mnt.as_raw_fd(), libc::CLONE_NEWNS),
-            ],
-            cwd: command.cwd().as_ptr(),
-            executable: command.executable().as_ptr(),
-            argv: command.argv_ptr(),
-            envp: command.envp_ptr(),
-            uid: user.uid,
-            gid: user.gid,
-            rlimits: [
-                (libc::RLIMIT_AS, limits.memory_bytes),
-                (libc::RLIMIT_NPROC, limits.max_processes),
-                (libc::RLIMIT_NOFILE, limits.max_open_files),
-                (libc::RLIMIT_FSIZE, limits.max_file_bytes),
-            ],
-        };
+        self.exec_inner(container, command, user, limits, None)
+    }
 
-        // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2), here
-        // into a new pid namespace. The child runs only `first_child`, which makes
-        // async-signal-safe system calls on memory prepared above and never returns.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
-                0,
-                0,
-                0,
-                0,
-            )
-        } as libc::pid_t;
-        if pid < 0 {
-            return Err(LinuxError::Fork {
-                source: io::Error::last_os_error(),
-            });
-        }
-        if pid == 0 {
-            child::first_child(&plan);
-        }
-        drop((out_w, err_w, ep_w));
-
-        // Until A is known to have exited normally, sandbox processes may be alive.
-        container.dirty.store(true, Ordering::Release);
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(source) => {
-                // SAFETY: kill + waitpid on our own unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, std::ptr::null_mut(), 0);
-                }
-                return Err(LinuxError::PidfdOpen { source });
-            }
-        };
-        let killer = pidfd
-            .try_clone()
-            .map_err(|source| LinuxError::PidfdOpen { source })?;
-        let kill_a = || {
-            // SAFETY: pidfd_send_signal(2) on a pidfd we own: it cannot hit a reused pid.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    killer.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-        };
-        let child = SpawnedChild {
-            pid,
-            stdout: out_r,
-            stderr: err_r,
-            error_pipe: ep_r,
-            exit_fd: pidfd,
-        };
-        let result = supervise(child, limits, &mut || kill_a());
-        match &result {
-            // The command exited by itself; as pid 1 its exit waited for its whole pid
-            // namespace. Nothing is left.
-            Ok(o) if matches!(o.status, ExitStatus::Code(_)) => {
-                container.dirty.store(false, Ordering::Release)
-            }
-            Err(crate::exec::ExecError::Setup { .. }) => {
-                container.dirty.store(false, Ordering::Release)
-            }
-            // Timed out (A killed), A killed by someone else, or supervision failed: kill A
-            // if it still runs, reap it, and wait for B's pid namespace to die with it.
-            _ => {
-                kill_a();
-                // SAFETY: waitid(2) on our pidfd; ECHILD if supervise already reaped A.
-                unsafe {
-                    let mut info: libc::siginfo_t = std::mem::zeroed();
-                    libc::waitid(
-                        libc::P_PIDFD,
-                        killer.as_raw_fd() as libc::id_t,
-                        &mut info,
-                        libc::WEXITED,
-                    );
-                }
-                if let Err(e) = container.sweep() {
-                    log::warn!("{e}; reset will retry");
-                }
-            }
-        }
-        result.map_err(|source| LinuxError::Exec {
-            root: container.root.clone(),
-            source,
-        })
+    fn exec_cancellable(
+        &self,
+        container: &LinuxContainer,
+        command: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> Result<ExecOutcome, LinuxError> {
+        self.exec_inner(container, command, user, limits, Some(cancel))
     }
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {

@@ -167,6 +167,11 @@ pub fn probe() -> Vec<ProbeItem> {
         ),
     });
 
+    // Which limit mechanism a backend started now would use (with cgroup_v2 = true).
+    let mechanism =
+        super::cgroup::decide(true, &super::cgroup::system_mounts(), "i-<state-dir-hash>");
+    items.push(item("resource limits", true, mechanism.to_string()));
+
     // SAFETY: pidfd_open(2) on our own pid; the descriptor is owned and closed below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
     items.push(if fd >= 0 {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::ProbeItem;
 use crate::config::BuilderConfig;
-use crate::freebsd::{FreeBsdBackend, FreeBsdConfig, FreeBsdError, Kernel, RealKernel, Step};
+use crate::freebsd::{
+    FreeBsdBackend, FreeBsdConfig, FreeBsdError, JailLimits, Kernel, RealKernel, Step,
+};
 use crate::untrusted::UnpackLimits;
 
 pub type NativeError = FreeBsdError;
@@ -21,6 +23,12 @@ fn freebsd_config(cfg: &BuilderConfig) -> FreeBsdConfig {
             max_entries: cfg.max_toolchain_entries,
         },
         jail_gone_timeout: Duration::from_secs(10),
+        jail_limits: JailLimits {
+            memory_bytes: cfg.memory_bytes,
+            max_processes: cfg.max_processes,
+            max_open_files: cfg.max_open_files,
+        },
+        container_quota_bytes: cfg.container_quota_bytes,
         ..FreeBsdConfig::default()
     }
 }
@@ -58,6 +66,20 @@ pub fn probe() -> Vec<ProbeItem> {
     });
     match RealKernel::new() {
         Ok(k) => {
+            let racct = k.racct_enabled();
+            items.push(ProbeItem {
+                name: "resource limits",
+                ok: true,
+                detail: if racct {
+                    "rctl rules per jail (kern.racct.enable=1): memoryuse, maxproc, openfiles \
+                     deny + RLIMIT_NOFILE/FSIZE per process"
+                        .into()
+                } else {
+                    "rlimits per process (RLIMIT_AS/NPROC/NOFILE/FSIZE): kern.racct.enable=0; \
+                     set kern.racct.enable=1 in /boot/loader.conf for per-jail rctl limits"
+                        .into()
+                },
+            });
             let cfg = BuilderConfig::default();
             let exists = k.zfs_exists(&cfg.dataset_root);
             items.push(ProbeItem {

@@ -16,6 +16,7 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<LinuxBackend, LinuxError> {
             max_bytes: cfg.max_toolchain_bytes,
             max_entries: cfg.max_toolchain_entries,
         },
+        cgroup_v2: cfg.cgroup_v2,
     })
 }
 

@@ -1,1 +1,27 @@
-//! sccache-dist integration.
+//! sccache-dist integration (feature `sccache`).
+//!
+//! - [`JailBuilder`] implements [`sccache::dist::BuilderIncoming`] around an [`Engine`]: the
+//!   piece an embedder plugs into sccache-dist's own server.
+//! - [`JailServer`] implements [`sccache::dist::ServerIncoming`] around a [`JailBuilder`]
+//!   and the toolchain cache, with the semantics of `sccache-dist server`, plus draining
+//!   and health: what `jailbuilder serve` hands to `sccache::dist::http::Server`.
+//! - [`ServeConfig`] is `jailbuilder serve`'s configuration file: `sccache-dist server`'s
+//!   keys with a `[builder]` section ([`crate::config::BuilderConfig`]) in place of its
+//!   builder types.
+//!
+//! sccache's traits return `sccache::errors::Error` (an `anyhow::Error`); this module's own
+//! API returns typed errors ([`JobError`], [`ServerError`], [`ServeConfigError`]) and
+//! converts only at the trait boundary.
+//!
+//! [`Engine`]: crate::engine::Engine
+
+mod builder;
+mod config;
+mod server;
+
+pub use builder::{JailBuilder, JobError};
+pub use config::{ServeConfig, ServeConfigError, DEFAULT_TOOLCHAIN_CACHE_SIZE};
+pub use server::{JailServer, ServerError, UNCLAIMED_JOB_TIMEOUT, UNHEALTHY_PROBE_INTERVAL};
+
+#[cfg(test)]
+mod tests;

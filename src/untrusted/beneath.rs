@@ -126,7 +126,13 @@ pub(crate) fn cstr(name: &[u8]) -> CString {
     CString::new(name).unwrap_or_default()
 }
 
-fn openat_raw(dir: BorrowedFd<'_>, name: &CStr, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+/// openat(2) retried on EINTR, returning an owned descriptor.
+pub(crate) fn openat_raw(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: OFlag,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
     loop {
         // SAFETY: `name` is a valid C string, `dir` a live descriptor; on success the
         // returned descriptor is new and owned by us.

@@ -9,7 +9,7 @@
 //! name lengths are bounded (a gzip bomb stops at `max_bytes`).
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -18,7 +18,7 @@ use nix::unistd::UnlinkatFlags;
 use tar::EntryType;
 
 use super::beneath::{
-    cstr, fstatat_nofollow, lossy, resolve_dir, split, BeneathError, Create, RootDir,
+    cstr, fstatat_nofollow, lossy, openat_raw, resolve_dir, split, BeneathError, Create, RootDir,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,27 @@ pub enum UnpackError {
     },
     #[error("corrupt or truncated archive: {0}")]
     Corrupt(#[source] io::Error),
+}
+
+impl UnpackError {
+    /// True when the archive is at fault (corrupt, hostile, too big, naming things that
+    /// cannot be laid out); false when the host failed (out of space, I/O error), which
+    /// says nothing about the archive.
+    pub fn is_archive_fault(&self) -> bool {
+        let host = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::ENOMEM | libc::EROFS)
+            )
+        };
+        match self {
+            UnpackError::Io { source, .. } | UnpackError::Corrupt(source) => !host(source),
+            UnpackError::Path { .. }
+            | UnpackError::Unsupported { .. }
+            | UnpackError::TooManyBytes { .. }
+            | UnpackError::TooManyEntries { .. } => true,
+        }
+    }
 }
 
 /// Bounds on one archive.
@@ -152,8 +173,8 @@ pub fn unpack_tar(
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
-                let fd = openat_file(parent.as_fd(), &name, flags, 0o600)
-                    .map_err(|e| io("create", e))?;
+                let fd =
+                    openat_raw(parent.as_fd(), &name, flags, 0o600).map_err(|e| io("create", e))?;
                 let mut file = std::fs::File::from(fd);
                 let copied = io::copy(&mut (&mut entry).take(size), &mut file)
                     .map_err(UnpackError::Corrupt)?;
@@ -229,33 +250,6 @@ fn entry_kind(t: EntryType) -> &'static str {
         EntryType::Fifo => "FIFO",
         EntryType::GNUSparse => "sparse file",
         _ => "special entry",
-    }
-}
-
-fn openat_file(
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::CStr,
-    flags: OFlag,
-    mode: u32,
-) -> Result<OwnedFd, Errno> {
-    loop {
-        // SAFETY: valid C string and live directory descriptor; the result is ours.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                flags.bits(),
-                mode as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: openat just returned this descriptor to us.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            e => return Err(e),
-        }
     }
 }
 

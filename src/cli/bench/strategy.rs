@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use jailbuilder::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
 use jailbuilder::engine::{BuildRequest, Engine, EngineConfig, PhaseTimings};
-use jailbuilder::exec::{CommandSpec, PreparedCommand};
+use jailbuilder::exec::{CancelToken, CommandSpec, PreparedCommand};
 use jailbuilder::NativeBackend;
 
 use super::workload::{Unit, CFLAGS, CWD};
@@ -162,6 +162,16 @@ impl<B: Backend> Backend for Timed<B> {
         limits: &Limits,
     ) -> Result<ExecOutcome, B::Error> {
         self.inner.exec(c, cmd, user, limits)
+    }
+    fn exec_cancellable(
+        &self,
+        c: &B::Container,
+        cmd: &PreparedCommand,
+        user: BuildUser,
+        limits: &Limits,
+        cancel: &CancelToken,
+    ) -> Result<ExecOutcome, B::Error> {
+        self.inner.exec_cancellable(c, cmd, user, limits, cancel)
     }
     fn reset(&self, c: &mut B::Container) -> Result<(), B::Error> {
         let t = Instant::now();

@@ -1,0 +1,148 @@
+//! `jailbuilder serve`: a drop-in `sccache-dist server` whose builds run in jailbuilder
+//! sandboxes. It registers with a stock sccache-dist scheduler (heartbeats) and serves
+//! clients through sccache's own HTTP server, `sccache::dist::http::Server`.
+//!
+//! Signals: SIGTERM and SIGINT start an orderly shutdown: assignments are refused, running
+//! builds get `[builder] shutdown_grace_secs` to finish, the engine destroys every sandbox,
+//! the process exits 0. sccache's HTTP server never returns, so the shutdown runs on a
+//! signal thread that ends the process itself.
+//!
+//! Signals are caught with signal-hook's handler + self-pipe, not by blocking them with
+//! sigprocmask and sigwait: a blocked mask is inherited across fork and execve, and the
+//! backends fork the compiler directly, so every compile would start with SIGTERM and
+//! SIGINT blocked. A handler, by contrast, is reset to the default by execve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jailbuilder::backend::Backend;
+use jailbuilder::engine::Engine;
+use jailbuilder::sccache::{JailBuilder, JailServer, ServeConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The server configuration: `sccache-dist server`'s keys (public_addr, scheduler_url,
+    /// scheduler_auth, cache_dir, ...) plus a `[builder]` section.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// How long, after the engine has shut down, request handlers get to send their replies.
+const REPLY_GRACE: Duration = Duration::from_secs(5);
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = ServeConfig::load(&args.config)?;
+    log::debug!("configuration: {cfg:?}");
+    // Before any thread or sandbox exists, so no signal is lost to the default action.
+    let signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let backend = jailbuilder::native::open_backend(&cfg.builder).with_context(|| {
+        format!(
+            "opening the sandbox backend for {} (try `jailbuilder doctor`)",
+            cfg.path.display()
+        )
+    })?;
+    serve(cfg, backend, signals)
+}
+
+fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::Result<ExitCode> {
+    let kind = backend.kind();
+    let engine = Arc::new(
+        Engine::start(backend, cfg.builder.engine_config()).context("starting the build engine")?,
+    );
+    let server = match JailServer::new(
+        JailBuilder::from_arc(Arc::clone(&engine)),
+        &cfg.cache_dir,
+        cfg.toolchain_cache_size,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e.into());
+        }
+    };
+    if cfg.is_insecure() {
+        log::warn!("scheduler_auth is DANGEROUSLY_INSECURE: any client can use this server");
+    }
+    let http = sccache::dist::http::Server::new(
+        cfg.public_addr,
+        cfg.bind_address,
+        cfg.scheduler_url.to_url(),
+        cfg.scheduler_token()?,
+        server.clone(),
+    );
+    let http = match http {
+        Ok(h) => h,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e.context("creating the sccache-dist HTTP server"));
+        }
+    };
+
+    {
+        let server = server.clone();
+        let engine = Arc::clone(&engine);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || on_signals(signals, server, engine))
+            .context("starting the signal thread")?;
+    }
+
+    log::info!(
+        "jailbuilder serve: {kind} backend, serving {} (listening on {}), scheduler {}",
+        cfg.public_addr,
+        cfg.bind_address.unwrap_or(cfg.public_addr),
+        cfg.scheduler_url.to_url()
+    );
+    // Returns only on failure (e.g. the address is taken); success never returns.
+    let err = match http.start() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    server.drain();
+    engine.shutdown();
+    Err(err.context("the sccache-dist HTTP server failed"))
+}
+
+/// Waits for SIGTERM/SIGINT, shuts down in order and ends the process with status 0.
+fn on_signals<B: Backend>(mut signals: Signals, server: JailServer<B>, engine: Arc<Engine<B>>) {
+    let Some(signal) = signals.forever().next() else {
+        return;
+    };
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    let grace = engine.config().shutdown_grace;
+    log::info!(
+        "{name}: shutting down; refusing new jobs, giving running builds {}s",
+        grace.as_secs()
+    );
+    // Further signals during the shutdown are logged and otherwise ignored: cutting it
+    // short would leave sandboxes behind (send SIGKILL to abandon them to the next start).
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            log::warn!("signal {s} ignored: shutdown in progress (SIGKILL aborts it)");
+        }
+    });
+    let start = Instant::now();
+    server.drain();
+    engine.shutdown();
+    if !server.wait_idle(REPLY_GRACE) {
+        log::warn!("shutdown: request handlers still running; exiting anyway");
+    }
+    let stats = engine.stats();
+    log::info!(
+        "shut down in {:.1}s: {} builds ok, {} failed, {} containers alive",
+        start.elapsed().as_secs_f64(),
+        stats.builds_ok,
+        stats.builds_failed,
+        stats.containers_alive
+    );
+    std::process::exit(0);
+}

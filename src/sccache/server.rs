@@ -1,0 +1,462 @@
+//! [`JailServer`]: sccache-dist's `ServerIncoming` (the build server's request handlers)
+//! around a [`JailBuilder`], with the semantics of `sccache-dist server` (sccache 0.19,
+//! `src/bin/sccache-dist/main.rs`, `impl ServerIncoming for Server`), and differences:
+//!
+//! - a toolchain upload is written to a file outside the toolchain-cache lock and then
+//!   moved in, so one slow upload does not block every other job's toolchain lookup;
+//!   uploads larger than the cache are refused (`CannotCache`) instead of being read to the
+//!   end; an upload whose digest does not match is removed again;
+//! - a job assigned twice, or a job the client never claims, cannot panic or leak: entries
+//!   older than [`UNCLAIMED_JOB_TIMEOUT`] are dropped;
+//! - draining (shutdown) and an unhealthy engine refuse new assignments: sccache's protocol
+//!   has no health field, so a refused assignment is how the scheduler learns (it marks
+//!   the server as erroring and prefers others for five minutes; the client compiles
+//!   locally). While unhealthy, one assignment per [`UNHEALTHY_PROBE_INTERVAL`] is still
+//!   accepted so that a recovered backend can prove itself.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use sccache::dist::{
+    AssignJobResult, CompileCommand, InputsReader, JobComplete, JobId, JobState, RunJobResult,
+    ServerIncoming, ServerOutgoing, SubmitToolchainResult, TcCache, Toolchain, ToolchainReader,
+};
+
+use super::builder::JailBuilder;
+use crate::backend::Backend;
+
+/// Assignments not claimed by a client within this time are forgotten (the scheduler gives
+/// up on them after at most 300 s).
+pub const UNCLAIMED_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+/// While the engine is unhealthy, one assignment per interval is accepted as a probe.
+pub const UNHEALTHY_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("creating the toolchain cache in {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+    #[error("preparing {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the build server is shutting down")]
+    Draining,
+    #[error("the builder is unhealthy (repeated backend failures); refusing jobs")]
+    Unhealthy,
+    #[error("updating the state of job {job} with the scheduler: {message}")]
+    Scheduler { job: JobId, message: String },
+    #[error(transparent)]
+    Job(#[from] super::JobError),
+}
+
+struct Assigned {
+    toolchain: Toolchain,
+    at: Instant,
+}
+
+struct Inner<B: Backend> {
+    builder: JailBuilder<B>,
+    cache: Mutex<TcCache>,
+    cache_size: u64,
+    incoming: PathBuf,
+    jobs: Mutex<HashMap<JobId, Assigned>>,
+    draining: AtomicBool,
+    /// Request handlers running now (assign, submit, run), for an orderly shutdown.
+    busy: Mutex<usize>,
+    idle: Condvar,
+    health: Mutex<HealthState>,
+}
+
+struct HealthState {
+    healthy: bool,
+    last_probe: Option<Instant>,
+}
+
+/// The build server's request handlers. Cheap to clone: clones share one server, so the
+/// owner keeps a handle to [`JailServer::drain`] after handing one to sccache's
+/// `http::Server`.
+pub struct JailServer<B: Backend> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Clone for JailServer<B> {
+    fn clone(&self) -> Self {
+        JailServer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a running handler for [`JailServer::wait_idle`].
+struct Busy<'a, B: Backend>(&'a Inner<B>);
+
+impl<'a, B: Backend> Busy<'a, B> {
+    fn enter(inner: &'a Inner<B>) -> Self {
+        *lock(&inner.busy) += 1;
+        Busy(inner)
+    }
+}
+
+impl<B: Backend> Drop for Busy<'_, B> {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.busy);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+fn to_sccache(e: ServerError) -> sccache::errors::Error {
+    sccache::errors::Error::new(e)
+}
+
+fn update_state(
+    requester: &dyn ServerOutgoing,
+    job: JobId,
+    state: JobState,
+) -> Result<(), ServerError> {
+    match requester.do_update_job_state(job, state) {
+        Ok(sccache::dist::UpdateJobStateResult::Success) => Ok(()),
+        Ok(sccache::dist::UpdateJobStateResult::Fail { msg }) => {
+            Err(ServerError::Scheduler { job, message: msg })
+        }
+        Err(e) => Err(ServerError::Scheduler {
+            job,
+            message: format!("{e:#}"),
+        }),
+    }
+}
+
+impl<B: Backend> JailServer<B> {
+    /// A server whose toolchain cache lives in `<cache_dir>/tc` (as sccache-dist's) and
+    /// holds up to `toolchain_cache_size` bytes; uploads are staged in
+    /// `<cache_dir>/incoming`, emptied here.
+    pub fn new(
+        builder: JailBuilder<B>,
+        cache_dir: &Path,
+        toolchain_cache_size: u64,
+    ) -> Result<Self, ServerError> {
+        let tc_dir = cache_dir.join("tc");
+        let cache =
+            TcCache::new(&tc_dir, toolchain_cache_size).map_err(|e| ServerError::Cache {
+                path: tc_dir.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let incoming = cache_dir.join("incoming");
+        let dir_err = |source| ServerError::Dir {
+            path: incoming.clone(),
+            source,
+        };
+        if incoming.exists() {
+            fs::remove_dir_all(&incoming).map_err(dir_err)?;
+        }
+        fs::create_dir_all(&incoming).map_err(dir_err)?;
+        Ok(JailServer {
+            inner: Arc::new(Inner {
+                builder,
+                cache: Mutex::new(cache),
+                cache_size: toolchain_cache_size,
+                incoming,
+                jobs: Mutex::new(HashMap::new()),
+                draining: AtomicBool::new(false),
+                busy: Mutex::new(0),
+                idle: Condvar::new(),
+                health: Mutex::new(HealthState {
+                    healthy: true,
+                    last_probe: None,
+                }),
+            }),
+        })
+    }
+
+    pub fn builder(&self) -> &JailBuilder<B> {
+        &self.inner.builder
+    }
+
+    /// The toolchain cache, as sccache's `BuilderIncoming::run_build` receives it.
+    pub fn toolchain_cache(&self) -> &Mutex<TcCache> {
+        &self.inner.cache
+    }
+
+    /// Stops accepting job assignments (they are refused from now on; jobs already
+    /// assigned may still run until the engine shuts down).
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Jobs assigned and not yet run.
+    pub fn pending_jobs(&self) -> usize {
+        lock(&self.inner.jobs).len()
+    }
+
+    /// Waits until no request handler is running, up to `timeout`; true if idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut n = lock(&self.inner.busy);
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = self
+                .inner
+                .idle
+                .wait_timeout(n, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Whether to take a new assignment given the engine's health; logs transitions.
+    fn admit(&self) -> Result<(), ServerError> {
+        if self.is_draining() {
+            return Err(ServerError::Draining);
+        }
+        let healthy = self.inner.builder.engine().is_healthy();
+        let mut h = lock(&self.inner.health);
+        if healthy {
+            if !h.healthy {
+                log::warn!("the builder is healthy again: accepting jobs");
+            }
+            h.healthy = true;
+            return Ok(());
+        }
+        if h.healthy {
+            h.healthy = false;
+            log::error!(
+                "THE BUILDER IS UNHEALTHY: {} or more backend failures in a row. Refusing job \
+                 assignments (the scheduler routes them to other servers; clients compile \
+                 locally), accepting one probe job per {} s. Stats: {:?}",
+                self.inner.builder.engine().config().unhealthy_after,
+                UNHEALTHY_PROBE_INTERVAL.as_secs(),
+                self.inner.builder.engine().stats()
+            );
+        }
+        let now = Instant::now();
+        match h.last_probe {
+            Some(t) if now.duration_since(t) < UNHEALTHY_PROBE_INTERVAL => {
+                Err(ServerError::Unhealthy)
+            }
+            _ => {
+                h.last_probe = Some(now);
+                log::warn!("builder unhealthy: accepting one probe job");
+                Ok(())
+            }
+        }
+    }
+
+    /// `handle_assign_job`: remembers the job's toolchain; asks for the toolchain if the
+    /// cache lacks it (state Pending), else the job is Ready.
+    pub fn assign_job(
+        &self,
+        job: JobId,
+        toolchain: Toolchain,
+    ) -> Result<AssignJobResult, ServerError> {
+        let _busy = Busy::enter(&self.inner);
+        if let Err(e) = self.admit() {
+            log::info!("job {job}: assignment refused: {e}");
+            return Err(e);
+        }
+        let need_toolchain = !lock(&self.inner.cache).contains_toolchain(&toolchain);
+        {
+            let mut jobs = lock(&self.inner.jobs);
+            let now = Instant::now();
+            jobs.retain(|id, a| {
+                let keep = now.duration_since(a.at) < UNCLAIMED_JOB_TIMEOUT;
+                if !keep {
+                    log::warn!("job {id}: never run by its client; forgetting it");
+                }
+                keep
+            });
+            let previous = jobs.insert(job, Assigned { toolchain, at: now });
+            if previous.is_some() {
+                log::warn!("job {job} was assigned again (scheduler restart?); replacing it");
+            }
+        }
+        let state = if need_toolchain {
+            JobState::Pending
+        } else {
+            JobState::Ready
+        };
+        log::debug!("job {job}: assigned, need_toolchain {need_toolchain}");
+        Ok(AssignJobResult {
+            state,
+            need_toolchain,
+        })
+    }
+
+    /// `handle_submit_toolchain`: marks the job Ready with the scheduler, then stores the
+    /// uploaded archive in the toolchain cache (verified against its archive id).
+    pub fn submit_toolchain(
+        &self,
+        requester: &dyn ServerOutgoing,
+        job: JobId,
+        archive: &mut dyn Read,
+    ) -> Result<SubmitToolchainResult, ServerError> {
+        let _busy = Busy::enter(&self.inner);
+        update_state(requester, job, JobState::Ready)?;
+        let toolchain = match lock(&self.inner.jobs).get(&job) {
+            Some(a) => a.toolchain.clone(),
+            None => return Ok(SubmitToolchainResult::JobNotFound),
+        };
+        if lock(&self.inner.cache).contains_toolchain(&toolchain) {
+            return Ok(SubmitToolchainResult::Success);
+        }
+        // Receive outside the cache lock, into a private staging file.
+        let staging = self
+            .inner
+            .incoming
+            .join(format!("{job}-{}", uuid::Uuid::new_v4().simple()));
+        let received = receive(archive, &staging, self.inner.cache_size);
+        let result = match received {
+            Err(e) => {
+                log::warn!(
+                    "job {job}: receiving toolchain {}: {e}",
+                    toolchain.archive_id
+                );
+                SubmitToolchainResult::CannotCache
+            }
+            Ok(()) => {
+                let mut cache = lock(&self.inner.cache);
+                if cache.contains_toolchain(&toolchain) {
+                    SubmitToolchainResult::Success
+                } else {
+                    let inserted = cache.insert_with(&toolchain, |mut file| {
+                        let mut from = fs::File::open(&staging)?;
+                        io::copy(&mut from, &mut file)?;
+                        file.flush()
+                    });
+                    match inserted {
+                        Ok(()) => {
+                            log::info!(
+                                "job {job}: toolchain {} cached ({} toolchains)",
+                                toolchain.archive_id,
+                                cache.len()
+                            );
+                            SubmitToolchainResult::Success
+                        }
+                        Err(e) => {
+                            log::warn!(
+                                "job {job}: toolchain {} not cached: {e:#}",
+                                toolchain.archive_id
+                            );
+                            // sccache leaves a mismatching archive in the cache; do not.
+                            if let Err(e) = cache.remove(&toolchain) {
+                                log::warn!("removing the rejected toolchain: {e}");
+                            }
+                            SubmitToolchainResult::CannotCache
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(e) = fs::remove_file(&staging) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("removing {}: {e}", staging.display());
+            }
+        }
+        Ok(result)
+    }
+
+    /// `handle_run_job`: marks the job Started, builds, marks it Complete. An unknown job is
+    /// `JobNotFound`; a failed build is an error for that job.
+    pub fn run_job(
+        &self,
+        requester: &dyn ServerOutgoing,
+        job: JobId,
+        command: CompileCommand,
+        outputs: Vec<String>,
+        inputs: &mut dyn Read,
+    ) -> Result<RunJobResult, ServerError> {
+        let _busy = Busy::enter(&self.inner);
+        update_state(requester, job, JobState::Started)?;
+        let assigned = lock(&self.inner.jobs).remove(&job);
+        let result = match assigned {
+            None => Ok(RunJobResult::JobNotFound),
+            Some(a) => self
+                .inner
+                .builder
+                .build(
+                    Some(job),
+                    &a.toolchain,
+                    command,
+                    outputs,
+                    inputs,
+                    &self.inner.cache,
+                )
+                .map(|res| {
+                    RunJobResult::Complete(JobComplete {
+                        output: res.output,
+                        outputs: res.outputs,
+                    })
+                })
+                .map_err(ServerError::from),
+        };
+        update_state(requester, job, JobState::Complete)?;
+        result
+    }
+}
+
+/// Copies at most `limit` bytes of `from` into a new file at `path`; more is an error.
+fn receive(from: &mut dyn Read, path: &Path, limit: u64) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let n = io::copy(&mut from.take(limit.saturating_add(1)), &mut file)?;
+    if n > limit {
+        return Err(io::Error::other(format!(
+            "larger than the toolchain cache ({limit} bytes)"
+        )));
+    }
+    file.flush()
+}
+
+impl<B: Backend> ServerIncoming for JailServer<B> {
+    fn handle_assign_job(
+        &self,
+        job_id: JobId,
+        tc: Toolchain,
+    ) -> Result<AssignJobResult, sccache::errors::Error> {
+        self.assign_job(job_id, tc).map_err(to_sccache)
+    }
+
+    fn handle_submit_toolchain(
+        &self,
+        requester: &dyn ServerOutgoing,
+        job_id: JobId,
+        mut tc_rdr: ToolchainReader<'_>,
+    ) -> Result<SubmitToolchainResult, sccache::errors::Error> {
+        self.submit_toolchain(requester, job_id, &mut tc_rdr)
+            .map_err(to_sccache)
+    }
+
+    fn handle_run_job(
+        &self,
+        requester: &dyn ServerOutgoing,
+        job_id: JobId,
+        command: CompileCommand,
+        outputs: Vec<String>,
+        mut inputs_rdr: InputsReader<'_>,
+    ) -> Result<RunJobResult, sccache::errors::Error> {
+        self.run_job(requester, job_id, command, outputs, &mut inputs_rdr)
+            .map_err(to_sccache)
+    }
+}

@@ -1,0 +1,715 @@
+//! Tests of the sccache glue over a directory-backed test backend (no root needed): the
+//! mapping of sccache's types, the server's job protocol, the toolchain cache, draining,
+//! health, and the configuration file.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use sccache::dist::{
+    AssignJobResult, CompileCommand, JobId, JobState, RunJobResult, ServerOutgoing,
+    SubmitToolchainResult, Toolchain, UpdateJobStateResult,
+};
+
+use super::builder::{command_spec, process_output};
+use super::*;
+use crate::backend::{
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
+};
+use crate::engine::{Engine, EngineConfig};
+use crate::exec::PreparedCommand;
+use crate::untrusted::{self, RootDir};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TestError(String, bool);
+
+struct TestBackend {
+    dir: PathBuf,
+    next: AtomicUsize,
+}
+
+struct TestContainer {
+    root: PathBuf,
+    image: PathBuf,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn outcome(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> ExecOutcome {
+    ExecOutcome {
+        status,
+        stdout: stdout.to_vec(),
+        stderr: stderr.to_vec(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+    }
+}
+
+impl Backend for TestBackend {
+    type Image = PathBuf;
+    type Container = TestContainer;
+    type Error = TestError;
+
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    fn is_job_error(&self, e: &TestError) -> bool {
+        e.1
+    }
+    fn remove_leftovers(&self) -> Result<CleanupReport, TestError> {
+        Ok(CleanupReport::default())
+    }
+    fn create_image(&self, id: &ToolchainId, tc: &mut dyn Read) -> Result<PathBuf, TestError> {
+        let dir = self.dir.join("images").join(id.as_str());
+        fs::create_dir_all(&dir).unwrap();
+        let root = RootDir::open(&dir).unwrap();
+        if let Err(e) = untrusted::unpack_tar_gz(tc, &root, &Default::default()) {
+            fs::remove_dir_all(&dir).unwrap();
+            return Err(TestError(e.to_string(), true));
+        }
+        Ok(dir)
+    }
+    fn destroy_image(&self, image: PathBuf) -> Result<(), TestError> {
+        fs::remove_dir_all(image).unwrap();
+        Ok(())
+    }
+    fn create_container(&self, image: &PathBuf) -> Result<TestContainer, TestError> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let root = self.dir.join(format!("c{n}"));
+        copy_tree(image, &root);
+        Ok(TestContainer {
+            root,
+            image: image.clone(),
+        })
+    }
+    fn root<'c>(&self, c: &'c TestContainer) -> &'c Path {
+        &c.root
+    }
+    /// A "compiler": concatenates its input arguments (relative to cwd) into `-o` output;
+    /// `--fail`, `--signal`, `--timeout`, `--backend-fail` and `--env` do what they say.
+    fn exec(
+        &self,
+        c: &TestContainer,
+        cmd: &PreparedCommand,
+        _user: BuildUser,
+        _l: &Limits,
+    ) -> Result<ExecOutcome, TestError> {
+        let spec = cmd.spec();
+        if !c
+            .root
+            .join(spec.executable.trim_start_matches('/'))
+            .exists()
+        {
+            return Err(TestError(format!("{} not found", spec.executable), true));
+        }
+        let cwd = c.root.join(spec.cwd.trim_start_matches('/'));
+        let (mut out, mut data) = (None, Vec::new());
+        let mut args = spec.arguments.iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "-o" => out = args.next().cloned(),
+                "--fail" => {
+                    return Ok(outcome(
+                        ExitStatus::Code(1),
+                        b"",
+                        b"a.c:1:1: error: expected ';' before '}' token\n",
+                    ))
+                }
+                "--signal" => return Ok(outcome(ExitStatus::Signal(11), b"", b"")),
+                "--timeout" => return Ok(outcome(ExitStatus::TimedOut, b"", b"")),
+                "--backend-fail" => return Err(TestError("injected".into(), false)),
+                "--env" => {
+                    let env = format!("{:?}", spec.env_vars);
+                    return Ok(outcome(ExitStatus::Code(0), env.as_bytes(), b""));
+                }
+                _ => data.extend(fs::read(cwd.join(a)).unwrap_or_default()),
+            }
+        }
+        if let Some(o) = out {
+            fs::write(cwd.join(o), &data).unwrap();
+        }
+        Ok(outcome(ExitStatus::Code(0), b"ok", b""))
+    }
+    fn reset(&self, c: &mut TestContainer) -> Result<(), TestError> {
+        fs::remove_dir_all(&c.root).unwrap();
+        copy_tree(&c.image, &c.root);
+        Ok(())
+    }
+    fn destroy_container(&self, c: TestContainer) -> Result<(), TestError> {
+        fs::remove_dir_all(&c.root).unwrap();
+        Ok(())
+    }
+    fn clean_all(&self) -> Result<CleanupReport, TestError> {
+        Ok(CleanupReport::default())
+    }
+}
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A toolchain archive and its sccache id (the BLAKE3 digest sccache uses).
+fn toolchain(archive: Vec<u8>) -> (Toolchain, Vec<u8>) {
+    let archive_id = sccache::util::Digest::reader_sync(archive.as_slice()).unwrap();
+    (Toolchain { archive_id }, archive)
+}
+
+fn good_toolchain() -> (Toolchain, Vec<u8>) {
+    toolchain(gz(&tar_of(&[("usr/bin/cc", b"cc")])))
+}
+
+/// Records the job states the server reports to the "scheduler".
+#[derive(Default)]
+struct Scheduler(Mutex<Vec<(JobId, JobState)>>);
+
+impl ServerOutgoing for Scheduler {
+    fn do_update_job_state(
+        &self,
+        job_id: JobId,
+        state: JobState,
+    ) -> sccache::errors::Result<UpdateJobStateResult> {
+        self.0.lock().unwrap().push((job_id, state));
+        Ok(UpdateJobStateResult::Success)
+    }
+}
+
+impl Scheduler {
+    fn take(&self) -> Vec<JobState> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    }
+}
+
+struct Harness {
+    server: JailServer<TestBackend>,
+    sched: Scheduler,
+    _tmp: tempfile::TempDir,
+}
+
+fn harness(config: EngineConfig) -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = TestBackend {
+        dir: tmp.path().join("backend"),
+        next: AtomicUsize::new(0),
+    };
+    let engine = Engine::start(backend, config).unwrap();
+    let server =
+        JailServer::new(JailBuilder::new(engine), &tmp.path().join("cache"), 1 << 20).unwrap();
+    Harness {
+        server,
+        sched: Scheduler::default(),
+        _tmp: tmp,
+    }
+}
+
+fn small_config() -> EngineConfig {
+    EngineConfig {
+        max_containers: 2,
+        max_containers_per_toolchain: 2,
+        warm_per_toolchain: 1,
+        recycler_threads: 1,
+        // Not root in every test environment: let the test backend's files belong to us.
+        build_user: BuildUser {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        },
+        ..EngineConfig::default()
+    }
+}
+
+fn cc(args: &[&str]) -> CompileCommand {
+    CompileCommand {
+        executable: "/usr/bin/cc".into(),
+        arguments: args.iter().map(|s| s.to_string()).collect(),
+        env_vars: vec![("LANG".into(), "C".into())],
+        cwd: "/src".into(),
+    }
+}
+
+/// The uncompressed bytes of an `OutputData` (its fields are private; its serde form is
+/// `[zlib bytes, length]`).
+fn output_bytes(d: &sccache::dist::OutputData) -> Vec<u8> {
+    let (z, len): (Vec<u8>, u64) =
+        serde_json::from_value(serde_json::to_value(d).unwrap()).unwrap();
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(z.as_slice())
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out.len() as u64, len);
+    out
+}
+
+impl Harness {
+    /// Assigns `job`, submitting the toolchain if the server asks for it.
+    fn assign(&self, job: u64, tc: &(Toolchain, Vec<u8>)) -> AssignJobResult {
+        let r = self.server.assign_job(JobId(job), tc.0.clone()).unwrap();
+        if r.need_toolchain {
+            let s = self
+                .server
+                .submit_toolchain(&self.sched, JobId(job), &mut tc.1.as_slice())
+                .unwrap();
+            assert!(matches!(s, SubmitToolchainResult::Success));
+        }
+        r
+    }
+
+    fn run(
+        &self,
+        job: u64,
+        cmd: CompileCommand,
+        outputs: &[&str],
+        inputs: &[(&str, &[u8])],
+    ) -> Result<RunJobResult, ServerError> {
+        let tar = tar_of(inputs);
+        self.server.run_job(
+            &self.sched,
+            JobId(job),
+            cmd,
+            outputs.iter().map(|s| s.to_string()).collect(),
+            &mut tar.as_slice(),
+        )
+    }
+}
+
+fn complete(r: Result<RunJobResult, ServerError>) -> sccache::dist::JobComplete {
+    match r {
+        Ok(RunJobResult::Complete(c)) => c,
+        Ok(RunJobResult::JobNotFound) => panic!("job not found"),
+        Err(e) => panic!("job failed: {e}"),
+    }
+}
+
+#[test]
+fn a_job_runs_end_to_end_with_sccache_dist_semantics() {
+    let h = harness(small_config());
+    let tc = good_toolchain();
+
+    let first = h.assign(1, &tc);
+    assert!(first.need_toolchain);
+    assert_eq!(first.state, JobState::Pending);
+    assert_eq!(h.sched.take(), [JobState::Ready]);
+    assert!(h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&tc.0));
+
+    let c = complete(h.run(
+        1,
+        cc(&["-c", "a.c", "b.h", "-o", "out/a.o"]),
+        &["out/a.o", "missing.d"],
+        &[("src/a.c", b"int a;\n"), ("src/b.h", b"int b;\n")],
+    ));
+    assert_eq!(h.sched.take(), [JobState::Started, JobState::Complete]);
+    assert_eq!(c.output.code, 0);
+    assert_eq!(c.output.stdout, b"ok");
+    assert_eq!(c.outputs.len(), 1, "a missing output is left out");
+    assert_eq!(c.outputs[0].0, "out/a.o");
+    assert_eq!(output_bytes(&c.outputs[0].1), b"int a;\nint b;\n");
+
+    // The toolchain is cached now: the next job is Ready without an upload.
+    let second = h.server.assign_job(JobId(2), tc.0.clone()).unwrap();
+    assert!(!second.need_toolchain);
+    assert_eq!(second.state, JobState::Ready);
+    assert_eq!(h.server.pending_jobs(), 1);
+    let c = complete(h.run(2, cc(&["a.c", "-o", "a.o"]), &["a.o"], &[("src/a.c", b"x")]));
+    assert_eq!(output_bytes(&c.outputs[0].1), b"x");
+    assert_eq!(h.server.pending_jobs(), 0);
+}
+
+#[test]
+fn a_compile_error_is_the_compilers_result_not_a_job_error() {
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    h.assign(1, &tc);
+    let c = complete(h.run(1, cc(&["--fail"]), &["a.o"], &[]));
+    assert_eq!(c.output.code, 1);
+    assert!(String::from_utf8_lossy(&c.output.stderr).contains("error: expected ';'"));
+    assert!(c.outputs.is_empty());
+}
+
+#[test]
+fn killed_and_timed_out_compiles_report_shell_codes_and_say_why() {
+    let p = process_output(outcome(ExitStatus::Signal(11), b"", b"partial"), 60);
+    assert_eq!(p.code, 128 + 11);
+    let err = String::from_utf8(p.stderr).unwrap();
+    assert!(err.starts_with("partial\n"), "{err}");
+    assert!(err.contains("killed by signal 11"), "{err}");
+
+    let p = process_output(outcome(ExitStatus::TimedOut, b"", b""), 60);
+    assert_eq!(p.code, 128 + 9);
+    assert!(String::from_utf8(p.stderr)
+        .unwrap()
+        .contains("time limit (60 s)"));
+
+    let mut o = outcome(ExitStatus::Code(0), b"o", b"e\n");
+    o.stderr_truncated = true;
+    let p = process_output(o, 60);
+    assert_eq!(p.code, 0);
+    assert_eq!(p.stdout, b"o");
+    assert!(String::from_utf8(p.stderr)
+        .unwrap()
+        .starts_with("e\njailbuilder: stderr was truncated"));
+
+    // Through the server, too.
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    h.assign(1, &tc);
+    assert_eq!(
+        complete(h.run(1, cc(&["--signal"]), &[], &[])).output.code,
+        139
+    );
+}
+
+#[test]
+fn environment_variables_sccache_would_skip_are_dropped_not_fatal() {
+    let mut cmd = cc(&["--env"]);
+    cmd.env_vars = vec![
+        ("A".into(), "1".into()),
+        ("B=C".into(), "2".into()),
+        (String::new(), "3".into()),
+    ];
+    assert_eq!(
+        command_spec(cmd.clone()).env_vars,
+        [("A".into(), "1".into())]
+    );
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    h.assign(1, &tc);
+    let c = complete(h.run(1, cmd, &[], &[]));
+    assert_eq!(c.output.stdout, br#"[("A", "1")]"#);
+}
+
+#[test]
+fn unknown_jobs_are_job_not_found_and_still_reported_complete() {
+    let h = harness(small_config());
+    let r = h.run(77, cc(&[]), &[], &[]).unwrap();
+    assert!(matches!(r, RunJobResult::JobNotFound));
+    assert_eq!(h.sched.take(), [JobState::Started, JobState::Complete]);
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(78), &mut &b"x"[..])
+        .unwrap();
+    assert!(matches!(s, SubmitToolchainResult::JobNotFound));
+}
+
+#[test]
+fn an_upload_that_does_not_match_its_id_is_not_cached() {
+    let h = harness(small_config());
+    let (tc, _) = good_toolchain();
+    h.server.assign_job(JobId(1), tc.clone()).unwrap();
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(1), &mut &b"something else"[..])
+        .unwrap();
+    assert!(matches!(s, SubmitToolchainResult::CannotCache));
+    assert!(!h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&tc));
+    // Nothing left in the staging directory.
+    let incoming = h._tmp.path().join("cache/incoming");
+    assert_eq!(fs::read_dir(incoming).unwrap().count(), 0);
+    // The job then fails cleanly (toolchain missing), as a client error.
+    let e = h.run(1, cc(&[]), &[], &[]).err().expect("an error");
+    assert!(
+        matches!(&e, ServerError::Job(j) if j.is_client_error()),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_upload_larger_than_the_cache_is_refused_without_reading_it_all() {
+    let h = harness(small_config());
+    let (tc, _) = good_toolchain();
+    h.server.assign_job(JobId(1), tc).unwrap();
+    let mut huge = std::io::repeat(0).take(1 << 30);
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(1), &mut huge)
+        .unwrap();
+    assert!(matches!(s, SubmitToolchainResult::CannotCache));
+    assert!(huge.limit() > (1 << 29), "read only about the cache size");
+}
+
+#[test]
+fn a_corrupt_toolchain_fails_the_job_and_is_removed_from_the_cache() {
+    let h = harness(small_config());
+    // A valid upload (its digest matches) of an archive that is not a gzip'd tar.
+    let bad = toolchain(b"not a tarball at all".to_vec());
+    h.assign(1, &bad);
+    assert!(h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&bad.0));
+    let e = h.run(1, cc(&[]), &[], &[]).err().expect("an error");
+    match &e {
+        ServerError::Job(JobError::Build(crate::engine::BuildError::Toolchain { .. })) => {}
+        other => panic!("expected a toolchain error, got {other}"),
+    }
+    assert!(!h
+        .server
+        .toolchain_cache()
+        .lock()
+        .unwrap()
+        .contains_toolchain(&bad.0));
+    // The next job asks for the toolchain again.
+    assert!(h.server.assign_job(JobId(2), bad.0).unwrap().need_toolchain);
+}
+
+#[test]
+fn bad_requests_are_job_errors_never_panics() {
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    for (job, cmd, outputs) in [
+        (
+            1,
+            CompileCommand {
+                cwd: "relative".into(),
+                ..cc(&[])
+            },
+            vec!["a.o"],
+        ),
+        (
+            2,
+            CompileCommand {
+                executable: "cc".into(),
+                ..cc(&[])
+            },
+            vec!["a.o"],
+        ),
+        (3, cc(&[]), vec!["../../etc/passwd"]),
+        (
+            4,
+            CompileCommand {
+                executable: "/usr/bin/none".into(),
+                ..cc(&[])
+            },
+            vec![],
+        ),
+    ] {
+        h.assign(job, &tc);
+        let e = h.run(job, cmd, &outputs, &[]).err().expect("an error");
+        assert!(
+            matches!(&e, ServerError::Job(j) if j.is_client_error()),
+            "{e}"
+        );
+    }
+    // Garbage inputs.
+    h.assign(5, &tc);
+    let e = h
+        .server
+        .run_job(&h.sched, JobId(5), cc(&[]), vec![], &mut &b"garbage"[..])
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, ServerError::Job(j) if j.is_client_error()),
+        "{e}"
+    );
+    // And the builder is still healthy and working.
+    assert!(h.server.builder().engine().is_healthy());
+    h.assign(6, &tc);
+    assert_eq!(complete(h.run(6, cc(&[]), &[], &[])).output.code, 0);
+}
+
+#[test]
+fn draining_refuses_assignments() {
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    h.server.drain();
+    assert!(h.server.is_draining());
+    let e = h.server.assign_job(JobId(1), tc.0).err().expect("an error");
+    assert!(matches!(e, ServerError::Draining));
+    assert!(h.server.wait_idle(std::time::Duration::from_millis(10)));
+}
+
+#[test]
+fn an_unhealthy_builder_refuses_assignments_but_probes() {
+    let h = harness(EngineConfig {
+        unhealthy_after: 1,
+        ..small_config()
+    });
+    let tc = good_toolchain();
+    h.assign(1, &tc);
+    let e = h
+        .run(1, cc(&["--backend-fail"]), &[], &[])
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, ServerError::Job(j) if !j.is_client_error()),
+        "{e}"
+    );
+    assert!(!h.server.builder().engine().is_healthy());
+    // One probe is let through, then assignments are refused.
+    h.server.assign_job(JobId(2), tc.0.clone()).unwrap();
+    let e = h
+        .server
+        .assign_job(JobId(3), tc.0.clone())
+        .err()
+        .expect("an error");
+    assert!(matches!(e, ServerError::Unhealthy));
+    // The probe succeeds: healthy again, assignments accepted.
+    assert_eq!(complete(h.run(2, cc(&[]), &[], &[])).output.code, 0);
+    assert!(h.server.builder().engine().is_healthy());
+    h.server.assign_job(JobId(4), tc.0).unwrap();
+}
+
+#[test]
+fn builder_incoming_is_usable_as_sccache_dist_builder() {
+    // The trait object sccache-dist's own server holds.
+    let h = harness(small_config());
+    let b: Box<dyn sccache::dist::BuilderIncoming> = Box::new(h.server.builder().clone());
+    drop(b);
+    let s: Box<dyn sccache::dist::ServerIncoming> = Box::new(h.server.clone());
+    drop(s);
+}
+
+// ---- configuration ----
+
+const EXAMPLE: &str = r#"
+public_addr = "192.0.2.10:10501"
+bind_address = "0.0.0.0:10501"
+scheduler_url = "http://192.0.2.1:10600"
+cache_dir = "/var/cache/jailbuilder"
+
+[scheduler_auth]
+type = "token"
+token = "s3cret"
+
+[builder]
+state_dir = "/var/lib/jailbuilder"
+max_containers = 4
+"#;
+
+fn parse(text: &str) -> Result<ServeConfig, ServeConfigError> {
+    ServeConfig::parse(Path::new("server.toml"), text)
+}
+
+#[test]
+fn the_example_config_parses_and_builds_sccache_dists_token() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(c.public_addr, "192.0.2.10:10501".parse().unwrap());
+    assert_eq!(c.bind_address, Some("0.0.0.0:10501".parse().unwrap()));
+    assert_eq!(c.scheduler_url.to_url().as_str(), "http://192.0.2.1:10600/");
+    assert_eq!(c.toolchain_cache_size, DEFAULT_TOOLCHAIN_CACHE_SIZE);
+    assert_eq!(c.builder.max_containers, 4);
+    assert_eq!(c.scheduler_token().unwrap(), "192.0.2.10:10501 s3cret");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "Debug redacts the token"
+    );
+
+    let insecure = EXAMPLE.replace(
+        "type = \"token\"\ntoken = \"s3cret\"",
+        "type = \"DANGEROUSLY_INSECURE\"",
+    );
+    let c = parse(&insecure).unwrap();
+    assert!(c.is_insecure());
+    assert_eq!(
+        c.scheduler_token().unwrap(),
+        "192.0.2.10:10501 dangerously_insecure_server"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let cases = [
+        (EXAMPLE.replace("cache_dir", "cach_dir"), "cach_dir"),
+        (
+            EXAMPLE.replace("max_containers = 4", "max_contaners = 4"),
+            "max_contaners",
+        ),
+        (
+            EXAMPLE.replace("[builder]", "[builder]\ntype = \"overlay\""),
+            "type",
+        ),
+        (
+            EXAMPLE.replace("token = \"s3cret\"", "token = \"s3cret\"\nextra = 1"),
+            "extra",
+        ),
+        (
+            EXAMPLE.replace("192.0.2.10:10501", "0.0.0.0:10501"),
+            "public_addr",
+        ),
+        (
+            EXAMPLE.replace("/var/cache/jailbuilder", "cache"),
+            "cache_dir",
+        ),
+        (
+            EXAMPLE.replace("max_containers = 4", "max_containers = 0"),
+            "max_containers",
+        ),
+        (EXAMPLE.replace("s3cret", ""), "scheduler_auth.token"),
+        (
+            EXAMPLE.replace("public_addr = \"192.0.2.10:10501\"\n", ""),
+            "public_addr",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains(key), "{key}: {e}");
+        assert!(e.contains("server.toml"), "{key}: {e}");
+    }
+}
+
+#[test]
+fn a_jwt_for_another_server_is_refused() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let jwt = |addr: &str| {
+        format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(&format!(r#"{{"exp":0,"server_id":"{addr}"}}"#))
+        )
+    };
+    let with = |token: &str| {
+        EXAMPLE.replace(
+            "type = \"token\"\ntoken = \"s3cret\"",
+            &format!("type = \"jwt_token\"\ntoken = \"{token}\""),
+        )
+    };
+    let ok = jwt("192.0.2.10:10501");
+    assert_eq!(parse(&with(&ok)).unwrap().scheduler_token().unwrap(), ok);
+    let e = parse(&with(&jwt("192.0.2.11:10501")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("issued for server 192.0.2.11:10501"), "{e}");
+    let e = parse(&with("nonsense")).unwrap_err().to_string();
+    assert!(e.contains("scheduler_auth.token"), "{e}");
+}

@@ -1,0 +1,216 @@
+//! `jailbuilder toolchain` + `jailbuilder run` end to end, as a user types them: a C file
+//! compiled in a sandbox gives the object a host compile gives, and a compile error comes
+//! back with the compiler's exit code and stderr. Needs root (Linux backend); without it
+//! prints "SKIP: <reason>" and passes, unless JAILBUILDER_CI=1 (then it fails).
+#![cfg(target_os = "linux")]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const JB: &str = env!("CARGO_BIN_EXE_jailbuilder");
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (overlayfs, namespaces)".into());
+    }
+    if jailbuilder::toolchain::which("cc").is_none() {
+        return Some("no host C compiler (apt-get install build-essential)".into());
+    }
+    None
+}
+
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = skip_reason() {
+            if std::env::var("JAILBUILDER_CI").as_deref() == Ok("1") {
+                panic!("JAILBUILDER_CI=1 but cannot run: {reason}");
+            }
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+}
+
+/// One packaged host toolchain shared by the tests of this file (packaging takes seconds).
+fn toolchain() -> &'static Path {
+    static TC: OnceLock<(tempfile::TempDir, std::path::PathBuf)> = OnceLock::new();
+    &TC.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let tc = dir.path().join("cc.tar.gz");
+        let out = Command::new(JB)
+            .args(["toolchain", "--compiler", "cc", "-o"])
+            .arg(&tc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "toolchain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (dir, tc)
+    })
+    .1
+}
+
+fn symbols(obj: &Path) -> String {
+    let out = Command::new("nm").arg(obj).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const GOOD: &str = r#"#include <stdio.h>
+#include "hello.h"
+int counter;
+static int twice(int x) { return 2 * x; }
+int greet(const char *who) { counter++; return printf("hello, %s %d\n", who, twice(GREETING)); }
+"#;
+
+#[test]
+fn a_sandboxed_compile_matches_the_host_compile() {
+    require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello.c"), GOOD).unwrap();
+    std::fs::write(src.join("hello.h"), "#define GREETING 21\n").unwrap();
+    let state = work.path().join("state");
+    let out_dir = work.path().join("out");
+    let out = Command::new(JB)
+        .args(["run", "--timings", "--state-dir"])
+        .arg(&state)
+        .arg("--toolchain")
+        .arg(toolchain())
+        .arg("--inputs-dir")
+        .arg(&src)
+        .args(["--output", "hello.o", "--out-dir"])
+        .arg(&out_dir)
+        .args(["--", "cc", "-O2", "-c", "hello.c", "-o", "hello.o"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed: {stderr}");
+    assert!(stderr.contains("timings: image"), "{stderr}");
+
+    let host = work.path().join("host.o");
+    let st = Command::new("cc")
+        .args(["-O2", "-c", "hello.c", "-o"])
+        .arg(&host)
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sandboxed = out_dir.join("hello.o");
+    let (s, h) = (symbols(&sandboxed), symbols(&host));
+    assert!(s.contains("T greet") && s.contains("counter"), "{s}");
+    assert_eq!(s, h, "sandboxed and host objects define different symbols");
+    assert_eq!(
+        std::fs::read(&sandboxed).unwrap(),
+        std::fs::read(&host).unwrap(),
+        "objects differ"
+    );
+    // Nothing of the sandbox is left mounted once `run` exits.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "leftover mount under {}",
+        state.display()
+    );
+}
+
+#[test]
+fn a_compile_error_returns_the_compiler_exit_code_and_stderr() {
+    require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join("broken.c"),
+        "int main(void) { return undeclared_thing; }\n",
+    )
+    .unwrap();
+    let out = Command::new(JB)
+        .args(["run", "--state-dir"])
+        .arg(work.path().join("state"))
+        .arg("--toolchain")
+        .arg(toolchain())
+        .arg("--inputs-dir")
+        .arg(&src)
+        .args(["--output", "broken.o", "--out-dir"])
+        .arg(work.path().join("out"))
+        .args(["--", "cc", "-c", "broken.c", "-o", "broken.o"])
+        .output()
+        .unwrap();
+    let host = Command::new("cc")
+        .args(["-c", "broken.c", "-o", "/dev/null"])
+        .current_dir(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), host.status.code(), "exit code");
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("undeclared_thing") && stderr.contains("error"),
+        "{stderr}"
+    );
+    assert!(!work.path().join("out/broken.o").exists());
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    // No root needed: these fail before any sandbox is made.
+    let out = Command::new(JB)
+        .args([
+            "run",
+            "--toolchain",
+            "/nonexistent.tar.gz",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("jailbuilder:"), "{stderr}");
+
+    let out = Command::new(JB)
+        .args([
+            "run",
+            "--build-user",
+            "0:0",
+            "--toolchain",
+            "x",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    if nix::unistd::geteuid().is_root() {
+        assert!(stderr.contains("build_uid"), "{stderr}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[builder]\nmax_contaners = 4\n").unwrap();
+    let out = Command::new(JB)
+        .args(["clean", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    if nix::unistd::geteuid().is_root() {
+        assert!(stderr.contains("max_contaners"), "{stderr}");
+    }
+
+    for cmd in ["run", "demo", "toolchain", "clean", "doctor"] {
+        let out = Command::new(JB).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd} --help"
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! Shared by the Linux integration tests that drive the whole engine over the real Linux
+//! backend (root, busybox-static): skip logic, a busybox toolchain, raw tar entries (the
+//! `tar` crate refuses to write hostile names), an engine fixture and host probes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jailbuilder::backend::{BuildUser, Limits, ToolchainId};
+use jailbuilder::engine::{BuildError, BuildOutcome, BuildRequest, Engine, EngineConfig};
+use jailbuilder::exec::CommandSpec;
+use jailbuilder::linux::{LinuxBackend, LinuxConfig};
+use jailbuilder::untrusted::UnpackLimits;
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (overlayfs, namespaces)".into());
+    }
+    if !Path::new(BUSYBOX).is_file() {
+        return Some(format!("{BUSYBOX} missing: apt-get install busybox-static"));
+    }
+    None
+}
+
+/// Returns early (SKIP) when the test cannot run here; fails instead under JAILBUILDER_CI=1.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = common::skip_reason() {
+            if std::env::var("JAILBUILDER_CI").as_deref() == Ok("1") {
+                panic!("JAILBUILDER_CI=1 but cannot run: {reason}");
+            }
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+}
+
+pub const APPLETS: &[&str] = &[
+    "sh", "id", "cat", "ls", "sleep", "echo", "true", "false", "test", "dd", "head", "mkfifo",
+    "ln", "mkdir", "chmod", "stat", "wc", "seq", "touch", "tr", "rm", "setsid", "grep", "printf",
+    "yes", "hostname",
+];
+
+/// One tar entry written by hand (ustar header; a GNU 'L' long-name entry first when the
+/// name does not fit), so tests can build archives no well-behaved writer produces.
+pub fn raw_entry(name: &[u8], kind: u8, link: &[u8], mode: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if name.len() > 99 {
+        let mut long = name.to_vec();
+        long.push(0);
+        out.extend(header(
+            b"././@LongLink",
+            b'L',
+            b"",
+            0o644,
+            long.len() as u64,
+        ));
+        out.extend(&long);
+        pad(&mut out);
+    }
+    let short = &name[..name.len().min(99)];
+    out.extend(header(short, kind, link, mode, data.len() as u64));
+    out.extend(data);
+    pad(&mut out);
+    out
+}
+
+fn pad(v: &mut Vec<u8>) {
+    while v.len() % 512 != 0 {
+        v.push(0);
+    }
+}
+
+fn header(name: &[u8], kind: u8, link: &[u8], mode: u32, size: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    let oct = |h: &mut [u8], at: usize, width: usize, v: u64| {
+        let s = format!("{v:0w$o}\0", w = width - 1);
+        h[at..at + width].copy_from_slice(s.as_bytes());
+    };
+    oct(&mut h, 100, 8, u64::from(mode));
+    oct(&mut h, 108, 8, 0);
+    oct(&mut h, 116, 8, 0);
+    oct(&mut h, 124, 12, size);
+    oct(&mut h, 136, 12, 0);
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
+}
+
+pub fn file(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'0', b"", mode, data)
+}
+
+pub fn dir(name: &str, mode: u32) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'5', b"", mode, b"")
+}
+
+pub fn symlink(name: &str, target: &str) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'2', target.as_bytes(), 0o777, b"")
+}
+
+/// The entries plus the two zero blocks that end a tar.
+pub fn tar(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut v: Vec<u8> = entries.concat();
+    v.extend([0u8; 1024]);
+    v
+}
+
+pub fn gz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The toolchain's entries: /bin/busybox, applets as symlinks, /work (1777).
+pub fn busybox_entries() -> Vec<Vec<u8>> {
+    let mut v = vec![dir("bin", 0o755), dir("work", 0o777)];
+    v.push(file("bin/busybox", 0o755, &std::fs::read(BUSYBOX).unwrap()));
+    for a in APPLETS {
+        v.push(symlink(&format!("bin/{a}"), "busybox"));
+    }
+    v
+}
+
+/// A busybox toolchain, plus `extra` entries after it.
+pub fn toolchain_with(extra: &[Vec<u8>]) -> Vec<u8> {
+    let mut e = busybox_entries();
+    e.extend(extra.iter().cloned());
+    gz(&tar(&e))
+}
+
+pub fn toolchain() -> Vec<u8> {
+    toolchain_with(&[])
+}
+
+pub const USER: BuildUser = BuildUser {
+    uid: 65534,
+    gid: 65534,
+};
+
+/// An engine over the real Linux backend on a fresh state directory.
+pub struct Fixture {
+    // Field order is drop order: the engine shuts down before its directory goes.
+    pub engine: Engine<LinuxBackend>,
+    pub tc: Vec<u8>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig {
+        max_containers: 2,
+        max_containers_per_toolchain: 2,
+        warm_per_toolchain: 1,
+        max_images: 8,
+        recycler_threads: 1,
+        build_user: USER,
+        limits: Limits {
+            timeout: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        toolchain_limits: UnpackLimits {
+            max_bytes: 64 << 20,
+            max_entries: 10_000,
+        },
+        inputs_limits: UnpackLimits {
+            max_bytes: 64 << 20,
+            max_entries: 10_000,
+        },
+        max_output_bytes: 1 << 20,
+        shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
+    }
+}
+
+pub fn linux_config(state: &Path) -> LinuxConfig {
+    LinuxConfig {
+        state_dir: state.to_path_buf(),
+        tmpfs_size_bytes: 64 << 20,
+        image_limits: UnpackLimits {
+            max_bytes: 64 << 20,
+            max_entries: 10_000,
+        },
+        ..LinuxConfig::default()
+    }
+}
+
+pub fn fixture_with(
+    tweak_engine: impl FnOnce(&mut EngineConfig),
+    tweak_linux: impl FnOnce(&mut LinuxConfig),
+) -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("jb-engine-test")
+        .tempdir()
+        .unwrap();
+    let mut lc = linux_config(dir.path());
+    tweak_linux(&mut lc);
+    let mut ec = engine_config();
+    tweak_engine(&mut ec);
+    let backend = LinuxBackend::new(lc).unwrap();
+    let engine = Engine::start(backend, ec).unwrap();
+    Fixture {
+        engine,
+        tc: toolchain(),
+        dir,
+    }
+}
+
+pub fn fixture() -> Fixture {
+    fixture_with(|_| {}, |_| {})
+}
+
+pub fn spec(args: &[&str]) -> CommandSpec {
+    CommandSpec {
+        executable: BUSYBOX.into(),
+        arguments: args.iter().map(|s| s.to_string()).collect(),
+        env_vars: vec![("PATH".into(), "/bin".into())],
+        cwd: "/work".into(),
+    }
+}
+
+impl Fixture {
+    pub fn state(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.path()).unwrap()
+    }
+
+    /// A build with the fixture's toolchain (id "busybox").
+    pub fn build(
+        &self,
+        inputs: &[u8],
+        command: CommandSpec,
+        outputs: &[&str],
+    ) -> Result<BuildOutcome, BuildError> {
+        self.build_tc("busybox", &self.tc, inputs, command, outputs)
+    }
+
+    pub fn build_tc(
+        &self,
+        id: &str,
+        tc: &[u8],
+        mut inputs: &[u8],
+        command: CommandSpec,
+        outputs: &[&str],
+    ) -> Result<BuildOutcome, BuildError> {
+        let tc = tc.to_vec();
+        self.engine.build(BuildRequest {
+            toolchain: ToolchainId::new(id).unwrap(),
+            toolchain_archive: &tc,
+            inputs: &mut inputs,
+            command,
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    pub fn sh(&self, script: &str) -> Result<BuildOutcome, BuildError> {
+        self.build(&tar(&[]), spec(&["sh", "-c", script]), &[])
+    }
+
+    /// A normal build works: the engine still serves.
+    pub fn assert_serves(&self) {
+        let o = self
+            .sh("echo ok")
+            .expect("a normal build after the hostile one");
+        assert_eq!(o.exec.stdout, b"ok\n", "{o:?}");
+        assert!(self.engine.is_healthy());
+    }
+}
+
+pub fn stdout(o: &BuildOutcome) -> String {
+    String::from_utf8_lossy(&o.exec.stdout).into_owned()
+}
+
+pub fn stderr(o: &BuildOutcome) -> String {
+    String::from_utf8_lossy(&o.exec.stderr).into_owned()
+}
+
+/// Host pids whose command line contains `marker`.
+pub fn host_processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Host pids running as `uid` (real uid, from /proc/<pid>/status).
+pub fn host_processes_of_uid(uid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(status) = std::fs::read_to_string(e.path().join("status")) {
+            let real = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|u| u.parse::<u32>().ok());
+            if real == Some(uid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Mount points at or beneath `dir` in this process's mount namespace.
+pub fn mounts_beneath(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.to_string_lossy().into_owned();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits up to `patience` for `f` to hold.
+pub fn eventually(patience: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + patience;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
