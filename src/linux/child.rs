@@ -4,13 +4,15 @@
 //! on memory prepared before fork ([`ChildPlan`]), no allocation, no locks, no panics. A
 //! failed step is reported with [`child_fail`] on the error pipe at fd 3.
 //!
-//! - A (forked by the server): moves its descriptors into place, joins the container's
-//!   net/ipc/uts namespaces and its mount namespace (pivoted into the container root when
-//!   the container was made, so joining it is the chroot), unshares a private copy of it
-//!   and a pid namespace, forks B, waits for it and exits with its status. Nothing else.
-//! - B (pid 1 of the new pid namespace): dies with A (`PR_SET_PDEATHSIG`), mounts /proc,
-//!   drops to the build user, sets rlimits, execs. When it
-//!   exits, the kernel kills every other process of its pid namespace before A sees it.
+//! One child, cloned by the server straight into a new pid namespace (clone(2) with
+//! CLONE_NEWPID: allowed in a threaded process, unlike setns into a mount namespace, which
+//! the child does). As pid 1 of that namespace it joins the container's cgroup (if any),
+//! dies with the server (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the
+//! container's net/ipc/uts namespaces and its mount namespace (pivoted into the container
+//! root when the container was made, so joining it is the chroot), unshares a private copy
+//! of the latter, mounts /proc, drops to the build user, sets rlimits and execs the
+//! compiler. When the compiler (pid 1) exits, the kernel kills every other process of its
+//! pid namespace before the server's wait returns. (It used to fork twice: A, then B.)
 
 use std::os::raw::{c_char, c_int, c_long, c_ulong};
 
@@ -21,13 +23,16 @@ pub(super) type RlimitResource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]
 pub(super) type RlimitResource = c_int;
 
-/// The error pipe's descriptor number in both children.
+/// The error pipe's descriptor number in the child.
 const ERR_FD: c_int = 3;
+/// The server's pidfd in the child, until the death signal is re-armed.
+const PARENT_FD: c_int = 4;
 
 /// Everything the children need, prepared (and allocated) before fork.
 pub(super) struct ChildPlan {
-    /// The server's pid, to detect that it died before `PR_SET_PDEATHSIG` took effect.
-    pub parent_pid: libc::pid_t,
+    /// A pidfd of the server, to detect that it died before `PR_SET_PDEATHSIG` took effect
+    /// (getppid() is 0 in a new pid namespace).
+    pub parent_fd: c_int,
     pub stdin: c_int,
     pub stdout: c_int,
     pub stderr: c_int,
@@ -60,7 +65,7 @@ fn check(fd: c_int, step: SetupStep, r: c_long) -> c_long {
     r
 }
 
-/// Child A. Never returns.
+/// The child, pid 1 of its own pid namespace. Never returns.
 pub(super) fn first_child(p: &ChildPlan) -> ! {
     // Join the container's cgroup first, so that everything the sandbox forks is in it.
     if p.cgroup_procs >= 0 {
@@ -71,15 +76,28 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
     check(p.error, SetupStep::ParentDeathSignal, r as c_long);
-    // SAFETY: getppid(2) cannot fail.
-    if unsafe { libc::getppid() } != p.parent_pid {
-        exit(127); // the server died before PR_SET_PDEATHSIG: nobody waits for us
+    let mut pfd = libc::pollfd {
+        fd: p.parent_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        exit(127); // the server died before PR_SET_PDEATHSIG (or poll failed): give up
     }
 
     // Move every descriptor we need to >= 10 first, so that placing stdio and the error pipe
     // at 0..=3 below cannot clobber one that happens to sit there.
     let mut fds = [
-        p.stdin, p.stdout, p.stderr, p.error, p.ns[0].0, p.ns[1].0, p.ns[2].0, p.ns[3].0,
+        p.stdin,
+        p.stdout,
+        p.stderr,
+        p.error,
+        p.ns[0].0,
+        p.ns[1].0,
+        p.ns[2].0,
+        p.ns[3].0,
+        p.parent_fd,
     ];
     for fd in fds.iter_mut() {
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor inherited from the server.
@@ -87,7 +105,7 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
         check(p.error, SetupStep::Dup2, moved as c_long);
         *fd = moved;
     }
-    let [stdin, stdout, stderr, error, net, ipc, uts, mnt] = fds;
+    let [stdin, stdout, stderr, error, net, ipc, uts, mnt, parent] = fds;
     for (from, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
         // SAFETY: dup2(2) between descriptors we hold; the new one is not close-on-exec.
         let r = unsafe { libc::dup2(from, to) };
@@ -97,6 +115,10 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     // SAFETY: dup3(2) between descriptors we hold.
     let r = unsafe { libc::dup3(error, ERR_FD, libc::O_CLOEXEC) };
     check(error, SetupStep::Dup2, r as c_long);
+    // The server's pidfd, for the second check once the death signal is re-armed.
+    // SAFETY: dup3(2) between descriptors we hold.
+    let r = unsafe { libc::dup3(parent, PARENT_FD, libc::O_CLOEXEC) };
+    check(ERR_FD, SetupStep::Dup2, r as c_long);
 
     // Joining the mount namespace also moves root and cwd to the container root.
     for (fd, (_, nstype)) in [net, ipc, uts, mnt].into_iter().zip(p.ns) {
@@ -106,52 +128,17 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     }
     // Close everything else, including the moved copies and whatever the server had open.
     // SAFETY: close_range(2) with integer arguments; closes only this process's descriptors.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 4 as c_ulong, c_ulong::MAX, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 5 as c_ulong, c_ulong::MAX, 0) };
     check(ERR_FD, SetupStep::CloseFds, r);
 
     reset_signals();
 
     // A private copy of the container's mount namespace (one mount, all private) for this
-    // command's /proc, and a pid namespace for B.
+    // command's /proc.
     // SAFETY: unshare(2) with integer flags; this process is single-threaded.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) };
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
     check(ERR_FD, SetupStep::Unshare, r as c_long);
-
-    // A descriptor on ourselves, for B to check that we were still alive once its parent
-    // death signal was armed (B's getppid() is 0 in its pid namespace, useless for that).
-    // SAFETY: pidfd_open(2) and getpid(2) with integer arguments.
-    let self_fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
-    check(ERR_FD, SetupStep::ParentDeathSignal, self_fd);
-
-    // A raw fork (clone with only SIGCHLD): no atfork handlers run in this forked child.
-    // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2); the child
-    // continues on a copy of this stack and only makes raw system calls.
-    let b = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0, 0, 0, 0) };
-    check(ERR_FD, SetupStep::Fork, b);
-    if b == 0 {
-        second_child(p, self_fd as c_int);
-    }
-    let b = b as libc::pid_t;
-
-    // Only B holds the output pipes from now on.
-    // SAFETY: close_range(2) on our own stdio.
-    unsafe { libc::syscall(libc::SYS_close_range, 0 as c_ulong, 2 as c_ulong, 0) };
-    let mut status: c_int = 0;
-    loop {
-        // SAFETY: waitpid(2) on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(b, &mut status, 0) };
-        if r == b {
-            break;
-        }
-        let e = errno();
-        if e != libc::EINTR {
-            child_fail(ERR_FD, SetupStep::Wait, e);
-        }
-    }
-    if libc::WIFEXITED(status) {
-        exit(libc::WEXITSTATUS(status))
-    }
-    exit(128 + (libc::WTERMSIG(status) & 0x7f))
+    exec_in_sandbox(p)
 }
 
 /// Default dispositions for the signals the server may ignore (ignored signals survive
@@ -175,8 +162,8 @@ fn reset_signals() {
     }
 }
 
-/// Child B, pid 1 of the sandbox's pid namespace. Never returns.
-fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
+/// The rest of the child, in its namespaces: /proc, cwd, identity, limits, execve.
+fn exec_in_sandbox(p: &ChildPlan) -> ! {
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
@@ -214,16 +201,16 @@ fn second_child(p: &ChildPlan, parent_fd: c_int) -> ! {
     let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) };
     check(ERR_FD, SetupStep::ParentDeathSignal, r as c_long);
     let mut pfd = libc::pollfd {
-        fd: parent_fd,
+        fd: PARENT_FD,
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: poll(2) on one valid pollfd, zero timeout.
     if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
-        exit(127); // A died before our death signal was armed (or poll failed): give up
+        exit(127); // the server died while no death signal was armed (or poll failed)
     }
-    // SAFETY: closing our copy of A's pidfd.
-    unsafe { libc::close(parent_fd) };
+    // SAFETY: closing our copy of the server's pidfd.
+    unsafe { libc::close(PARENT_FD) };
 
     for (resource, value) in p.rlimits {
         if value == 0 {

@@ -671,8 +671,10 @@ impl LinuxBackend {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (ep_r, ep_w) = pipe()?;
+        let server = sys::pidfd_open(nix::unistd::getpid().as_raw())
+            .map_err(|source| LinuxError::PidfdOpen { source })?;
         let plan = child::ChildPlan {
-            parent_pid: nix::unistd::getpid().as_raw(),
+            parent_fd: server.as_raw_fd(),
             stdin: self.dev_null.as_raw_fd(),
             stdout: out_w.as_raw_fd(),
             stderr: err_w.as_raw_fd(),
@@ -698,9 +700,19 @@ impl LinuxBackend {
             ],
         };
 
-        // SAFETY: fork(2). The child runs only `first_child`, which makes async-signal-safe
-        // system calls on memory prepared above and never returns.
-        let pid = unsafe { libc::fork() };
+        // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2), here
+        // into a new pid namespace. The child runs only `first_child`, which makes
+        // async-signal-safe system calls on memory prepared above and never returns.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
+                0,
+                0,
+                0,
+                0,
+            )
+        } as libc::pid_t;
         if pid < 0 {
             return Err(LinuxError::Fork {
                 source: io::Error::last_os_error(),
@@ -748,7 +760,7 @@ impl LinuxBackend {
         };
         let result = supervise_cancellable(child, limits, cancel, &mut || kill_a());
         match &result {
-            // A exited by itself: it waited for B, and B's exit waited for its whole pid
+            // The command exited by itself; as pid 1 its exit waited for its whole pid
             // namespace. Nothing is left.
             Ok(o) if matches!(o.status, ExitStatus::Code(_)) => {
                 container.dirty.store(false, Ordering::Release)
