@@ -276,7 +276,7 @@ impl Report {
             met: n1.map(|n| n.spawns == 0.0),
             detail: match (n1, extra) {
                 (Some(n), Some(e)) => format!(
-                    "{} spawned by jailbuilder; kernel tasks vs bare: {e:+.2}/compile (forks inside the backend and recycler threads, see README "Benchmark")",
+                    "{} spawned by jailbuilder; kernel tasks vs bare: {e:+.2}/compile (forks inside the backend and recycler threads, see README, Benchmark)",
                     n.spawns
                 ),
                 (Some(n), None) => format!("{} spawned by jailbuilder", n.spawns),
