@@ -7,13 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::strategy::{check_compile, env_vars, Job, Spawner, Strategy};
+use super::strategy::{check_compile, env_vars, Job, SeedCleanups, Spawner, Strategy};
 use super::workload::CWD;
 
 const BUILDER_PREFIX: &str = "jbbench-builder-";
@@ -27,10 +26,7 @@ struct PotInner {
     compiler: String,
     spawner: Spawner,
     ready: Mutex<Vec<String>>,
-    cleanups: AtomicUsize,
-    max_cleanups: usize,
-    idle: (Mutex<usize>, Condvar),
-    recycles: Mutex<Vec<Duration>>,
+    cleanups: SeedCleanups,
 }
 
 pub struct CliPot {
@@ -83,10 +79,7 @@ impl CliPot {
                 compiler: compiler.to_string(),
                 spawner,
                 ready: Mutex::new(Vec::new()),
-                cleanups: AtomicUsize::new(0),
-                max_cleanups: cores * 3,
-                idle: (Mutex::new(0), Condvar::new()),
-                recycles: Mutex::new(Vec::new()),
+                cleanups: SeedCleanups::new(cores * 3),
             }),
         })
     }
@@ -186,17 +179,15 @@ impl Strategy for CliPot {
             None => inner.start_container()?,
         };
         let result = inner.perform_build(&cid, job);
-        while inner.cleanups.fetch_add(1, Ordering::SeqCst) > inner.max_cleanups {
-            inner.cleanups.fetch_sub(1, Ordering::SeqCst);
-            std::hint::spin_loop();
-        }
-        *inner.idle.0.lock().unwrap() += 1;
+        // As the seed: a cleanup thread per build, spinning while too many run.
+        inner.cleanups.begin();
         let bg = Arc::clone(inner);
         std::thread::spawn(move || {
             let t = Instant::now();
+            let mut took = None;
             match bg.clean_container(&cid) {
                 Ok(()) => {
-                    bg.recycles.lock().unwrap().push(t.elapsed());
+                    took = Some(t.elapsed());
                     bg.ready.lock().unwrap().push(cid);
                 }
                 Err(e) => {
@@ -204,20 +195,13 @@ impl Strategy for CliPot {
                     let _ = pot_rm(&bg.spawner, &bg.pot_cmd, &cid);
                 }
             }
-            bg.cleanups.fetch_sub(1, Ordering::SeqCst);
-            let mut n = bg.idle.0.lock().unwrap();
-            *n -= 1;
-            bg.idle.1.notify_all();
+            bg.cleanups.end(took);
         });
         result
     }
 
     fn settle(&self) {
-        let (lock, cv) = &self.inner.idle;
-        let mut n = lock.lock().unwrap();
-        while *n > 0 {
-            n = cv.wait(n).unwrap();
-        }
+        self.inner.cleanups.settle();
     }
 
     fn spawned(&self) -> u64 {
@@ -225,7 +209,7 @@ impl Strategy for CliPot {
     }
 
     fn take_recycles(&self) -> Vec<Duration> {
-        std::mem::take(&mut *self.inner.recycles.lock().unwrap())
+        self.inner.cleanups.take_recycles()
     }
 
     fn recycle_what(&self) -> &'static str {

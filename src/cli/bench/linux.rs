@@ -14,15 +14,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-use super::strategy::{check_compile, env_vars, Job, Spawner, Strategy};
+use super::strategy::{check_compile, env_vars, Job, SeedCleanups, Spawner, Strategy};
 use super::workload::CWD;
 
 /// Unmounts everything mounted beneath `prefix` (deepest first): leftovers of a crashed run.
@@ -95,10 +95,7 @@ struct CliInner {
     spawner: Spawner,
     next: AtomicU64,
     ready: Mutex<Vec<Pot>>,
-    cleanups: AtomicUsize,
-    max_cleanups: usize,
-    idle: (Mutex<usize>, Condvar),
-    recycles: Mutex<Vec<Duration>>,
+    cleanups: SeedCleanups,
 }
 
 pub struct CliLinux {
@@ -125,10 +122,7 @@ impl CliLinux {
                 spawner: Spawner::default(),
                 next: AtomicU64::new(0),
                 ready: Mutex::new(Vec::new()),
-                cleanups: AtomicUsize::new(0),
-                max_cleanups: cores * 3,
-                idle: (Mutex::new(0), Condvar::new()),
-                recycles: Mutex::new(Vec::new()),
+                cleanups: SeedCleanups::new(cores * 3),
             }),
         })
     }
@@ -310,18 +304,15 @@ impl Strategy for CliLinux {
         };
         let result = inner.perform_build(&pot, job);
         // As the seed: a cleanup thread per build, spinning while too many run.
-        while inner.cleanups.fetch_add(1, Ordering::SeqCst) > inner.max_cleanups {
-            inner.cleanups.fetch_sub(1, Ordering::SeqCst);
-            std::hint::spin_loop();
-        }
-        *inner.idle.0.lock().unwrap() += 1;
+        inner.cleanups.begin();
         let bg = Arc::clone(inner);
         std::thread::spawn(move || {
             let mut pot = pot;
             let t = Instant::now();
+            let mut took = None;
             match bg.clean_container(&mut pot) {
                 Ok(()) => {
-                    bg.recycles.lock().unwrap().push(t.elapsed());
+                    took = Some(t.elapsed());
                     bg.ready.lock().unwrap().push(pot);
                 }
                 Err(e) => {
@@ -332,20 +323,13 @@ impl Strategy for CliLinux {
                     bg.destroy(pot);
                 }
             }
-            bg.cleanups.fetch_sub(1, Ordering::SeqCst);
-            let mut n = bg.idle.0.lock().unwrap();
-            *n -= 1;
-            bg.idle.1.notify_all();
+            bg.cleanups.end(took);
         });
         result
     }
 
     fn settle(&self) {
-        let (lock, cv) = &self.inner.idle;
-        let mut n = lock.lock().unwrap();
-        while *n > 0 {
-            n = cv.wait(n).unwrap();
-        }
+        self.inner.cleanups.settle();
     }
 
     fn spawned(&self) -> u64 {
@@ -353,7 +337,7 @@ impl Strategy for CliLinux {
     }
 
     fn take_recycles(&self) -> Vec<Duration> {
-        std::mem::take(&mut *self.inner.recycles.lock().unwrap())
+        self.inner.cleanups.take_recycles()
     }
 
     fn recycle_what(&self) -> &'static str {

@@ -352,3 +352,59 @@ impl Strategy for Bare {
         self.spawner.count()
     }
 }
+
+/// The seed PotBuilder's cleanup bookkeeping, shared by both cli ports: one cleanup thread
+/// per build, admitted by spinning while more than `max` run (as the seed does), with a
+/// count of those still running so `settle` can wait, and the time each took.
+pub struct SeedCleanups {
+    running: std::sync::atomic::AtomicUsize,
+    max: usize,
+    idle: (std::sync::Mutex<usize>, std::sync::Condvar),
+    recycles: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl SeedCleanups {
+    pub fn new(max: usize) -> SeedCleanups {
+        SeedCleanups {
+            running: std::sync::atomic::AtomicUsize::new(0),
+            max,
+            idle: (std::sync::Mutex::new(0), std::sync::Condvar::new()),
+            recycles: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits (spinning, like the seed) for a cleanup slot, then counts one more cleanup.
+    pub fn begin(&self) {
+        use std::sync::atomic::Ordering;
+        while self.running.fetch_add(1, Ordering::SeqCst) > self.max {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            std::hint::spin_loop();
+        }
+        *self.idle.0.lock().unwrap() += 1;
+    }
+
+    /// A cleanup ended; `took` is its time when it succeeded.
+    pub fn end(&self, took: Option<Duration>) {
+        if let Some(t) = took {
+            self.recycles.lock().unwrap().push(t);
+        }
+        self.running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let mut n = self.idle.0.lock().unwrap();
+        *n -= 1;
+        self.idle.1.notify_all();
+    }
+
+    /// Blocks until no cleanup runs.
+    pub fn settle(&self) {
+        let (lock, cv) = &self.idle;
+        let mut n = lock.lock().unwrap();
+        while *n > 0 {
+            n = cv.wait(n).unwrap();
+        }
+    }
+
+    pub fn take_recycles(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.recycles.lock().unwrap())
+    }
+}
