@@ -9,6 +9,11 @@
 //! - [`exec`]: command validation (before fork) and supervision of a sandboxed child.
 //! - [`freebsd`]: jails + ZFS orchestration over a kernel seam (fake-testable on any OS).
 //! - [`linux`]: overlayfs + namespaces.
+//! - [`zfs`]: the safe layer over libzfs_core / libnvpair (`sys/`), FreeBSD's storage.
+//! - [`native`]: this platform's backend built from the configuration, and its probe.
+//! - [`config`]: the `[builder]` TOML section.
+//! - [`toolchain`]: packaging a host compiler into a toolchain archive (host tooling).
+//! - [`sccache`] (feature `sccache`): `BuilderIncoming` and the `serve` server.
 
 pub mod backend;
 pub mod config;

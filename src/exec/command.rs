@@ -11,7 +11,7 @@ use std::os::raw::c_char;
 pub struct CommandSpec {
     /// Absolute path of the program inside the sandbox.
     pub executable: String,
-    /// Arguments after argv[0]; argv[0] is the executable.
+    /// Arguments after `argv[0]`; `argv[0]` is the executable.
     pub arguments: Vec<String>,
     pub env_vars: Vec<(String, String)>,
     /// Absolute working directory inside the sandbox.

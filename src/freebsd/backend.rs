@@ -329,7 +329,7 @@ impl FreeBsdContainer {
     }
 }
 
-/// The FreeBSD backend over kernel `K` ([`super::RealKernel`] on FreeBSD, [`super::FakeKernel`]
+/// The FreeBSD backend over kernel `K` (`RealKernel` on FreeBSD, [`super::FakeKernel`]
 /// in tests).
 pub struct FreeBsdBackend<K: Kernel> {
     kernel: K,

@@ -1,5 +1,5 @@
 //! The kernel seam of the FreeBSD backend: every system call (and libzfs_core call) the
-//! orchestration in [`super::backend`] makes, as one trait. [`super::real::RealKernel`] makes
+//! orchestration in [`super::backend`] makes, as one trait. `RealKernel` (FreeBSD only) makes
 //! the calls on FreeBSD; [`super::fake::FakeKernel`] records them and enforces the same
 //! rules on any OS, so the orchestration is tested on Linux.
 //!

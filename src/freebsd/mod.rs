@@ -3,7 +3,7 @@
 //! - [`kernel`]: the seam ([`Kernel`]), its errors and parameters.
 //! - [`backend`]: [`FreeBsdBackend`], the orchestration (compiled and tested on every OS).
 //! - [`fake`]: [`FakeKernel`], the seam in memory with the kernel's rules enforced.
-//! - `real` (FreeBSD only): [`RealKernel`], libzfs_core + nmount(2) + jail_set(2) + pdfork(2).
+//! - `real` (FreeBSD only): `RealKernel`, libzfs_core + nmount(2) + jail_set(2) + pdfork(2).
 
 pub mod backend;
 pub mod fake;

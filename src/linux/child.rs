@@ -1,4 +1,4 @@
-//! The forked half of `exec`: what the two children do between fork and execve.
+//! The cloned half of `exec`: what the child does between clone and execve.
 //!
 //! The server is multi-threaded, so everything here is async-signal-safe: raw system calls
 //! on memory prepared before fork ([`ChildPlan`]), no allocation, no locks, no panics. A

@@ -17,14 +17,15 @@
 //!
 //! The skeleton is the *top* lower layer (not the bottom): the toolchain archive is
 //! untrusted, and with skel on top it cannot replace /dev/null with a file or turn /proc
-//! into a symlink that B's proc mount would follow.
+//! into a symlink that the sandbox's proc mount would follow.
 //!
-//! `exec` forks once; the child (A) joins the container's pinned net/ipc/uts namespaces and
-//! its mount namespace (pivoted into the root when the container was made or reset, so the
-//! per-exec cost does not grow with the host's mount table), unshares a private copy of it
-//! plus a pid namespace and forks the sandbox's init (B), which mounts /proc, drops
-//! privileges and execs the compiler; see [`child`]. When B exits the kernel kills every
-//! process left in its pid namespace before A's wait returns, so nothing outlives a compile.
+//! `exec` clones one child straight into a new pid namespace (`clone(CLONE_NEWPID)`). It
+//! joins the container's pinned net/ipc/uts namespaces and its mount namespace (pivoted
+//! into the root when the container was made or reset, so the per-exec cost does not grow
+//! with the host's mount table), unshares a private copy of the latter, mounts /proc, drops
+//! privileges and execs the compiler as pid 1 (see the `child` module). When it exits the
+//! kernel kills every process left in its pid namespace before the server's wait returns,
+//! so nothing outlives a compile.
 
 mod cgroup;
 mod child;

@@ -163,7 +163,7 @@ impl ServeConfig {
     }
 
     /// The bearer token this server presents to the scheduler, as `sccache-dist server`
-    /// builds it: "<public_addr> <token>" for `token` (and the insecure mode), the JWT
+    /// builds it: `"<public_addr> <token>"` for `token` (and the insecure mode), the JWT
     /// itself for `jwt_token` (refused if issued for another `public_addr`).
     pub fn scheduler_token(&self) -> Result<String, ServeConfigError> {
         let id = ServerId::new(self.public_addr);
