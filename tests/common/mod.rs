@@ -12,6 +12,9 @@ use jailbuilder::exec::CommandSpec;
 use jailbuilder::linux::{LinuxBackend, LinuxConfig};
 use jailbuilder::untrusted::UnpackLimits;
 
+#[cfg(feature = "sccache")]
+pub mod sccache;
+
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub fn skip_reason() -> Option<String> {
@@ -322,14 +325,15 @@ pub fn host_processes_of_uid(uid: u32) -> Vec<u32> {
     pids
 }
 
-/// Mount points at or beneath `dir` in this process's mount namespace.
+/// Mount points at or beneath `dir` in this process's mount namespace (a space in a
+/// path, escaped as `\040` in mountinfo, unescaped).
 pub fn mounts_beneath(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let prefix = dir.to_string_lossy().into_owned();
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
         .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
-        .map(str::to_string)
         .collect()
 }
 
