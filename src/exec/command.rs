@@ -133,6 +133,14 @@ impl PreparedCommand {
     }
 }
 
+impl TryFrom<CommandSpec> for PreparedCommand {
+    type Error = InvalidCommand;
+
+    fn try_from(spec: CommandSpec) -> Result<Self, InvalidCommand> {
+        PreparedCommand::new(spec)
+    }
+}
+
 impl std::fmt::Debug for PreparedCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.spec.fmt(f)

@@ -65,7 +65,7 @@ fn image(b: &Fb, id: &str) -> FreeBsdImage {
 }
 
 fn cmd(exe: &str) -> PreparedCommand {
-    PreparedCommand::new(CommandSpec {
+    PreparedCommand::try_from(CommandSpec {
         executable: exe.into(),
         arguments: vec!["-c".into(), "a.c".into()],
         env_vars: vec![],
@@ -265,7 +265,7 @@ fn exec_errors_keep_the_setup_step() {
     let e = b
         .exec(
             &c,
-            &PreparedCommand::new(bad_cwd).unwrap(),
+            &PreparedCommand::try_from(bad_cwd).unwrap(),
             USER,
             &Limits::default(),
         )
