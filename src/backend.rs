@@ -170,29 +170,17 @@ pub trait Backend: Send + Sync + 'static {
 
     fn root<'c>(&self, container: &'c Self::Container) -> &'c Path;
 
+    /// Runs `command` in the container. With `cancel`, the call also ends when the token is
+    /// cancelled: the sandbox's processes are killed at once and the call returns an error
+    /// (the engine reports [`crate::engine::BuildError::Cancelled`]).
     fn exec(
         &self,
         container: &Self::Container,
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> Result<ExecOutcome, Self::Error>;
-
-    /// [`Backend::exec`] that also ends when `cancel` is cancelled: the sandbox's processes
-    /// are killed at once and the call returns an error (the engine reports
-    /// [`crate::engine::BuildError::Cancelled`]). The default ignores `cancel` (the command
-    /// runs to its end or its timeout); both real backends override it.
-    fn exec_cancellable(
-        &self,
-        container: &Self::Container,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> Result<ExecOutcome, Self::Error> {
-        let _ = cancel;
-        self.exec(container, command, user, limits)
-    }
 
     fn reset(&self, container: &mut Self::Container) -> Result<(), Self::Error>;
 

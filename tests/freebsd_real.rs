@@ -545,7 +545,7 @@ mod real {
 
     fn sh(b: &Real, env: &Env, c: &FreeBsdContainer, script: &str) -> ExecOutcome {
         let cmd = PreparedCommand::new(spec("/bin/sh", &["-c", script], "/")).unwrap();
-        b.exec(c, &cmd, env.user, &limits())
+        b.exec(c, &cmd, env.user, &limits(), None)
             .unwrap_or_else(|e| panic!("exec sh -c {script:?}: {e}"))
     }
 

@@ -136,7 +136,7 @@ fn command(args: &[&str]) -> PreparedCommand {
 }
 
 fn sh(b: &LinuxBackend, c: &LinuxContainer, script: &str) -> jailbuilder::backend::ExecOutcome {
-    b.exec(c, &command(&["sh", "-c", script]), USER, &limits())
+    b.exec(c, &command(&["sh", "-c", script]), USER, &limits(), None)
         .unwrap()
 }
 
@@ -196,6 +196,7 @@ fn command_runs_and_its_output_and_exit_code_come_back() {
             &command(&["sh", "-c", "echo 0123456789abcdef"]),
             USER,
             &lim,
+            None,
         )
         .unwrap();
     assert_eq!(o.stdout, b"0123456789");
@@ -296,6 +297,7 @@ fn runs_as_the_build_user_with_limits() {
             &command(&["sh", "-c", "id -u; id -g; id -G; ulimit -n; ulimit -f"]),
             USER,
             &lim,
+            None,
         )
         .unwrap();
     // ulimit -f counts 512-byte blocks in busybox sh? No: 1024-byte blocks.
@@ -377,6 +379,7 @@ fn a_timeout_kills_a_looping_compile_promptly() {
             &command(&["sh", "-c", "sleep 987653 & while :; do :; done"]),
             USER,
             &lim,
+            None,
         )
         .unwrap();
     let took = start.elapsed();
@@ -400,7 +403,7 @@ fn a_missing_executable_or_cwd_is_a_setup_error() {
         ..CommandSpec::default()
     })
     .unwrap();
-    let e = f.backend.exec(&c, &cmd, USER, &limits()).unwrap_err();
+    let e = f.backend.exec(&c, &cmd, USER, &limits(), None).unwrap_err();
     assert!(
         matches!(
             e.exec_error(),
@@ -419,7 +422,7 @@ fn a_missing_executable_or_cwd_is_a_setup_error() {
         ..CommandSpec::default()
     })
     .unwrap();
-    let e = f.backend.exec(&c, &cmd, USER, &limits()).unwrap_err();
+    let e = f.backend.exec(&c, &cmd, USER, &limits(), None).unwrap_err();
     assert!(
         matches!(
             e,

@@ -228,26 +228,22 @@ impl<B: Backend> Engine<B> {
 
         check()?;
         let mark = Instant::now();
-        let exec = match cancel {
-            Some(c) => {
-                backend.exec_cancellable(container, &command, cfg.build_user, &cfg.limits, c)
-            }
-            None => backend.exec(container, &command, cfg.build_user, &cfg.limits),
-        };
-        let exec = exec.map_err(|e| {
-            if cancel.is_some_and(CancelToken::is_cancelled) {
-                BuildError::Cancelled
-            } else if backend.is_job_error(&e) {
-                BuildError::Start(Box::new(e))
-            } else {
-                pool.record_failure();
-                BuildError::Backend {
-                    step: "running the command",
-                    backend: backend.kind(),
-                    source: Box::new(e),
+        let exec = backend
+            .exec(container, &command, cfg.build_user, &cfg.limits, cancel)
+            .map_err(|e| {
+                if cancel.is_some_and(CancelToken::is_cancelled) {
+                    BuildError::Cancelled
+                } else if backend.is_job_error(&e) {
+                    BuildError::Start(Box::new(e))
+                } else {
+                    pool.record_failure();
+                    BuildError::Backend {
+                        step: "running the command",
+                        backend: backend.kind(),
+                        source: Box::new(e),
+                    }
                 }
-            }
-        })?;
+            })?;
         t.exec = mark.elapsed();
 
         let mark = Instant::now();

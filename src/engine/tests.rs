@@ -149,6 +149,7 @@ impl Backend for TestBackend {
         cmd: &PreparedCommand,
         user: BuildUser,
         _l: &Limits,
+        _cancel: Option<&crate::exec::CancelToken>,
     ) -> Result<ExecOutcome, TestError> {
         self.step("exec", format!("{} as {}", cmd.spec().executable, user.uid))?;
         if !c

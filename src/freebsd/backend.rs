@@ -888,18 +888,15 @@ impl<K: Kernel> FreeBsdBackend<K> {
         } else {
             limits
         };
-        let k = &self.kernel;
-        match cancel {
-            Some(c) => k.exec_cancellable(jid, command, user, limits, c),
-            None => k.exec(jid, command, user, limits),
-        }
-        .map_err(|e| match e {
-            KernelError::Exec { source, .. } => FreeBsdError::Exec {
-                jail: container.jail_name.clone(),
-                source,
-            },
-            other => kerr(Step::Exec, container.jail_name.clone())(other),
-        })
+        self.kernel
+            .exec(jid, command, user, limits, cancel)
+            .map_err(|e| match e {
+                KernelError::Exec { source, .. } => FreeBsdError::Exec {
+                    jail: container.jail_name.clone(),
+                    source,
+                },
+                other => kerr(Step::Exec, container.jail_name.clone())(other),
+            })
     }
 }
 
@@ -1053,19 +1050,9 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> Result<ExecOutcome> {
-        self.exec_inner(container, command, user, limits, None)
-    }
-
-    fn exec_cancellable(
-        &self,
-        container: &FreeBsdContainer,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> Result<ExecOutcome> {
-        self.exec_inner(container, command, user, limits, Some(cancel))
+        self.exec_inner(container, command, user, limits, cancel)
     }
 
     fn reset(&self, container: &mut FreeBsdContainer) -> Result<()> {

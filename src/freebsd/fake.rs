@@ -869,27 +869,17 @@ impl Kernel for FakeKernel {
             .collect())
     }
 
+    /// A program that "hangs" (`FakeRun::hang`) and is cancelled ends as cancelled rather
+    /// than timed out; a token cancelled before the call stops it before the program runs.
     fn exec(
         &self,
         jid: i32,
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        self.exec_inner(jid, command, user, limits, None)
-    }
-
-    /// A program that "hangs" (`FakeRun::hang`) and is cancelled ends as cancelled rather
-    /// than timed out; a token cancelled before the call stops it before the program runs.
-    fn exec_cancellable(
-        &self,
-        jid: i32,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> KResult<ExecOutcome> {
-        self.exec_inner(jid, command, user, limits, Some(cancel))
+        self.exec_inner(jid, command, user, limits, cancel)
     }
 
     fn racct_enabled(&self) -> bool {

@@ -206,29 +206,16 @@ pub trait Kernel: Send + Sync + 'static {
 
     // Exec.
     /// Runs `command` inside jail `jid` as `user` within `limits` and waits for it; on
-    /// timeout, every process of the jail is killed (jail_remove).
+    /// timeout, or when `cancel` is cancelled, every process of the jail is killed
+    /// (jail_remove) and a cancelled call fails with `ExecError::Cancelled`.
     fn exec(
         &self,
         jid: i32,
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome>;
-
-    /// [`Kernel::exec`] that also ends when `cancel` is cancelled: every process of the
-    /// jail is killed (jail_remove) and the call fails with `ExecError::Cancelled`. The
-    /// default ignores `cancel`.
-    fn exec_cancellable(
-        &self,
-        jid: i32,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> KResult<ExecOutcome> {
-        let _ = cancel;
-        self.exec(jid, command, user, limits)
-    }
 
     // Resource limits (rctl(8), RACCT).
     /// True when the kernel accounts resources (sysctl kern.racct.enable=1, a kernel built
@@ -296,18 +283,9 @@ impl<K: Kernel> Kernel for Arc<K> {
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        (**self).exec(jid, command, user, limits)
-    }
-    fn exec_cancellable(
-        &self,
-        jid: i32,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> KResult<ExecOutcome> {
-        (**self).exec_cancellable(jid, command, user, limits, cancel)
+        (**self).exec(jid, command, user, limits, cancel)
     }
     fn racct_enabled(&self) -> bool {
         (**self).racct_enabled()

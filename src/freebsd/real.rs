@@ -412,19 +412,9 @@ impl Kernel for RealKernel {
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        self.exec_inner(jid, command, user, limits, None)
-    }
-
-    fn exec_cancellable(
-        &self,
-        jid: i32,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> KResult<ExecOutcome> {
-        self.exec_inner(jid, command, user, limits, Some(cancel))
+        self.exec_inner(jid, command, user, limits, cancel)
     }
 
     fn racct_enabled(&self) -> bool {

@@ -187,7 +187,7 @@ fn container_creation_exec_reset_destroy_calls_in_order() {
         }
     });
     let out = b
-        .exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default())
+        .exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default(), None)
         .unwrap();
     assert_eq!(out.status, ExitStatus::Code(0));
     assert_eq!(out.stdout, b"ok");
@@ -244,7 +244,7 @@ fn exec_errors_keep_the_setup_step() {
     let img = image(&b, "tc1");
     let c = b.create_container(&img).unwrap();
     let e = b
-        .exec(&c, &cmd("/usr/bin/missing"), USER, &Limits::default())
+        .exec(&c, &cmd("/usr/bin/missing"), USER, &Limits::default(), None)
         .unwrap_err();
     match &e {
         FreeBsdError::Exec { source, .. } => {
@@ -268,6 +268,7 @@ fn exec_errors_keep_the_setup_step() {
             &PreparedCommand::try_from(bad_cwd).unwrap(),
             USER,
             &Limits::default(),
+            None,
         )
         .unwrap_err();
     assert!(matches!(
@@ -294,7 +295,7 @@ fn timeout_kills_the_jail_and_reset_recovers() {
         ..FakeRun::default()
     });
     let out = b
-        .exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default())
+        .exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default(), None)
         .unwrap();
     assert_eq!(out.status, ExitStatus::TimedOut);
     assert!(fake.live_jails().is_empty());
@@ -389,7 +390,7 @@ fn a_failed_reset_destroys_the_container() {
         // Whatever teardown could not do (its first step failed too for jail_wait_gone),
         // destroy_container finishes; the container is never usable again.
         assert!(matches!(
-            b.exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default()),
+            b.exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default(), None),
             Err(FreeBsdError::ContainerDead(_))
         ));
         assert!(matches!(
@@ -439,7 +440,7 @@ fn leftovers_of_a_dead_instance_are_removed_in_a_legal_order() {
         });
         let c1 = dead.create_container(&img).unwrap();
         let c2 = dead.create_container(&img).unwrap();
-        dead.exec(&c1, &cmd("/usr/bin/cc"), USER, &Limits::default())
+        dead.exec(&c1, &cmd("/usr/bin/cc"), USER, &Limits::default(), None)
             .unwrap();
         // A crash: nothing is destroyed; the lock goes with the process (the backend).
         std::mem::forget((c1, c2, img, _img2));
@@ -692,7 +693,7 @@ fn fake_enforces_mount_and_jail_rules() {
     k.unmount(&mnt, false).unwrap();
     // exec in a gone jail: jail_attach EINVAL.
     let e = k
-        .exec(jid, &cmd("/bin/true"), USER, &Limits::default())
+        .exec(jid, &cmd("/bin/true"), USER, &Limits::default(), None)
         .unwrap_err();
     assert!(matches!(
         e,
@@ -738,7 +739,9 @@ fn output_is_capped() {
         output_stream_cap: 10,
         ..Limits::default()
     };
-    let out = b.exec(&c, &cmd("/usr/bin/cc"), USER, &limits).unwrap();
+    let out = b
+        .exec(&c, &cmd("/usr/bin/cc"), USER, &limits, None)
+        .unwrap();
     assert_eq!(out.status, ExitStatus::Code(1));
     assert_eq!(out.stderr.len(), 10);
     assert!(out.stderr_truncated);

@@ -632,7 +632,7 @@ impl LinuxBackend {
 }
 
 impl LinuxBackend {
-    /// `exec`, stopping early when `cancel` is cancelled (see [`Backend::exec_cancellable`]).
+    /// `exec`, stopping early when `cancel` is cancelled (see [`Backend::exec`]).
     fn exec_inner(
         &self,
         container: &LinuxContainer,
@@ -926,19 +926,9 @@ impl Backend for LinuxBackend {
         command: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> Result<ExecOutcome, LinuxError> {
-        self.exec_inner(container, command, user, limits, None)
-    }
-
-    fn exec_cancellable(
-        &self,
-        container: &LinuxContainer,
-        command: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> Result<ExecOutcome, LinuxError> {
-        self.exec_inner(container, command, user, limits, Some(cancel))
+        self.exec_inner(container, command, user, limits, cancel)
     }
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {

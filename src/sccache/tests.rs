@@ -107,6 +107,7 @@ impl Backend for TestBackend {
         cmd: &PreparedCommand,
         _user: BuildUser,
         _l: &Limits,
+        _cancel: Option<&crate::exec::CancelToken>,
     ) -> Result<ExecOutcome, TestError> {
         let spec = cmd.spec();
         if !c

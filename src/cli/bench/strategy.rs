@@ -160,18 +160,9 @@ impl<B: Backend> Backend for Timed<B> {
         cmd: &PreparedCommand,
         user: BuildUser,
         limits: &Limits,
+        cancel: Option<&CancelToken>,
     ) -> Result<ExecOutcome, B::Error> {
-        self.inner.exec(c, cmd, user, limits)
-    }
-    fn exec_cancellable(
-        &self,
-        c: &B::Container,
-        cmd: &PreparedCommand,
-        user: BuildUser,
-        limits: &Limits,
-        cancel: &CancelToken,
-    ) -> Result<ExecOutcome, B::Error> {
-        self.inner.exec_cancellable(c, cmd, user, limits, cancel)
+        self.inner.exec(c, cmd, user, limits, cancel)
     }
     fn reset(&self, c: &mut B::Container) -> Result<(), B::Error> {
         let t = Instant::now();
