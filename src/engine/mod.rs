@@ -161,4 +161,6 @@ impl<B: Backend> Drop for Engine<B> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_backend;
+#[cfg(test)]
 mod tests;

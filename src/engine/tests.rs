@@ -1,191 +1,20 @@
 //! Engine tests over a directory-backed test backend that counts calls and injects faults.
 //! (The FreeBSD orchestration has its own fake kernel; this one isolates the engine.)
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use super::test_backend::{outcome, Shared, TestBackend, TestError};
 use super::*;
-use crate::backend::{CleanupReport, ExecOutcome, ExitStatus, ToolchainId};
+use crate::backend::{ExecOutcome, ExitStatus, ToolchainId};
 use crate::exec::{CommandSpec, PreparedCommand};
-use crate::untrusted::{self, RootDir};
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TestError(String, bool);
-
-type Program = dyn Fn(&Path, &PreparedCommand) -> ExecOutcome + Send + Sync;
-
-#[derive(Default)]
-struct Shared {
-    calls: Mutex<Vec<String>>,
-    /// step -> calls left before it fails (0 = fail now); absent = never fails.
-    faults: Mutex<HashMap<&'static str, usize>>,
-    alive: AtomicUsize,
-    max_alive: AtomicUsize,
-    next: AtomicUsize,
-    /// Image creation of a toolchain named "slow" waits on this barrier twice.
-    slow_gate: Mutex<Option<Arc<Barrier>>>,
-}
-
-struct TestBackend {
-    dir: PathBuf,
-    shared: Arc<Shared>,
-    program: Box<Program>,
-}
-
-struct TestContainer {
-    root: PathBuf,
-    image: PathBuf,
-}
-
-impl TestBackend {
-    fn step(&self, name: &'static str, detail: String) -> Result<(), TestError> {
-        self.shared
-            .calls
-            .lock()
-            .unwrap()
-            .push(format!("{name} {detail}"));
-        let mut faults = self.shared.faults.lock().unwrap();
-        if let Some(n) = faults.get_mut(name) {
-            if *n == 0 {
-                faults.remove(name);
-                return Err(TestError(format!("injected failure in {name}"), false));
-            }
-            *n -= 1;
-        }
-        Ok(())
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let ty = e.file_type().unwrap();
-        let dest = to.join(e.file_name());
-        if ty.is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else if ty.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(e.path()).unwrap(), dest).unwrap();
-        } else {
-            fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
-impl Backend for TestBackend {
-    type Image = PathBuf;
-    type Container = TestContainer;
-    type Error = TestError;
-
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-
-    fn is_job_error(&self, e: &TestError) -> bool {
-        e.1
-    }
-
-    fn remove_leftovers(&self) -> Result<CleanupReport, TestError> {
-        self.step("remove_leftovers", String::new())?;
-        Ok(CleanupReport::default())
-    }
-
-    fn create_image(
-        &self,
-        id: &ToolchainId,
-        tc: &mut dyn std::io::Read,
-    ) -> Result<PathBuf, TestError> {
-        self.step("create_image", id.to_string())?;
-        if id.as_str() == "slow" {
-            let gate = self.shared.slow_gate.lock().unwrap().clone();
-            if let Some(g) = gate {
-                g.wait(); // tell the test we are inside create_image
-                g.wait(); // and wait until it lets us finish
-            }
-        }
-        let dir = self.dir.join("images").join(id.as_str());
-        fs::create_dir_all(&dir).unwrap();
-        let root = RootDir::open(&dir).unwrap();
-        untrusted::unpack_tar_gz(tc, &root, &Default::default())
-            .map_err(|e| TestError(e.to_string(), true))?;
-        Ok(dir)
-    }
-
-    fn destroy_image(&self, image: PathBuf) -> Result<(), TestError> {
-        self.step(
-            "destroy_image",
-            image.file_name().unwrap().to_string_lossy().into(),
-        )?;
-        fs::remove_dir_all(image).unwrap();
-        Ok(())
-    }
-
-    fn create_container(&self, image: &PathBuf) -> Result<TestContainer, TestError> {
-        self.step("create_container", String::new())?;
-        let n = self.shared.next.fetch_add(1, Ordering::SeqCst);
-        let root = self.dir.join(format!("c{n}"));
-        copy_tree(image, &root);
-        let alive = self.shared.alive.fetch_add(1, Ordering::SeqCst) + 1;
-        self.shared.max_alive.fetch_max(alive, Ordering::SeqCst);
-        Ok(TestContainer {
-            root,
-            image: image.clone(),
-        })
-    }
-
-    fn root<'c>(&self, c: &'c TestContainer) -> &'c Path {
-        &c.root
-    }
-
-    fn exec(
-        &self,
-        c: &TestContainer,
-        cmd: &PreparedCommand,
-        user: BuildUser,
-        _l: &Limits,
-        _cancel: Option<&crate::exec::CancelToken>,
-    ) -> Result<ExecOutcome, TestError> {
-        self.step("exec", format!("{} as {}", cmd.spec().executable, user.uid))?;
-        if !c
-            .root
-            .join(cmd.spec().executable.trim_start_matches('/'))
-            .exists()
-        {
-            return Err(TestError(
-                format!("{} not found", cmd.spec().executable),
-                true,
-            ));
-        }
-        Ok((self.program)(&c.root, cmd))
-    }
-
-    fn reset(&self, c: &mut TestContainer) -> Result<(), TestError> {
-        self.step("reset", String::new())?;
-        fs::remove_dir_all(&c.root).unwrap();
-        copy_tree(&c.image, &c.root);
-        Ok(())
-    }
-
-    fn destroy_container(&self, c: TestContainer) -> Result<(), TestError> {
-        self.step("destroy_container", String::new())?;
-        fs::remove_dir_all(&c.root).unwrap();
-        self.shared.alive.fetch_sub(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn clean_all(&self) -> Result<CleanupReport, TestError> {
-        Ok(CleanupReport::default())
-    }
-}
 
 /// A "compiler" that concatenates its input arguments (relative to cwd) into `-o` output.
-fn fake_cc(root: &Path, cmd: &PreparedCommand) -> ExecOutcome {
+fn fake_cc(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
     let spec = cmd.spec();
     let cwd = root.join(spec.cwd.trim_start_matches('/'));
     let mut out = None;
@@ -195,13 +24,7 @@ fn fake_cc(root: &Path, cmd: &PreparedCommand) -> ExecOutcome {
         if a == "-o" {
             out = args.next().cloned();
         } else if a == "--fail" {
-            return ExecOutcome {
-                status: ExitStatus::Code(1),
-                stdout: vec![],
-                stderr: b"error: asked to fail".to_vec(),
-                stdout_truncated: false,
-                stderr_truncated: false,
-            };
+            return Ok(outcome(ExitStatus::Code(1), b"", b"error: asked to fail"));
         } else if a == "--leave" {
             fs::write(cwd.join("leftover.tmp"), b"x").unwrap();
         } else {
@@ -214,13 +37,7 @@ fn fake_cc(root: &Path, cmd: &PreparedCommand) -> ExecOutcome {
     if let Some(o) = out {
         fs::write(cwd.join(o), &data).unwrap();
     }
-    ExecOutcome {
-        status: ExitStatus::Code(0),
-        stdout: b"ok".to_vec(),
-        stderr: vec![],
-        stdout_truncated: false,
-        stderr_truncated: false,
-    }
+    Ok(outcome(ExitStatus::Code(0), b"ok", b""))
 }
 
 fn toolchain_tgz() -> Vec<u8> {
@@ -257,12 +74,7 @@ struct Harness {
 
 fn harness(config: EngineConfig) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
-    let shared = Arc::new(Shared::default());
-    let backend = TestBackend {
-        dir: tmp.path().to_path_buf(),
-        shared: Arc::clone(&shared),
-        program: Box::new(fake_cc),
-    };
+    let (backend, shared) = TestBackend::new(tmp.path().to_path_buf(), fake_cc);
     let engine = Engine::start(backend, config).unwrap();
     Harness {
         _tmp: tmp,

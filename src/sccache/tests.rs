@@ -4,8 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::Mutex;
 
 use sccache::dist::{
@@ -15,148 +14,43 @@ use sccache::dist::{
 
 use super::builder::{command_spec, process_output};
 use super::*;
-use crate::backend::{
-    Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
-};
+use crate::backend::{BuildUser, ExecOutcome, ExitStatus};
+use crate::engine::test_backend::{outcome, TestBackend, TestError};
 use crate::engine::{Engine, EngineConfig};
 use crate::exec::PreparedCommand;
-use crate::untrusted::{self, RootDir};
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TestError(String, bool);
-
-struct TestBackend {
-    dir: PathBuf,
-    next: AtomicUsize,
-}
-
-struct TestContainer {
-    root: PathBuf,
-    image: PathBuf,
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
-fn outcome(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> ExecOutcome {
-    ExecOutcome {
-        status,
-        stdout: stdout.to_vec(),
-        stderr: stderr.to_vec(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-    }
-}
-
-impl Backend for TestBackend {
-    type Image = PathBuf;
-    type Container = TestContainer;
-    type Error = TestError;
-
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-    fn is_job_error(&self, e: &TestError) -> bool {
-        e.1
-    }
-    fn remove_leftovers(&self) -> Result<CleanupReport, TestError> {
-        Ok(CleanupReport::default())
-    }
-    fn create_image(&self, id: &ToolchainId, tc: &mut dyn Read) -> Result<PathBuf, TestError> {
-        let dir = self.dir.join("images").join(id.as_str());
-        fs::create_dir_all(&dir).unwrap();
-        let root = RootDir::open(&dir).unwrap();
-        if let Err(e) = untrusted::unpack_tar_gz(tc, &root, &Default::default()) {
-            fs::remove_dir_all(&dir).unwrap();
-            return Err(TestError(e.to_string(), true));
-        }
-        Ok(dir)
-    }
-    fn destroy_image(&self, image: PathBuf) -> Result<(), TestError> {
-        fs::remove_dir_all(image).unwrap();
-        Ok(())
-    }
-    fn create_container(&self, image: &PathBuf) -> Result<TestContainer, TestError> {
-        let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let root = self.dir.join(format!("c{n}"));
-        copy_tree(image, &root);
-        Ok(TestContainer {
-            root,
-            image: image.clone(),
-        })
-    }
-    fn root<'c>(&self, c: &'c TestContainer) -> &'c Path {
-        &c.root
-    }
-    /// A "compiler": concatenates its input arguments (relative to cwd) into `-o` output;
-    /// `--fail`, `--signal`, `--timeout`, `--backend-fail` and `--env` do what they say.
-    fn exec(
-        &self,
-        c: &TestContainer,
-        cmd: &PreparedCommand,
-        _user: BuildUser,
-        _l: &Limits,
-        _cancel: Option<&crate::exec::CancelToken>,
-    ) -> Result<ExecOutcome, TestError> {
-        let spec = cmd.spec();
-        if !c
-            .root
-            .join(spec.executable.trim_start_matches('/'))
-            .exists()
-        {
-            return Err(TestError(format!("{} not found", spec.executable), true));
-        }
-        let cwd = c.root.join(spec.cwd.trim_start_matches('/'));
-        let (mut out, mut data) = (None, Vec::new());
-        let mut args = spec.arguments.iter();
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "-o" => out = args.next().cloned(),
-                "--fail" => {
-                    return Ok(outcome(
-                        ExitStatus::Code(1),
-                        b"",
-                        b"a.c:1:1: error: expected ';' before '}' token\n",
-                    ))
-                }
-                "--signal" => return Ok(outcome(ExitStatus::Signal(11), b"", b"")),
-                "--timeout" => return Ok(outcome(ExitStatus::TimedOut, b"", b"")),
-                "--backend-fail" => return Err(TestError("injected".into(), false)),
-                "--env" => {
-                    let env = format!("{:?}", spec.env_vars);
-                    return Ok(outcome(ExitStatus::Code(0), env.as_bytes(), b""));
-                }
-                _ => data.extend(fs::read(cwd.join(a)).unwrap_or_default()),
+/// The test backend's "compiler": concatenates its input arguments (relative to cwd) into
+/// `-o` output; `--fail`, `--signal`, `--timeout`, `--backend-fail` and `--env` do what they
+/// say.
+fn fake_compiler(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
+    let spec = cmd.spec();
+    let cwd = root.join(spec.cwd.trim_start_matches('/'));
+    let (mut out, mut data) = (None, Vec::new());
+    let mut args = spec.arguments.iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-o" => out = args.next().cloned(),
+            "--fail" => {
+                return Ok(outcome(
+                    ExitStatus::Code(1),
+                    b"",
+                    b"a.c:1:1: error: expected ';' before '}' token\n",
+                ))
             }
+            "--signal" => return Ok(outcome(ExitStatus::Signal(11), b"", b"")),
+            "--timeout" => return Ok(outcome(ExitStatus::TimedOut, b"", b"")),
+            "--backend-fail" => return Err(TestError("injected".into(), false)),
+            "--env" => {
+                let env = format!("{:?}", spec.env_vars);
+                return Ok(outcome(ExitStatus::Code(0), env.as_bytes(), b""));
+            }
+            _ => data.extend(fs::read(cwd.join(a)).unwrap_or_default()),
         }
-        if let Some(o) = out {
-            fs::write(cwd.join(o), &data).unwrap();
-        }
-        Ok(outcome(ExitStatus::Code(0), b"ok", b""))
     }
-    fn reset(&self, c: &mut TestContainer) -> Result<(), TestError> {
-        fs::remove_dir_all(&c.root).unwrap();
-        copy_tree(&c.image, &c.root);
-        Ok(())
+    if let Some(o) = out {
+        fs::write(cwd.join(o), &data).unwrap();
     }
-    fn destroy_container(&self, c: TestContainer) -> Result<(), TestError> {
-        fs::remove_dir_all(&c.root).unwrap();
-        Ok(())
-    }
-    fn clean_all(&self) -> Result<CleanupReport, TestError> {
-        Ok(CleanupReport::default())
-    }
+    Ok(outcome(ExitStatus::Code(0), b"ok", b""))
 }
 
 fn gz(data: &[u8]) -> Vec<u8> {
@@ -219,10 +113,7 @@ struct Harness {
 
 fn harness(config: EngineConfig) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
-    let backend = TestBackend {
-        dir: tmp.path().join("backend"),
-        next: AtomicUsize::new(0),
-    };
+    let (backend, _) = TestBackend::new(tmp.path().join("backend"), fake_compiler);
     let engine = Engine::start(backend, config).unwrap();
     let server =
         JailServer::new(JailBuilder::new(engine), &tmp.path().join("cache"), 1 << 20).unwrap();
