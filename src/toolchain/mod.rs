@@ -16,6 +16,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+mod elf;
+mod ldd;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ToolchainError {
     #[error("compiler {0:?} not found in PATH")]
@@ -193,18 +196,7 @@ fn is_elf(path: &Path) -> bool {
 /// The shared libraries `ldd` says `path` loads (absolute paths).
 fn shared_libs(path: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
     let out = run(Path::new("ldd"), &[&path.to_string_lossy()])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let p = match l.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            p.starts_with('/').then(|| PathBuf::from(p))
-        })
-        .collect())
+    Ok(ldd::parse(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The programs the compiler driver runs for `-c`, as absolute paths.
@@ -283,6 +275,10 @@ pub fn package(
         for f in pending {
             seen.insert(f.clone());
             if is_elf(&f) {
+                // The loader execve(2) opens (FreeBSD's ldd does not list it).
+                if let Some(interp) = elf::interpreter(&f).map_err(read_err(&f))? {
+                    c.add(&interp, 0)?;
+                }
                 for lib in shared_libs(&f)? {
                     c.add(&lib, 0)?;
                 }
