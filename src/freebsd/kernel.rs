@@ -72,9 +72,9 @@ pub struct JailParams {
 ///
 /// `allow.suser` stays on: the child drops from root to the build user after
 /// jail_attach(2) (which needs root on the host), and setgroups(2)/setgid(2)/setuid(2) need
-/// PRIV_CRED_* privilege (kern_prot.c), which a jailed root only has with PR_ALLOW_SUSER
-/// (kern_priv.c priv_check_cred: `suser_enabled(cred)` is `prison_allow(cred,
-/// PR_ALLOW_SUSER) && ...`). The compile itself never runs as root and the clone is mounted
+/// PRIV_CRED_* privilege (kern_prot.c), which uid 0 in a jail only has with PR_ALLOW_SUSER
+/// (kern_priv.c priv_check_cred grants root's privileges only `if (suser_enabled(cred))`,
+/// which asks prison_allow(cred, PR_ALLOW_SUSER)). The compile itself never runs as root and the clone is mounted
 /// `setuid=off`, so no process of the job holds uid 0 inside the jail.
 pub const JAIL_ALLOW: &[&str] = &[
     "allow.noset_hostname",
@@ -181,11 +181,14 @@ pub enum Rlimit {
 pub struct ExecPlan {
     pub jid: i32,
     pub user: BuildUser,
-    /// setsid(2): the job runs in a session of its own without a controlling terminal, so
-    /// opening /dev/tty fails ENXIO (tty_tty.c ctty_clone hands out the `ctty` device,
-    /// whose cttyopen returns ENXIO, to a process without P_CONTROLT) and TIOCSTI cannot
-    /// reach the server's terminal (tty.c tty_ioctl: TIOCSTI needs the tty to be the
-    /// caller's controlling terminal, or PRIV_TTY_STI, which the build user lacks).
+    /// setsid(2): the job runs in a session of its own without a controlling terminal
+    /// (kern_prot.c sys_setsid -> enterpgrp clears P_CONTROLT), so opening /dev/tty fails
+    /// ENXIO (tty_tty.c ctty_clone hands out the `ctty` device, whose cttyopen returns
+    /// ENXIO, to a process without P_CONTROLT); a host pty is not visible in the jail's
+    /// devfs (devfs_vnops.c devfs_prison_check exempts only the caller's controlling
+    /// terminal); and TIOCSTI needs the tty to be the caller's controlling terminal or
+    /// PRIV_TTY_STI (tty.c tty_generic_ioctl: EACCES). The job's stdin is /dev/null and
+    /// its stdout/stderr are pipes: no terminal descriptor is inherited either.
     pub new_session: bool,
     /// Set in this order, each soft = hard. Lowering a limit needs no privilege; raising a
     /// hard limit needs PRIV_PROC_SETRLIMIT (kern_resource.c kern_proc_setrlimit), so the
