@@ -60,6 +60,9 @@ mod real {
     /// Set in the environment of the child process of the crash test.
     const CHILD_DATASET_ROOT: &str = "JB_TEST_CRASH_CHILD_DATASET_ROOT";
     const CHILD_MOUNT_ROOT: &str = "JB_TEST_CRASH_CHILD_MOUNT_ROOT";
+    /// Set (to the pty slave, /dev/pts/N) in the environment of the child process of the
+    /// controlling-terminal test, which runs with that pty as its controlling terminal.
+    const CHILD_TTY: &str = "JB_TEST_TTY_CHILD_SLAVE";
 
     // ------------------------------------------------------------------ environment
 
@@ -999,6 +1002,338 @@ int main(void) {
             out,
             format!("inet-stream errno={e}\ninet-dgram errno={e}\ninet6-stream errno={e}\nunix-stream ok\n"),
             "socket(2) inside the jail"
+        );
+
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
+        s.assert_empty();
+    }
+
+    /// Compiled inside the jail, run as the jailed child itself (argv[1]: a pty slave):
+    /// whether /dev/tty opens, whether it leads its own session, whether TIOCSTI on the
+    /// slave is accepted.
+    const TTY_PROBE_C: &str = r#"#include <sys/ioctl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char c = 'x';
+    int fd = open("/dev/tty", O_RDWR);
+    printf("dev-tty errno=%d\n", fd < 0 ? errno : 0);
+    printf("session-leader %d\n", getsid(0) == getpid());
+    if (argc < 2)
+        return 2;
+    fd = open(argv[1], O_RDWR | O_NOCTTY);
+    if (fd < 0) {
+        printf("pts-open errno=%d\n", errno);
+        return 0;
+    }
+    printf("tiocsti errno=%d\n", ioctl(fd, TIOCSTI, &c) < 0 ? errno : 0);
+    return 0;
+}
+"#;
+
+    /// A pty master (posix_openpt(3)), kept open while the slave is in use, and the
+    /// slave's path.
+    fn open_pty() -> (std::os::fd::OwnedFd, String) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on a descriptor we own; ptsname's
+        // static buffer is copied at once (no other thread of this test calls it).
+        unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            let master = std::os::fd::OwnedFd::from_raw_fd(m);
+            assert_eq!(libc::grantpt(m), 0, "grantpt");
+            assert_eq!(libc::unlockpt(m), 0, "unlockpt");
+            let name = libc::ptsname(m);
+            assert!(!name.is_null(), "ptsname");
+            let slave = std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned();
+            (master, slave)
+        }
+    }
+
+    /// Not a test on its own: the child process of
+    /// `a_job_cannot_reach_a_controlling_terminal`, started as a session leader with the
+    /// pty named by CHILD_TTY as its controlling terminal. Runs the tty probe in a jail as
+    /// the build user and prints "CHILD ..." lines.
+    #[test]
+    fn tty_child() {
+        let Some(slave) = nonempty(CHILD_TTY) else {
+            return;
+        };
+        let env = env(true).unwrap_or_else(|reason| panic!("tty child: {reason}"));
+        let s = Scratch::from_child_env(&env).expect("tty child variables");
+        let mut report = String::from("\n");
+        // The premise: this process has a controlling terminal a jailed child would
+        // otherwise inherit (tty_tty.c ctty_clone gives /dev/tty to P_CONTROLT only).
+        let host = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty");
+        report += &format!("CHILD host-tty {}\n", host.is_ok());
+        let b = s.started();
+        let img = image(&b);
+        let c = b.create_container(&img).expect("create_container");
+        let root = b.root(&c).to_path_buf();
+        // The jail's own devfs node of the slave: readable and writable by anyone, so only
+        // the session boundary (not the node's owner and mode) decides below.
+        let node = root.join(slave.trim_start_matches('/'));
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", node.display()));
+        std::fs::write(root.join("tmp/ttyprobe.c"), TTY_PROBE_C).unwrap();
+        sh_ok(&b, &env, &c, "cc -o /tmp/ttyprobe /tmp/ttyprobe.c");
+        let cmd = PreparedCommand::new(spec("/tmp/ttyprobe", &[&slave], "/")).unwrap();
+        let o = b
+            .exec(&c, &cmd, env.user, &limits(), None)
+            .expect("exec ttyprobe");
+        for line in text(&o.stdout).lines() {
+            report += &format!("CHILD {line}\n");
+        }
+        report += &format!("CHILD status {:?}\n", o.status);
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
+        let mut out = std::io::stdout();
+        let _ = out.write_all(report.as_bytes());
+        let _ = out.flush();
+        // The parent's Scratch removes the test dataset and the mount root.
+        std::mem::forget(s);
+    }
+
+    #[test]
+    fn a_job_cannot_reach_a_controlling_terminal() {
+        use std::os::unix::process::CommandExt;
+        let env = setup!(true);
+        let s = Scratch::new(&env, "tty");
+        let (master, slave) = open_pty();
+        let slave_c = std::ffi::CString::new(slave.clone()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "real::tty_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_TTY, &slave)
+        .env(CHILD_DATASET_ROOT, s.dataset_root())
+        .env(CHILD_MOUNT_ROOT, s.mount_root());
+        // SAFETY: between fork and exec only setsid(2), open(2), ioctl(2), close(2) on a
+        // path prepared before the fork: async-signal-safe, no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let fd = libc::open(slave_c.as_ptr(), libc::O_RDWR);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Opening a tty does not make it the controlling terminal on FreeBSD;
+                // TIOCSCTTY does (tty.c tty_generic_ioctl), for a session leader.
+                if libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let out = run_ok_for(&mut cmd, Duration::from_secs(300));
+        // The master stays open until the child is done: closing it would revoke the
+        // slave, and /dev/tty would fail for that reason instead.
+        drop(master);
+        let got: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.find("CHILD ").map(|at| &l[at + 6..]))
+            .collect();
+        assert_eq!(
+            got.first().copied(),
+            Some("host-tty true"),
+            "set-up: the child process has no controlling terminal\n{out}"
+        );
+        // setsid(2) in the jailed child (src/freebsd/real.rs child_main): a session of
+        // its own, no controlling terminal, so
+        // - /dev/tty is the `ctty` device, whose open is ENXIO (sys/kern/tty_tty.c
+        //   ctty_clone, cttyopen);
+        // - the pty itself, a device of another prison, is not even visible in the jail's
+        //   devfs (sys/fs/devfs/devfs_vnops.c devfs_prison_check, at lookup, with an
+        //   exception for the caller's controlling terminal only); were it visible,
+        //   TIOCSTI on a tty that is not the caller's controlling terminal needs
+        //   PRIV_TTY_STI: EACCES (sys/kern/tty.c tty_generic_ioctl). Either is a refusal.
+        // Without the setsid the jailed child shares this process's session: /dev/tty and
+        // the pty open (the node is 0666) and TIOCSTI is accepted ("tiocsti errno=0").
+        assert_eq!(
+            got[1..3],
+            [
+                format!("dev-tty errno={}", libc::ENXIO).as_str(),
+                "session-leader 1",
+            ],
+            "tty probe in the jail\n{out}"
+        );
+        // The probe prints "pts-open errno=N" only when the open failed.
+        let sti_refused = format!("tiocsti errno={}", libc::EACCES);
+        assert!(
+            got.get(3)
+                .is_some_and(|l| l.starts_with("pts-open errno=") || *l == sti_refused),
+            "the job reached the pty: {:?}\n{out}",
+            got.get(3)
+        );
+        assert_eq!(got.get(4).copied(), Some("status Code(0)"), "{out}");
+        s.assert_empty();
+    }
+
+    /// `jls -j <jid> -n all`: every parameter (the pseudo-parameter `all`, jls(8)) as
+    /// name=value, booleans as name or noname (usr.sbin/jls/jls.c), split on whitespace.
+    fn jail_params_from_jls(jid: i32) -> Vec<String> {
+        run_ok(Command::new("jls").args(["-j", &jid.to_string(), "-n", "all"]))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn jail_parameters_read_back_as_set() {
+        let env = setup!(false);
+        let s = Scratch::new(&env, "params");
+        let b = s.started();
+        let img = image(&b);
+        let c = b.create_container(&img).expect("create_container");
+        let jid = c.jid().expect("a jail");
+        let params = jail_params_from_jls(jid);
+        for want in [
+            "persist",
+            "securelevel=3",
+            "enforce_statfs=2",
+            "children.max=0",
+            "devfs_ruleset=4",
+        ] {
+            assert!(
+                params.iter().any(|p| p == want),
+                "{want} not in jls -n: {params:?}"
+            );
+        }
+        // Each permission passed explicitly reads back as passed.
+        for want in jailbuilder::freebsd::JAIL_ALLOW {
+            assert!(
+                params.iter().any(|p| p == want),
+                "{want} not in jls -n: {params:?}"
+            );
+        }
+        // Every permission this kernel knows (also those not passed: newer ones, those of
+        // loaded modules) is off, but allow.suser.
+        let on: Vec<&String> = params
+            .iter()
+            .filter(|p| p.starts_with("allow.") && *p != "allow.suser")
+            .filter(|p| !p.rsplit('.').next().unwrap_or("").starts_with("no"))
+            .collect();
+        assert!(on.is_empty(), "permissions on in the jail: {on:?}");
+        // No address family of the host's: ip4/ip6 are not "inherit".
+        for p in ["ip4=inherit", "ip6=inherit"] {
+            assert!(!params.iter().any(|x| x == p), "{p}: {params:?}");
+        }
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
+        s.assert_empty();
+    }
+
+    /// Compiled inside the jail: privileged operations a compile has no use for, each
+    /// "name errno=N" (0: it worked).
+    const PRIV_PROBE_C: &str = r#"#include <sys/param.h>
+#include <sys/uio.h>
+#include <sys/ipc.h>
+#include <sys/jail.h>
+#include <sys/linker.h>
+#include <sys/mount.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <netinet/in.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static void show(const char *what, int rc) {
+    printf("%s errno=%d\n", what, rc < 0 ? errno : 0);
+}
+static struct iovec iov(const char *s) {
+    struct iovec v = { (void *)s, strlen(s) + 1 };
+    return v;
+}
+int main(void) {
+    struct iovec m[4] = { iov("fstype"), iov("devfs"), iov("fspath"), iov("/tmp") };
+    show("mount", nmount(m, 4, 0));
+    show("unmount", unmount("/dev", 0));
+    int fd = open("/tmp/jb-flag", O_CREAT | O_WRONLY, 0644);
+    if (fd >= 0)
+        close(fd);
+    show("chflags", chflags("/tmp/jb-flag", SF_IMMUTABLE));
+    show("shmget", shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600));
+    show("kldload", kldload("jb_no_such_module"));
+    struct iovec j[6] = { iov("name"), iov("jbinner"), iov("path"), iov("/"),
+                          iov("persist"), { NULL, 0 } };
+    show("jail", jail_set(j, 6, JAIL_CREATE));
+    show("raw", socket(AF_INET, SOCK_RAW, IPPROTO_ICMP));
+    show("sethostname", sethostname("jbother", 7));
+    return 0;
+}
+"#;
+
+    #[test]
+    fn jailed_root_and_build_user_are_denied_what_the_jail_forbids() {
+        let env = setup!(true);
+        let s = Scratch::new(&env, "deny");
+        let b = s.started();
+        let img = image(&b);
+        let c = b.create_container(&img).expect("create_container");
+
+        // RLIMIT_CORE is 0, soft and hard, and the job cannot raise it
+        // (kern_resource.c: raising a hard limit needs PRIV_PROC_SETRLIMIT).
+        // securelevel 3 inside. enforce_statfs=2: getfsstat(2) shows only the mounts
+        // beneath the jail's root, relative to it (kern_jail.c prison_enforce_statfs).
+        let out = sh_ok(
+            &b,
+            &env,
+            &c,
+            "ulimit -H -c; ulimit -c; (ulimit -H -c 10) 2>/dev/null && echo raised || echo refused; \
+             sysctl -n kern.securelevel; mount -p | awk '{print $2}'",
+        );
+        assert_eq!(out, "0\n0\nrefused\n3\n/\n/dev\n", "in the jail");
+
+        std::fs::write(b.root(&c).join("tmp/privprobe.c"), PRIV_PROBE_C).unwrap();
+        sh_ok(&b, &env, &c, "cc -o /tmp/privprobe /tmp/privprobe.c");
+        let cmd = PreparedCommand::new(spec("/tmp/privprobe", &[], "/")).unwrap();
+        let (eperm, enosys, eproto) = (libc::EPERM, libc::ENOSYS, libc::EPROTONOSUPPORT);
+        // Why each fails, for root inside the jail too (defence in depth: no compile runs
+        // as root, but a jailed root must not escape either):
+        // mount (devfs: always in the kernel and jail-mountable, so only the permission
+        // decides)/unmount: PRIV_VFS_MOUNT/UNMOUNT need allow.mount (kern_jail.c
+        // prison_priv_check; also allow.mount.devfs, vfs_mount.c vfs_domount); chflags SF_IMMUTABLE: PRIV_VFS_SYSFLAGS needs allow.chflags;
+        // shmget: sysvshm disabled without allow.sysvipc (sysv_shm.c shm_find_prison:
+        // ENOSYS); kldload: securelevel > 0 (kern_linker.c kern_kldload), and
+        // PRIV_KLD_LOAD is never granted in a jail; jail_set: children.max=0 (EPERM);
+        // raw socket: no inet in the jail (prison_check_af, EPROTONOSUPPORT) before
+        // allow.raw_sockets is even asked; sethostname: allow.noset_hostname.
+        let want = format!(
+            "mount errno={eperm}\nunmount errno={eperm}\nchflags errno={eperm}\n\
+             shmget errno={enosys}\nkldload errno={eperm}\njail errno={eperm}\n\
+             raw errno={eproto}\nsethostname errno={eperm}\n"
+        );
+        for user in [env.user, BuildUser { uid: 0, gid: 0 }] {
+            let o = b
+                .exec(&c, &cmd, user, &limits(), None)
+                .unwrap_or_else(|e| panic!("exec privprobe as {user:?}: {e}"));
+            assert_eq!(o.status, ExitStatus::Code(0), "{}", describe(&o));
+            assert_eq!(text(&o.stdout), want, "privileged operations as {user:?}");
+        }
+        // /dev is still mounted in the container (the unmount was refused).
+        assert!(
+            mounts_under(b.root(&c))
+                .iter()
+                .any(|(_, on, t)| t == "devfs" && Path::new(on) == b.root(&c).join("dev")),
+            "devfs gone from the container"
         );
 
         b.destroy_container(c).expect("destroy_container");

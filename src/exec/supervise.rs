@@ -38,10 +38,12 @@ pub enum SetupStep {
     Wait,
     /// Joining the container's cgroup (writing to its cgroup.procs).
     Cgroup,
+    /// setsid(2): a new session, without a controlling terminal.
+    Setsid,
 }
 
 impl SetupStep {
-    const ALL: [SetupStep; 20] = [
+    const ALL: [SetupStep; 21] = [
         SetupStep::Dup2,
         SetupStep::CloseFds,
         SetupStep::JailAttach,
@@ -62,6 +64,7 @@ impl SetupStep {
         SetupStep::Execve,
         SetupStep::Wait,
         SetupStep::Cgroup,
+        SetupStep::Setsid,
     ];
 
     fn from_u32(v: u32) -> Option<SetupStep> {

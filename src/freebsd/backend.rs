@@ -30,7 +30,7 @@ use crate::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, Too
 use crate::exec::{CancelToken, ExecError, PreparedCommand};
 use crate::untrusted::{self, BeneathError, RootDir, UnpackError, UnpackLimits};
 
-use super::kernel::{prop, JailParams, Kernel, KernelError, ZfsProp};
+use super::kernel::{prop, ExecPlan, JailParams, Kernel, KernelError, ZfsProp};
 
 /// Longest dataset or snapshot name ZFS accepts (ZFS_MAX_DATASET_NAME_LEN - 1,
 /// include/sys/fs/zfs.h).
@@ -888,8 +888,9 @@ impl<K: Kernel> FreeBsdBackend<K> {
         } else {
             limits
         };
+        let plan = ExecPlan::new(jid, user, limits);
         self.kernel
-            .exec(jid, command, user, limits, cancel)
+            .exec(&plan, command, limits, cancel)
             .map_err(|e| match e {
                 KernelError::Exec { source, .. } => FreeBsdError::Exec {
                     jail: container.jail_name.clone(),

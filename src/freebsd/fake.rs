@@ -12,11 +12,18 @@
 //!   unmounting with a mount beneath (always) or under a jail's root (unless forced).
 //! - Jails: EEXIST for a live jail's name, EINVAL for a numeric name, ENOENT for a missing
 //!   path, EINVAL removing an unknown jid (kern_jail.c sys_jail_remove), EINVAL attaching
-//!   to a jail that is not alive (sys_jail_attach).
+//!   to a jail that is not alive (sys_jail_attach). jail_set(2) parameters are checked as
+//!   kern_jail_set checks them ([`FakeKernel::check_jail_set`]): EINVAL "unknown
+//!   parameter" for a name the kernel does not know, EINVAL for a value of the wrong type
+//!   or size, EINVAL without `persist`, EINVAL for enforce_statfs outside 0..=2 or a
+//!   devfs_ruleset outside 0..=65535, EPERM for a securelevel below the host's (-1).
+//!   The parameters of each jail and the plan of each exec are recorded.
 //!
 //! Stricter than the kernel (documented deviations): a mount point must be a real
 //! directory, not a symlink (the real nmount follows it, which is never what we want);
-//! rollback is refused (EBUSY) while something is mounted beneath the dataset.
+//! rollback is refused (EBUSY) while something is mounted beneath the dataset; jail_set
+//! knows only the parameters every FreeBSD 14.x host of this backend has (see
+//! [`JAIL_PARAM_TYPES`]), not those a loadable module or a newer release adds.
 //!
 //! Datasets are real directories under a temporary directory, so unpacking and output
 //! reads really happen: a snapshot or clone copies the tree, a rollback copies it back,
@@ -33,14 +40,100 @@ use std::time::Duration;
 use crate::backend::{BuildUser, ExecOutcome, ExitStatus, Limits};
 use crate::exec::{CancelToken, CommandSpec, ExecError, PreparedCommand, SetupStep};
 
-use super::kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+use super::kernel::{
+    ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError, ZfsProp,
+};
 
-/// What a fake program sees: the container root on the host, the command, the user.
+/// What a fake program sees: the container root on the host, the command, the user, and
+/// the plan the child would have followed before execve.
 pub struct FakeExec<'a> {
     pub root: &'a Path,
     pub command: &'a CommandSpec,
     pub user: BuildUser,
     pub limits: &'a Limits,
+    pub plan: &'a ExecPlan,
+}
+
+/// The type of a jail_set(2) parameter, as the kernel reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JailParamType {
+    /// vfs_copyopt(opts, name, &int, sizeof(int)): exactly 4 bytes, else EINVAL.
+    Int,
+    /// vfs_getopt + a NUL-terminated check (`len == 0 || s[len - 1] != '\0'`: EINVAL).
+    Str,
+    /// vfs_flagopt on the name and on its "no" form (`allow.noX`, `allow.mount.noX`,
+    /// `nopersist`), by name only.
+    Bool,
+}
+
+/// Every jail_set(2) parameter the fake accepts, with its type: kern_jail.c kern_jail_set
+/// (the vfs_copyopt/vfs_getopt calls, `pr_flag_bool`, `pr_flag_jailsys` and, as of 13.0,
+/// `pr_flag_allow`, so every 14.x kernel has them) plus the two `allow.mount.*` every host
+/// of this backend registers (devfs, and zfs: OpenZFS `VFS_SET(zfs_vfsops, zfs, ...
+/// VFCF_JAIL ...)`, vfs_register -> prison_add_vfs). Anything else the kernel does not
+/// consume is refused after the checks: "unknown parameter: %s", EINVAL.
+pub const JAIL_PARAM_TYPES: &[(&str, JailParamType)] = &[
+    ("jid", JailParamType::Int),
+    ("name", JailParamType::Str),
+    ("path", JailParamType::Str),
+    ("host.hostname", JailParamType::Str),
+    ("host.domainname", JailParamType::Str),
+    ("host.hostuuid", JailParamType::Str),
+    ("osrelease", JailParamType::Str),
+    ("osreldate", JailParamType::Int),
+    ("securelevel", JailParamType::Int),
+    ("enforce_statfs", JailParamType::Int),
+    ("children.max", JailParamType::Int),
+    ("devfs_ruleset", JailParamType::Int),
+    // pr_flag_jailsys: JAIL_SYS_DISABLE / NEW / INHERIT, as an int.
+    ("host", JailParamType::Int),
+    ("ip4", JailParamType::Int),
+    ("ip6", JailParamType::Int),
+    ("vnet", JailParamType::Int),
+    // pr_flag_bool.
+    ("persist", JailParamType::Bool),
+    ("ip4.saddrsel", JailParamType::Bool),
+    ("ip6.saddrsel", JailParamType::Bool),
+    // pr_flag_allow (13.0).
+    ("allow.set_hostname", JailParamType::Bool),
+    ("allow.sysvipc", JailParamType::Bool),
+    ("allow.raw_sockets", JailParamType::Bool),
+    ("allow.chflags", JailParamType::Bool),
+    ("allow.mount", JailParamType::Bool),
+    ("allow.quotas", JailParamType::Bool),
+    ("allow.socket_af", JailParamType::Bool),
+    ("allow.mlock", JailParamType::Bool),
+    ("allow.reserved_ports", JailParamType::Bool),
+    ("allow.read_msgbuf", JailParamType::Bool),
+    ("allow.unprivileged_proc_debug", JailParamType::Bool),
+    ("allow.suser", JailParamType::Bool),
+    // prison_add_vfs: "allow.mount.<fs>" / "allow.mount.no<fs>".
+    ("allow.mount.devfs", JailParamType::Bool),
+    ("allow.mount.zfs", JailParamType::Bool),
+];
+
+/// The parameter `name` names and its type; for a boolean, whether it is the "no" form.
+fn jail_param_type(name: &str) -> Option<(JailParamType, bool)> {
+    let find = |n: &str| {
+        JAIL_PARAM_TYPES
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, t)| *t)
+    };
+    if let Some(t) = find(name) {
+        return Some((t, false));
+    }
+    // The "no" form puts "no" before the last component (kern_jail.c prison_add_allow:
+    // "allow.%s.no%s"; pr_flag_bool/pr_flag_allow: "nopersist", "allow.noX").
+    let (head, last) = match name.rfind('.') {
+        Some(i) => (&name[..=i], &name[i + 1..]),
+        None => ("", name),
+    };
+    let base = format!("{head}{}", last.strip_prefix("no")?);
+    match find(&base) {
+        Some(JailParamType::Bool) => Some((JailParamType::Bool, true)),
+        _ => None,
+    }
 }
 
 /// What a fake program did.
@@ -102,6 +195,8 @@ struct Mount {
 pub struct FakeJail {
     pub jid: i32,
     pub params: JailParams,
+    /// The jail_set(2) parameters it was created with, in order.
+    pub jail_set: Vec<JailParam>,
     pub alive: bool,
     /// Processes running in it.
     pub processes: u32,
@@ -125,6 +220,8 @@ struct State {
     calls: Vec<String>,
     faults: Vec<Fault>,
     programs: HashMap<String, Program>,
+    /// The plan of every exec, in order.
+    plans: Vec<ExecPlan>,
     /// kern.racct.enable; off by default (as in GENERIC before 13: RACCT_DEFAULT_TO_DISABLED).
     racct: bool,
     /// rctl rules in force, as added.
@@ -231,6 +328,7 @@ impl FakeKernel {
                 calls: Vec::new(),
                 faults: Vec::new(),
                 programs: HashMap::new(),
+                plans: Vec::new(),
                 racct: false,
                 rules: BTreeSet::new(),
             }),
@@ -359,6 +457,61 @@ impl FakeKernel {
             .iter()
             .map(|m| (m.fspath.clone(), m.kind.clone()))
             .collect()
+    }
+
+    /// The plan of every exec so far, in order (also those refused before the program ran).
+    pub fn exec_plans(&self) -> Vec<ExecPlan> {
+        self.lock().plans.clone()
+    }
+
+    /// Checks a jail_set(2) JAIL_CREATE parameter list as kern_jail_set does:
+    /// Err((errno, errmsg)) as the kernel would fail. (The kernel reports an unknown name
+    /// only after its name and path checks; the fake checks the list first.)
+    /// - a value of the wrong type or size: EINVAL (vfs_copyopt returns EINVAL when the
+    ///   length is not sizeof(int); a string must be NUL-terminated; a boolean has no value);
+    /// - no `persist`: EINVAL "new jail must persist or attach";
+    /// - `enforce_statfs` outside 0..=2, `devfs_ruleset` outside 0..=65535: EINVAL;
+    /// - `securelevel` below the parent's (the host's, -1 by default: prison0): EPERM;
+    /// - a name nothing consumed: EINVAL "unknown parameter: <name>" (the loop over
+    ///   `opt->seen` at the end of the checks).
+    pub fn check_jail_set(params: &[JailParam]) -> Result<(), (i32, String)> {
+        let mut persist = false;
+        let mut unknown = None;
+        for p in params {
+            let Some((ty, no)) = jail_param_type(p.name()) else {
+                unknown.get_or_insert(p.name());
+                continue;
+            };
+            match (ty, p) {
+                (JailParamType::Int, JailParam::Int(n, v)) => {
+                    let bad = match *n {
+                        "enforce_statfs" => !(0..=2).contains(v),
+                        "devfs_ruleset" => !(0..=65535).contains(v),
+                        _ => false,
+                    };
+                    if bad {
+                        return Err((libc::EINVAL, String::new()));
+                    }
+                    if *n == "securelevel" && *v < -1 {
+                        return Err((libc::EPERM, String::new()));
+                    }
+                }
+                (JailParamType::Str, JailParam::Str(_, v)) if !v.contains(&0) => {}
+                (JailParamType::Bool, JailParam::Flag(n)) => {
+                    if *n == "persist" && !no {
+                        persist = true;
+                    }
+                }
+                _ => return Err((libc::EINVAL, String::new())),
+            }
+        }
+        if !persist {
+            return Err((libc::EINVAL, "new jail must persist or attach".into()));
+        }
+        if let Some(name) = unknown {
+            return Err((libc::EINVAL, format!("unknown parameter: {name}")));
+        }
+        Ok(())
     }
 
     /// Jails, alive or dying.
@@ -769,6 +922,8 @@ impl Kernel for FakeKernel {
             format!("jail_set create {} path={}", p.name, self.show(&p.path)),
         )
         .map_err(|e| err(e, ""))?;
+        let jail_set = p.jail_set_params();
+        Self::check_jail_set(&jail_set).map_err(|(errno, msg)| err(errno, &msg))?;
         if p.name.contains('.') || p.name.parse::<i64>().is_ok() || p.name.is_empty() {
             return Err(err(libc::EINVAL, "bad name"));
         }
@@ -792,6 +947,7 @@ impl Kernel for FakeKernel {
             FakeJail {
                 jid,
                 params: p.clone(),
+                jail_set,
                 alive: true,
                 processes: 0,
             },
@@ -873,13 +1029,12 @@ impl Kernel for FakeKernel {
     /// than timed out; a token cancelled before the call stops it before the program runs.
     fn exec(
         &self,
-        jid: i32,
+        plan: &ExecPlan,
         command: &PreparedCommand,
-        user: BuildUser,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        self.exec_inner(jid, command, user, limits, cancel)
+        self.exec_inner(plan, command, limits, cancel)
     }
 
     fn racct_enabled(&self) -> bool {
@@ -941,12 +1096,12 @@ impl Kernel for FakeKernel {
 impl FakeKernel {
     fn exec_inner(
         &self,
-        jid: i32,
+        plan: &ExecPlan,
         command: &PreparedCommand,
-        user: BuildUser,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
+        let (jid, user) = (plan.jid, plan.user);
         let cancelled = || cancel.is_some_and(CancelToken::is_cancelled);
         let spec = command.spec();
         let setup = |step, errno| KernelError::Exec {
@@ -963,6 +1118,7 @@ impl FakeKernel {
                 ),
             )
             .map_err(|errno| setup(SetupStep::Execve, errno))?;
+            st.plans.push(plan.clone());
             let Some(jail) = st.jails.get(&jid).filter(|j| j.alive) else {
                 return Err(setup(SetupStep::JailAttach, libc::EINVAL));
             };
@@ -990,6 +1146,7 @@ impl FakeKernel {
             command: spec,
             user,
             limits,
+            plan,
         });
         let mut st = self.lock();
         let cap = limits.output_stream_cap;

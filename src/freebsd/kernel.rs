@@ -53,6 +53,174 @@ pub struct JailParams {
     pub devfs_ruleset: i32,
 }
 
+/// Every `allow.*` permission the new jail gets, by name: each is turned off explicitly
+/// (a boolean is passed by name only, `allow.noX` clears X) but `allow.suser`.
+///
+/// Why explicit: a jail made by jail_set(2) starts with `JAIL_DEFAULT_ALLOW & parent`
+/// (kern_jail.c kern_jail_set, "Set some default values": set_hostname, reserved_ports,
+/// unprivileged_proc_debug, suser) and with `enforce_statfs` from the host's
+/// `security.jail.enforce_statfs` sysctl (jail_default_enforce_statfs): the host's
+/// configuration, not ours, would decide. The names are those of `pr_flag_allow` in
+/// kern_jail.c as of 13.0 (so every 14.x kernel knows them) and the two dynamic ones every
+/// host of this backend registers: `allow.mount.devfs` (devfs) and `allow.mount.zfs`
+/// (OpenZFS zfs_vfsops.c `VFS_SET(..., VFCF_JAIL ...)`; vfs_init.c vfs_register ->
+/// prison_add_vfs -> prison_add_allow("mount", ...) names them `allow.mount.noX`). Newer or
+/// module-dependent permissions (allow.extattr, allow.adjtime, allow.settime, allow.routing,
+/// allow.nfsd, allow.vmm, allow.mount.nullfs, ...) are not in `JAIL_DEFAULT_ALLOW`, so they
+/// start off, and naming one a kernel lacks fails the whole jail_set(2) with EINVAL
+/// ("unknown parameter: %s", kern_jail_set).
+///
+/// `allow.suser` stays on: the child drops from root to the build user after
+/// jail_attach(2) (which needs root on the host), and setgroups(2)/setgid(2)/setuid(2) need
+/// PRIV_CRED_* privilege (kern_prot.c), which uid 0 in a jail only has with PR_ALLOW_SUSER
+/// (kern_priv.c priv_check_cred grants root's privileges only `if (suser_enabled(cred))`,
+/// which asks prison_allow(cred, PR_ALLOW_SUSER)). The compile itself never runs as root and the clone is mounted
+/// `setuid=off`, so no process of the job holds uid 0 inside the jail.
+pub const JAIL_ALLOW: &[&str] = &[
+    "allow.noset_hostname",
+    "allow.nosysvipc",
+    "allow.noraw_sockets",
+    "allow.nochflags",
+    "allow.nomount",
+    "allow.mount.nodevfs",
+    "allow.mount.nozfs",
+    "allow.noquotas",
+    "allow.nosocket_af",
+    "allow.nomlock",
+    "allow.noreserved_ports",
+    "allow.noread_msgbuf",
+    "allow.nounprivileged_proc_debug",
+    "allow.suser",
+];
+
+/// One jail_set(2) parameter: a name/value iovec pair (jail(2) "jail_set").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JailParam {
+    /// A NUL-terminated string.
+    Str(&'static str, Vec<u8>),
+    /// A 4-byte integer (kern_jail.c reads them with vfs_copyopt(..., sizeof(int)), which
+    /// fails EINVAL for any other length).
+    Int(&'static str, i32),
+    /// A boolean, by name only with an empty value (vfs_flagopt).
+    Flag(&'static str),
+}
+
+impl JailParam {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JailParam::Str(n, _) | JailParam::Int(n, _) | JailParam::Flag(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for JailParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JailParam::Str(n, v) => write!(f, "{n}={}", String::from_utf8_lossy(v)),
+            JailParam::Int(n, v) => write!(f, "{n}={v}"),
+            JailParam::Flag(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl JailParams {
+    /// The exact parameters of the jail_set(2) JAIL_CREATE call (errmsg aside), in order:
+    /// nothing is left to the kernel's or the host's defaults that matters to isolation.
+    /// - `persist`: a new jail must persist or attach (kern_jail_set, EINVAL otherwise).
+    /// - no `ip4`/`ip6`/`ip4.addr`/`ip6.addr`/`vnet`: the jail gets PR_IP4|PR_IP4_USER and
+    ///   PR_IP6|PR_IP6_USER with no address and the host's vnet (kern_jail_set, "Set some
+    ///   default values"), so prison_check_af() refuses AF_INET/AF_INET6 sockets.
+    /// - `securelevel`: the jail's own, at least the host's (EPERM below it); the effective
+    ///   level of a jailed process is the higher of the two (kern_prot.c securelevel_gt).
+    /// - `enforce_statfs=2`: statfs/getfsstat show only mounts beneath the jail's root,
+    ///   with paths relative to it (kern_jail.c prison_enforce_statfs).
+    /// - `children.max=0`: no jail inside (kern_jail_set refuses JAIL_CREATE with EPERM
+    ///   when `pr_childmax` is 0).
+    /// - `devfs_ruleset`: the only ruleset a devfs mounted for the jail applies.
+    /// - [`JAIL_ALLOW`].
+    pub fn jail_set_params(&self) -> Vec<JailParam> {
+        let mut v = vec![
+            JailParam::Str("name", self.name.as_bytes().to_vec()),
+            JailParam::Str("path", path_bytes(&self.path)),
+            JailParam::Str("host.hostname", self.hostname.as_bytes().to_vec()),
+            JailParam::Flag("persist"),
+            JailParam::Int("securelevel", self.securelevel),
+            JailParam::Int("enforce_statfs", 2),
+            JailParam::Int("children.max", 0),
+            JailParam::Int("devfs_ruleset", self.devfs_ruleset),
+        ];
+        v.extend(JAIL_ALLOW.iter().map(|n| JailParam::Flag(n)));
+        v
+    }
+}
+
+fn path_bytes(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// A resource limit the jailed child sets, soft = hard (setrlimit(2)); mapped to the
+/// `RLIMIT_*` constants of <sys/resource.h> where the call is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rlimit {
+    /// RLIMIT_AS: address space of each process.
+    As,
+    /// RLIMIT_NPROC: processes of the real uid, host-wide (kern_fork.c chgproccnt).
+    Nproc,
+    /// RLIMIT_NOFILE: descriptors of each process.
+    Nofile,
+    /// RLIMIT_FSIZE: largest file a process may write.
+    Fsize,
+    /// RLIMIT_CORE: largest core dump.
+    Core,
+}
+
+/// What the jailed child does between pdfork(2) and execve(2), decided before the fork (and
+/// recorded by the fake): attach to `jid`, start a new session, set `rlimits`, drop to `user`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecPlan {
+    pub jid: i32,
+    pub user: BuildUser,
+    /// setsid(2): the job runs in a session of its own without a controlling terminal
+    /// (kern_prot.c sys_setsid -> enterpgrp clears P_CONTROLT), so opening /dev/tty fails
+    /// ENXIO (tty_tty.c ctty_clone hands out the `ctty` device, whose cttyopen returns
+    /// ENXIO, to a process without P_CONTROLT); a host pty is not visible in the jail's
+    /// devfs (devfs_vnops.c devfs_prison_check exempts only the caller's controlling
+    /// terminal); and TIOCSTI needs the tty to be the caller's controlling terminal or
+    /// PRIV_TTY_STI (tty.c tty_generic_ioctl: EACCES). The job's stdin is /dev/null and
+    /// its stdout/stderr are pipes: no terminal descriptor is inherited either.
+    pub new_session: bool,
+    /// Set in this order, each soft = hard. Lowering a limit needs no privilege; raising a
+    /// hard limit needs PRIV_PROC_SETRLIMIT (kern_resource.c kern_proc_setrlimit), so the
+    /// job cannot undo them.
+    pub rlimits: Vec<(Rlimit, u64)>,
+}
+
+impl ExecPlan {
+    /// The plan for running in jail `jid` as `user` within `limits`: a new session always;
+    /// RLIMIT_AS, RLIMIT_NPROC, RLIMIT_NOFILE, RLIMIT_FSIZE where the limit is not 0
+    /// (0 = unlimited in [`Limits`]); RLIMIT_CORE 0 always (no core files: a core dump
+    /// would spend the disk quota and time of the job, and nothing reads it).
+    pub fn new(jid: i32, user: BuildUser, limits: &Limits) -> ExecPlan {
+        let mut rlimits: Vec<(Rlimit, u64)> = [
+            (Rlimit::As, limits.memory_bytes),
+            (Rlimit::Nproc, limits.max_processes),
+            (Rlimit::Nofile, limits.max_open_files),
+            (Rlimit::Fsize, limits.max_file_bytes),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+        rlimits.push((Rlimit::Core, 0));
+        ExecPlan {
+            jid,
+            user,
+            new_session: true,
+            rlimits,
+        }
+    }
+}
+
 /// A jail as jail_get(2) reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JailInfo {
@@ -205,14 +373,14 @@ pub trait Kernel: Send + Sync + 'static {
     fn jail_list(&self) -> KResult<Vec<JailInfo>>;
 
     // Exec.
-    /// Runs `command` inside jail `jid` as `user` within `limits` and waits for it; on
-    /// timeout, or when `cancel` is cancelled, every process of the jail is killed
+    /// Runs `command` as `plan` says (inside jail `plan.jid`, as `plan.user`, in a new
+    /// session, with its rlimits) and waits for it, within `limits` (timeout, output caps);
+    /// on timeout, or when `cancel` is cancelled, every process of the jail is killed
     /// (jail_remove) and a cancelled call fails with `ExecError::Cancelled`.
     fn exec(
         &self,
-        jid: i32,
+        plan: &ExecPlan,
         command: &PreparedCommand,
-        user: BuildUser,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome>;
@@ -279,13 +447,12 @@ impl<K: Kernel> Kernel for Arc<K> {
     }
     fn exec(
         &self,
-        jid: i32,
+        plan: &ExecPlan,
         command: &PreparedCommand,
-        user: BuildUser,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        (**self).exec(jid, command, user, limits, cancel)
+        (**self).exec(plan, command, limits, cancel)
     }
     fn racct_enabled(&self) -> bool {
         (**self).racct_enabled()

@@ -18,11 +18,18 @@ mod tests;
 mod tests_engine;
 #[cfg(test)]
 mod tests_faults;
+#[cfg(test)]
+mod tests_sandbox;
 
 pub use backend::{
     FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, JailLimits, Step,
 };
-pub use fake::{FakeExec, FakeJail, FakeKernel, FakeMountKind, FakeRun};
-pub use kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+pub use fake::{
+    FakeExec, FakeJail, FakeKernel, FakeMountKind, FakeRun, JailParamType, JAIL_PARAM_TYPES,
+};
+pub use kernel::{
+    ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError, Rlimit, ZfsProp,
+    JAIL_ALLOW,
+};
 #[cfg(target_os = "freebsd")]
 pub use real::RealKernel;

@@ -16,14 +16,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backend::{BuildUser, ExecOutcome, Limits};
+use crate::backend::{ExecOutcome, Limits};
 use crate::exec::{
     child_fail, errno, supervise_cancellable, CancelToken, ExecError, PreparedCommand, SetupStep,
     SpawnedChild,
 };
 use crate::zfs::{NvList, Zfs, ZfsError};
 
-use super::kernel::{check_rc, JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+use super::kernel::{
+    check_rc, ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError, Rlimit,
+    ZfsProp,
+};
 
 /// Size of the errmsg buffers handed to jail_set(2), jail_get(2) and nmount(2); the kernel
 /// truncates its message to the buffer (vfs_opterror, kern_jail.c done_errmsg).
@@ -302,24 +305,19 @@ impl Kernel for RealKernel {
         .map(drop)
     }
 
-    /// jail_set(2), JAIL_CREATE, `persist` (a new jail must persist or attach: kern_jail.c
-    /// "new jail must persist or attach"). No ip4/ip6 parameter: the new jail gets
-    /// PR_IP4_USER/PR_IP6_USER with no address, so it cannot use inet sockets, and no vnet
-    /// (kern_jail.c kern_jail_set, "Set some default values"). Defaults it would inherit
-    /// (JAIL_DEFAULT_ALLOW: set_hostname, reserved_ports, unprivileged_proc_debug, suser)
-    /// are narrowed: no hostname changes, no debugging of other processes.
+    /// jail_set(2), JAIL_CREATE, with exactly [`JailParams::jail_set_params`] (see there for
+    /// what each parameter denies) and an errmsg buffer.
     fn jail_create(&self, p: &JailParams) -> KResult<i32> {
         let mut l = IoList::new();
-        l.str("name", p.name.as_bytes());
-        l.str("path", p.path.as_os_str().as_bytes());
-        l.str("host.hostname", p.hostname.as_bytes());
-        l.flag("persist");
-        l.int("securelevel", p.securelevel);
-        l.int("enforce_statfs", 2);
-        l.int("children.max", 0);
-        l.int("devfs_ruleset", p.devfs_ruleset);
-        l.flag("allow.noset_hostname");
-        l.flag("allow.nounprivileged_proc_debug");
+        for param in p.jail_set_params() {
+            match param {
+                JailParam::Str(n, v) => l.str(n, &v),
+                JailParam::Int(n, v) => {
+                    l.int(n, v);
+                }
+                JailParam::Flag(n) => l.flag(n),
+            }
+        }
         let e = l.buf("errmsg", ERRMSG_LEN);
         // SAFETY: the iovecs point into `l`'s live buffers; the kernel reads them and
         // writes the errmsg buffer only.
@@ -408,13 +406,12 @@ impl Kernel for RealKernel {
 
     fn exec(
         &self,
-        jid: i32,
+        plan: &ExecPlan,
         command: &PreparedCommand,
-        user: BuildUser,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        self.exec_inner(jid, command, user, limits, cancel)
+        self.exec_inner(plan, command, limits, cancel)
     }
 
     fn racct_enabled(&self) -> bool {
@@ -468,17 +465,17 @@ impl Kernel for RealKernel {
 impl RealKernel {
     fn exec_inner(
         &self,
-        jid: i32,
+        plan: &ExecPlan,
         command: &PreparedCommand,
-        user: BuildUser,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
+        let jid = plan.jid;
         let io = |e: std::io::Error| KernelError::Exec {
             jid,
             source: ExecError::Io(e),
         };
-        let child = spawn_in_jail(jid, command, user, limits).map_err(io)?;
+        let child = spawn_in_jail(plan, command).map_err(io)?;
         let mut kill = || {
             // jail_remove(2) SIGKILLs every process of the jail, the child included.
             if let Err(e) = self.jail_remove(jid) {
@@ -499,7 +496,9 @@ struct ChildPlan<'a> {
     cwd: &'a CStr,
     uid: libc::uid_t,
     gid: libc::gid_t,
-    rlimits: [(libc::c_int, u64); 4],
+    new_session: bool,
+    /// (resource, soft = hard), prepared before fork: the child only iterates the slice.
+    rlimits: &'a [(libc::c_int, libc::rlim_t)],
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
@@ -529,32 +528,38 @@ fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-fn spawn_in_jail(
-    jid: i32,
-    command: &PreparedCommand,
-    user: BuildUser,
-    limits: &Limits,
-) -> std::io::Result<SpawnedChild> {
+/// The <sys/resource.h> constant of `r`.
+fn rlimit_resource(r: Rlimit) -> libc::c_int {
+    match r {
+        Rlimit::As => libc::RLIMIT_AS,
+        Rlimit::Nproc => libc::RLIMIT_NPROC,
+        Rlimit::Nofile => libc::RLIMIT_NOFILE,
+        Rlimit::Fsize => libc::RLIMIT_FSIZE,
+        Rlimit::Core => libc::RLIMIT_CORE,
+    }
+}
+
+fn spawn_in_jail(plan: &ExecPlan, command: &PreparedCommand) -> std::io::Result<SpawnedChild> {
+    let rlimits: Vec<(libc::c_int, libc::rlim_t)> = plan
+        .rlimits
+        .iter()
+        .map(|(r, v)| (rlimit_resource(*r), *v as libc::rlim_t))
+        .collect();
     let devnull = std::fs::File::open("/dev/null")?;
     let stdin = high(OwnedFd::from(devnull))?;
     let (out_r, out_w) = high_pipe()?;
     let (err_r, err_w) = high_pipe()?;
     let (ep_r, ep_w) = high_pipe()?;
-    let plan = ChildPlan {
-        jid,
+    let child = ChildPlan {
+        jid: plan.jid,
         exe: command.executable(),
         argv: command.argv_ptr(),
         envp: command.envp_ptr(),
         cwd: command.cwd(),
-        uid: user.uid,
-        gid: user.gid,
-        // RLIMIT_NPROC counts processes of the real uid host-wide, not per jail.
-        rlimits: [
-            (libc::RLIMIT_AS, limits.memory_bytes),
-            (libc::RLIMIT_NPROC, limits.max_processes),
-            (libc::RLIMIT_NOFILE, limits.max_open_files),
-            (libc::RLIMIT_FSIZE, limits.max_file_bytes),
-        ],
+        uid: plan.user.uid,
+        gid: plan.user.gid,
+        new_session: plan.new_session,
+        rlimits: &rlimits,
         stdin: stdin.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
@@ -570,7 +575,7 @@ fn spawn_in_jail(
     }
     if pid == 0 {
         // SAFETY: we are the child of pdfork; child_main never returns.
-        unsafe { child_main(&plan) }
+        unsafe { child_main(&child) }
     }
     // SAFETY: pdfork stored a fresh process descriptor in pd.
     let exit_fd = unsafe { OwnedFd::from_raw_fd(pd) };
@@ -613,6 +618,13 @@ unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
         // Newer kernels refuse jail_attach with an open directory descriptor (EPERM):
         // close everything the server had open.
         libc::closefrom(4);
+        // A session of its own, so no controlling terminal is reachable (see
+        // ExecPlan::new_session). Cannot fail EPERM here: a new process is never a
+        // process group leader (kern_prot.c sys_setsid; kern_fork.c fork_findpid never
+        // hands out a pid in use as a process group or session id).
+        if plan.new_session && libc::setsid() < 0 {
+            child_fail(3, SetupStep::Setsid, errno());
+        }
         // jail_attach(2) sets root and cwd to the jail's root (kern_jail.c
         // do_jail_attach: change_dir + pwd_chroot_chdir), so chdir comes after it.
         if libc::jail_attach(plan.jid) < 0 {
@@ -621,14 +633,12 @@ unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
             child_fail(3, SetupStep::Chdir, errno());
         }
-        // Lowering limits needs no privilege; done before dropping it.
-        for (res, v) in plan.rlimits {
-            if v == 0 {
-                continue;
-            }
+        // Lowering limits needs no privilege; done before dropping it. Every entry is
+        // set, 0 included (RLIMIT_CORE 0: no core files).
+        for &(res, v) in plan.rlimits {
             let lim = libc::rlimit {
-                rlim_cur: v as libc::rlim_t,
-                rlim_max: v as libc::rlim_t,
+                rlim_cur: v,
+                rlim_max: v,
             };
             if libc::setrlimit(res, &lim) < 0 {
                 child_fail(3, SetupStep::Rlimit, errno());

@@ -693,7 +693,12 @@ fn fake_enforces_mount_and_jail_rules() {
     k.unmount(&mnt, false).unwrap();
     // exec in a gone jail: jail_attach EINVAL.
     let e = k
-        .exec(jid, &cmd("/bin/true"), USER, &Limits::default(), None)
+        .exec(
+            &ExecPlan::new(jid, USER, &Limits::default()),
+            &cmd("/bin/true"),
+            &Limits::default(),
+            None,
+        )
         .unwrap_err();
     assert!(matches!(
         e,

@@ -343,7 +343,12 @@ fn a_cancelled_build_kills_the_jail_and_the_container_is_reset() {
     let fake = fake();
     let token = Arc::new(CancelToken::new().unwrap());
     let t = Arc::clone(&token);
+    // Cancelled once the program runs (not after a fixed sleep, which a loaded machine
+    // may outlast before the build even reaches exec).
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = Arc::clone(&started);
     fake.register_program("/usr/bin/hang", move |_| {
+        st.store(true, std::sync::atomic::Ordering::SeqCst);
         while !t.is_cancelled() {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -372,7 +377,9 @@ fn a_cancelled_build_kills_the_jail_and_the_container_is_reset() {
                 &token,
             )
         });
-        std::thread::sleep(Duration::from_millis(50));
+        while !started.load(std::sync::atomic::Ordering::SeqCst) && !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         token.cancel();
         h.join().unwrap().unwrap_err()
     });
