@@ -347,7 +347,10 @@ pub(crate) fn chown_fd(fd: BorrowedFd<'_>, user: BuildUser) -> Result<(), Errno>
 
 /// Creates directory `rel` and its missing parents beneath `root` (mode 0755). With `owner`
 /// the directories created, and `rel` itself, are given to that user so a build running as
-/// it can write there.
+/// it can write there; but an existing `rel` only if that user may already read and search
+/// it (see [`may_access`]). Otherwise a client naming an output in, say, a root-only 0700
+/// directory of the toolchain or base tree would have it handed to the build user, whose
+/// compile could then read everything in it.
 pub fn make_dirs_beneath(
     root: &RootDir,
     rel: &str,
@@ -356,7 +359,11 @@ pub fn make_dirs_beneath(
     let comps = split(rel.as_bytes())?;
     let fd = resolve_dir(root, &comps, Create::Yes(owner), rel.as_bytes())?;
     if let Some(u) = owner {
-        chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", rel.as_bytes(), e))?;
+        let st =
+            nix::sys::stat::fstat(fd.as_fd()).map_err(|e| io_err("stat", rel.as_bytes(), e))?;
+        if may_access(u, st.st_mode, st.st_uid, st.st_gid, MAY_READ | MAY_SEARCH) {
+            chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", rel.as_bytes(), e))?;
+        }
     }
     Ok(())
 }
