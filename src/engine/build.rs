@@ -176,9 +176,9 @@ fn check_outputs(
     Ok(checked)
 }
 
-/// An output file as the encoder reads it, at most [`OUTPUT_CHUNK_BYTES`] per read: fails once more than `limit` bytes came out
-/// (the file grew after it was opened), remembering why, so the engine can tell its own
-/// limits and read errors from the encoder's failures.
+/// An output file as the encoder reads it, at most [`OUTPUT_CHUNK_BYTES`] per read: fails
+/// once more than `limit` bytes came out (the file grew after it was opened), remembering
+/// why, so the engine can tell its own limits and read errors from the encoder's failures.
 struct Metered {
     file: std::fs::File,
     limit: u64,
@@ -198,6 +198,8 @@ impl Read for Metered {
             .min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = match self.file.read(&mut buf[..want]) {
             Ok(n) => n,
+            // Retried by the caller (read_to_end, io::copy): not a failure.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => {
                 let kind = e.kind();
                 self.read_error = Some(e);
