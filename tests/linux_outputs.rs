@@ -1,6 +1,8 @@
 //! Outputs are read back only if the build user could have read them (issue 10 item 6),
 //! over the real Linux backend with a `base_dir` holding root-only files.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::fs;

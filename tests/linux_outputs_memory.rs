@@ -2,7 +2,7 @@
 //! through `JailBuilder` (the sccache glue, so sccache's own zlib encoder) over the real
 //! Linux backend. Alone in its binary so that no other test's allocations move this
 //! process's peak RSS (VmHWM), which it measures.
-#![cfg(feature = "sccache")]
+#![cfg(all(target_os = "linux", feature = "sccache"))]
 
 mod common;
 
