@@ -274,6 +274,16 @@ mod tests {
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid = 0\n").unwrap();
         let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("build_uid"), "{e}");
+        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_outputs = 0\n").unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_outputs"), "{e}");
+        let f: BuilderFile = parse(
+            Path::new("x.toml"),
+            "[builder]\nmax_outputs = 16\nmax_outputs_total_bytes = 4096\n",
+        )
+        .unwrap();
+        let e = f.builder.engine_config();
+        assert_eq!((e.max_outputs, e.max_outputs_total_bytes), (16, 4096));
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_containers = 0\n").unwrap();
         assert!(f
             .builder
