@@ -72,6 +72,11 @@ pub struct BuilderConfig {
     pub max_file_bytes: u64,
     /// Largest output file returned.
     pub max_output_bytes: u64,
+    /// Most outputs one job may request (sccache asks for a handful: the object, a .d,
+    /// a .dwo; rustc several).
+    pub max_outputs: usize,
+    /// Largest total size of one job's outputs, bytes before compression.
+    pub max_outputs_total_bytes: u64,
     /// Content bytes and entries of one inputs archive.
     pub max_inputs_bytes: u64,
     pub max_inputs_entries: u64,
@@ -110,6 +115,8 @@ impl Default for BuilderConfig {
             max_open_files: l.max_open_files,
             max_file_bytes: l.max_file_bytes,
             max_output_bytes: e.max_output_bytes,
+            max_outputs: e.max_outputs,
+            max_outputs_total_bytes: e.max_outputs_total_bytes,
             max_inputs_bytes: e.inputs_limits.max_bytes,
             max_inputs_entries: e.inputs_limits.max_entries,
             max_toolchain_bytes: e.toolchain_limits.max_bytes,
@@ -154,6 +161,9 @@ impl BuilderConfig {
         }
         if self.max_images == 0 {
             return bad("max_images", "must be at least 1");
+        }
+        if self.max_outputs == 0 {
+            return bad("max_outputs", "must be at least 1");
         }
         if self.timeout_secs == 0 {
             return bad("timeout_secs", "must be at least 1");
@@ -205,6 +215,8 @@ impl BuilderConfig {
                 max_entries: self.max_inputs_entries,
             },
             max_output_bytes: self.max_output_bytes,
+            max_outputs: self.max_outputs,
+            max_outputs_total_bytes: self.max_outputs_total_bytes,
             unhealthy_after: self.unhealthy_after,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
@@ -262,6 +274,16 @@ mod tests {
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid = 0\n").unwrap();
         let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("build_uid"), "{e}");
+        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_outputs = 0\n").unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_outputs"), "{e}");
+        let f: BuilderFile = parse(
+            Path::new("x.toml"),
+            "[builder]\nmax_outputs = 16\nmax_outputs_total_bytes = 4096\n",
+        )
+        .unwrap();
+        let e = f.builder.engine_config();
+        assert_eq!((e.max_outputs, e.max_outputs_total_bytes), (16, 4096));
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_containers = 0\n").unwrap();
         assert!(f
             .builder

@@ -67,19 +67,51 @@ pub struct PhaseTimings {
     pub total: Duration,
 }
 
+/// How the engine turns one output file into what the build returns: the file is streamed
+/// through `encode` (in [`OUTPUT_CHUNK_BYTES`] reads), so an encoder that compresses holds
+/// only its result, never the whole file. The engine's own is [`RawOutput`]; sccache's glue
+/// passes one producing sccache's `OutputData`.
+pub trait OutputEncoder {
+    type Encoded;
+    /// Encodes the output `file`, `size` bytes when it was opened. The reader fails (and
+    /// the engine reports the limit, not the encoder's error) if the file grows past the
+    /// build's output limits while it is read.
+    fn encode(&self, file: &mut dyn Read, size: u64) -> io::Result<Self::Encoded>;
+}
+
+/// The file's bytes as they are.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawOutput;
+
+impl OutputEncoder for RawOutput {
+    type Encoded = Vec<u8>;
+
+    fn encode(&self, file: &mut dyn Read, size: u64) -> io::Result<Vec<u8>> {
+        // `size` is bounded by the output limits checked before reading.
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        file.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Bytes read from an output file per read(2).
+pub const OUTPUT_CHUNK_BYTES: usize = 64 << 10;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Output {
+pub struct Output<D = Vec<u8>> {
     /// As the request named it.
     pub path: String,
-    pub data: Vec<u8>,
+    /// The file's content as the build's [`OutputEncoder`] encoded it (the bytes
+    /// themselves with [`RawOutput`]).
+    pub data: D,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuildOutcome {
+pub struct BuildOutcome<D = Vec<u8>> {
     pub exec: ExecOutcome,
     /// The requested outputs that exist, in request order. A compile that failed usually
     /// produces none; a missing output is not an error.
-    pub outputs: Vec<Output>,
+    pub outputs: Vec<Output<D>>,
     pub timings: PhaseTimings,
 }
 
@@ -99,6 +131,90 @@ fn output_beneath(cwd: &str, output: &str) -> Result<String, BuildError> {
     };
     untrusted::split_checked(&full).map_err(|e| bad(&e.to_string()))?;
     Ok(full)
+}
+
+/// The sandbox path `full` names, without `.`, empty components or a trailing slash, so
+/// that two spellings of one output compare equal (`a.o` and `/work/./a.o` in `/work`).
+/// `full` already passed `split_checked` (no `..`).
+fn normalized(full: &str) -> String {
+    full.split('/').filter(|c| !c.is_empty() && *c != ".").fold(
+        String::with_capacity(full.len()),
+        |mut s, c| {
+            s.push('/');
+            s.push_str(c);
+            s
+        },
+    )
+}
+
+/// Checks the requested outputs before any sandbox is touched: each path (see
+/// [`output_beneath`]), their number, and that no two name the same path. Returns
+/// (as requested, beneath the root) pairs.
+fn check_outputs(
+    cwd: &str,
+    outputs: &[String],
+    max_outputs: usize,
+) -> Result<Vec<(String, String)>, BuildError> {
+    if outputs.len() > max_outputs {
+        return Err(BuildError::TooManyOutputs {
+            count: outputs.len(),
+            limit: max_outputs,
+        });
+    }
+    let mut seen = std::collections::HashMap::with_capacity(outputs.len());
+    let mut checked = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let full = output_beneath(cwd, o)?;
+        if let Some(first) = seen.insert(normalized(&full), o.as_str()) {
+            return Err(BuildError::DuplicateOutput {
+                path: o.clone(),
+                first: first.to_string(),
+            });
+        }
+        checked.push((o.clone(), full));
+    }
+    Ok(checked)
+}
+
+/// An output file as the encoder reads it, at most [`OUTPUT_CHUNK_BYTES`] per read: fails
+/// once more than `limit` bytes came out (the file grew after it was opened), remembering
+/// why, so the engine can tell its own limits and read errors from the encoder's failures.
+struct Metered {
+    file: std::fs::File,
+    limit: u64,
+    read: u64,
+    over_limit: bool,
+    /// The file's own read error; the encoder sees one of the same kind.
+    read_error: Option<io::Error>,
+}
+
+impl Read for Metered {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte past the limit is enough to know it was passed.
+        let room = (self.limit - self.read.min(self.limit)).saturating_add(1);
+        let want = buf
+            .len()
+            .min(OUTPUT_CHUNK_BYTES)
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = match self.file.read(&mut buf[..want]) {
+            Ok(n) => n,
+            // Retried by the caller (read_to_end, io::copy): not a failure.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let kind = e.kind();
+                self.read_error = Some(e);
+                return Err(io::Error::new(kind, "reading the output failed"));
+            }
+        };
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.over_limit = true;
+            return Err(io::Error::other(
+                "the output grew past its limit while read",
+            ));
+        }
+        Ok(n)
+    }
 }
 
 fn parent_of(path: &str) -> Option<&str> {
@@ -135,12 +251,34 @@ impl<B: Backend> Engine<B> {
     /// Runs one build. Request errors come back as a [`BuildError`] for that job; nothing
     /// in the request can panic the engine.
     pub fn build(&self, req: BuildRequest<'_>) -> Result<BuildOutcome, BuildError> {
-        let token = CancelToken::new().map_err(|e| BuildError::Backend {
-            step: "creating the build's cancel pipe",
-            backend: self.pool.backend.kind(),
-            source: Box::new(e),
-        })?;
-        self.build_with_cancel(req, &Arc::new(token))
+        self.build_encoded(req, &RawOutput, None)
+    }
+
+    /// [`Engine::build`] with outputs streamed through `encoder` (see [`OutputEncoder`]),
+    /// cancellable through `cancel` if given (see [`Engine::build_with_cancel`]).
+    pub fn build_encoded<E: OutputEncoder>(
+        &self,
+        req: BuildRequest<'_>,
+        encoder: &E,
+        cancel: Option<&Arc<CancelToken>>,
+    ) -> Result<BuildOutcome<E::Encoded>, BuildError> {
+        let own;
+        let cancel = match cancel {
+            Some(c) => c,
+            None => {
+                own = Arc::new(CancelToken::new().map_err(|e| BuildError::Backend {
+                    step: "creating the build's cancel pipe",
+                    backend: self.pool.backend.kind(),
+                    source: Box::new(e),
+                })?);
+                &own
+            }
+        };
+        let id = self.pool.started(cancel);
+        let result = self.build_inner(req, encoder, Some(cancel));
+        self.pool.finished(id);
+        self.pool.record_build(result.is_ok());
+        result
     }
 
     /// [`Engine::build`] that another thread can stop with `cancel.cancel()` (client
@@ -155,18 +293,15 @@ impl<B: Backend> Engine<B> {
         req: BuildRequest<'_>,
         cancel: &Arc<CancelToken>,
     ) -> Result<BuildOutcome, BuildError> {
-        let id = self.pool.started(cancel);
-        let result = self.build_inner(req, Some(cancel));
-        self.pool.finished(id);
-        self.pool.record_build(result.is_ok());
-        result
+        self.build_encoded(req, &RawOutput, Some(cancel))
     }
 
-    fn build_inner(
+    fn build_inner<E: OutputEncoder>(
         &self,
         req: BuildRequest<'_>,
+        encoder: &E,
         cancel: Option<&CancelToken>,
-    ) -> Result<BuildOutcome, BuildError> {
+    ) -> Result<BuildOutcome<E::Encoded>, BuildError> {
         let check = || match cancel {
             Some(c) if c.is_cancelled() => Err(BuildError::Cancelled),
             _ => Ok(()),
@@ -180,11 +315,7 @@ impl<B: Backend> Engine<B> {
         // Everything about the request is checked before any sandbox is touched.
         let command = PreparedCommand::new(req.command)?;
         let cwd = command.spec().cwd.clone();
-        let outputs = req
-            .outputs
-            .iter()
-            .map(|o| output_beneath(&cwd, o).map(|full| (o.clone(), full)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = check_outputs(&cwd, &req.outputs, cfg.max_outputs)?;
 
         check()?;
         let mark = Instant::now();
@@ -247,14 +378,7 @@ impl<B: Backend> Engine<B> {
         t.exec = mark.elapsed();
 
         let mark = Instant::now();
-        let mut read = Vec::with_capacity(outputs.len());
-        for (path, full) in outputs {
-            match untrusted::read_file_beneath(&root, &full, cfg.max_output_bytes) {
-                Ok(data) => read.push(super::Output { path, data }),
-                Err(BeneathError::Missing { .. }) => {}
-                Err(source) => return Err(BuildError::Output { path, source }),
-            }
-        }
+        let read = read_outputs(&root, outputs, encoder, cfg)?;
         t.outputs = mark.elapsed();
         drop(root);
         drop(lent);
@@ -265,6 +389,87 @@ impl<B: Backend> Engine<B> {
             timings: t,
         })
     }
+}
+
+/// Reads the outputs that exist, each streamed through `encoder`, within the per-file
+/// (`max_output_bytes`) and total (`max_outputs_total_bytes`) limits: a file's size is
+/// checked before it is read, and the reader stops at the limit if it grows meanwhile. With
+/// an unprivileged build user, a file that user could not have read is refused
+/// ([`BeneathError::PermissionDenied`]).
+fn read_outputs<E: OutputEncoder>(
+    root: &RootDir,
+    outputs: Vec<(String, String)>,
+    encoder: &E,
+    cfg: &super::EngineConfig,
+) -> Result<Vec<Output<E::Encoded>>, BuildError> {
+    // A root build user (the operator's choice) could read anything: nothing to check.
+    let user = cfg.build_user;
+    let reader = (user.uid != 0).then_some(user);
+    let total_limit = cfg.max_outputs_total_bytes;
+    let mut total = 0u64;
+    let mut read = Vec::with_capacity(outputs.len());
+    for (path, full) in outputs {
+        let (file, size) =
+            match untrusted::open_file_beneath(root, &full, cfg.max_output_bytes, reader) {
+                Ok(f) => f,
+                Err(BeneathError::Missing { .. }) => continue,
+                Err(source) => return Err(BuildError::Output { path, source }),
+            };
+        let left = total_limit - total;
+        if size > left {
+            return Err(BuildError::OutputsTooLarge {
+                path,
+                limit: total_limit,
+            });
+        }
+        let limit = left.min(cfg.max_output_bytes);
+        let mut metered = Metered {
+            file,
+            limit,
+            read: 0,
+            over_limit: false,
+            read_error: None,
+        };
+        let encoded = {
+            let mut chunked = io::BufReader::with_capacity(OUTPUT_CHUNK_BYTES, &mut metered);
+            encoder.encode(&mut chunked, size)
+        };
+        // The flags come first: an encoder may also swallow an error and stop early.
+        if metered.over_limit {
+            return Err(if metered.read > cfg.max_output_bytes {
+                BuildError::Output {
+                    source: BeneathError::TooLarge {
+                        path: full,
+                        size: metered.read,
+                        limit: cfg.max_output_bytes,
+                    },
+                    path,
+                }
+            } else {
+                BuildError::OutputsTooLarge {
+                    path,
+                    limit: total_limit,
+                }
+            });
+        }
+        if let Some(source) = metered.read_error.take() {
+            return Err(BuildError::Output {
+                source: BeneathError::Io {
+                    op: "read",
+                    path: full,
+                    source,
+                },
+                path,
+            });
+        }
+        let data = encoded.map_err(|source| BuildError::OutputEncode {
+            path: path.clone(),
+            source,
+        })?;
+        total += metered.read;
+        read.push(Output { path, data });
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -284,5 +489,23 @@ mod tests {
         }
         assert_eq!(parent_of("/work/sub/a.o"), Some("/work/sub"));
         assert_eq!(parent_of("/a.o"), None);
+        assert_eq!(normalized("/work//./sub/a.o/"), "/work/sub/a.o");
+    }
+
+    #[test]
+    fn a_file_growing_past_its_limit_while_read_is_caught() {
+        let mut tmp = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut tmp, &[1u8; 100]).unwrap();
+        io::Seek::rewind(&mut tmp).unwrap();
+        let mut m = Metered {
+            file: tmp,
+            limit: 50,
+            read: 0,
+            over_limit: false,
+            read_error: None,
+        };
+        assert!(RawOutput.encode(&mut m, 40).is_err());
+        assert!(m.over_limit);
+        assert_eq!(m.read, 51, "one byte past the limit, no more");
     }
 }

@@ -13,6 +13,10 @@ pub enum BuildError {
     Command(#[from] InvalidCommand),
     #[error("invalid output path {path:?}: {reason}")]
     OutputPath { path: String, reason: String },
+    #[error("{count} outputs requested, more than the limit of {limit}")]
+    TooManyOutputs { count: usize, limit: usize },
+    #[error("output {path:?} names the same file as output {first:?}")]
+    DuplicateOutput { path: String, first: String },
     #[error("toolchain {id}: opening the archive: {source}")]
     ToolchainOpen {
         id: ToolchainId,
@@ -42,6 +46,16 @@ pub enum BuildError {
         path: String,
         #[source]
         source: BeneathError,
+    },
+    /// The outputs together are larger than `max_outputs_total_bytes`; `path` is the one
+    /// that would pass it.
+    #[error("output {path:?}: the outputs together exceed the limit of {limit} bytes")]
+    OutputsTooLarge { path: String, limit: u64 },
+    #[error("encoding output {path:?}: {source}")]
+    OutputEncode {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{step} failed ({backend} backend): {source}")]
     Backend {

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use build::{BuildOutcome, BuildRequest, Output, PhaseTimings, ToolchainSource};
+pub use build::{
+    BuildOutcome, BuildRequest, Output, OutputEncoder, PhaseTimings, RawOutput, ToolchainSource,
+    OUTPUT_CHUNK_BYTES,
+};
 pub use error::{BoxError, BuildError};
 
 use crate::backend::{Backend, BuildUser, Limits};
@@ -37,6 +40,10 @@ pub struct EngineConfig {
     pub inputs_limits: UnpackLimits,
     /// Largest single output file returned.
     pub max_output_bytes: u64,
+    /// Most outputs one build may request.
+    pub max_outputs: usize,
+    /// Largest total size of one build's outputs (before encoding).
+    pub max_outputs_total_bytes: u64,
     /// Consecutive backend failures after which the builder reports itself unhealthy.
     pub unhealthy_after: u32,
     /// How long `shutdown` waits for running builds before killing them.
@@ -66,6 +73,8 @@ impl Default for EngineConfig {
                 max_entries: 200_000,
             },
             max_output_bytes: 1 << 30,
+            max_outputs: 256,
+            max_outputs_total_bytes: 1 << 30,
             unhealthy_after: 5,
             shutdown_grace: Duration::from_secs(30),
         }

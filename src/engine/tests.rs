@@ -459,3 +459,184 @@ fn shutdown_destroys_every_container_and_image() {
     let err = h.build("tc1", &[], &[], &[]).unwrap_err();
     assert!(matches!(err, BuildError::ShuttingDown));
 }
+
+fn tar_with_mode(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+impl Harness {
+    fn build_outputs(&self, inputs: &[u8], outputs: &[&str]) -> Result<BuildOutcome, BuildError> {
+        self.engine.build(BuildRequest {
+            toolchain: ToolchainId::new("tc1").unwrap(),
+            toolchain_archive: &self.tc,
+            inputs: &mut &inputs[..],
+            command: CommandSpec {
+                executable: "/usr/bin/cc".into(),
+                cwd: "/work".into(),
+                ..Default::default()
+            },
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+}
+
+#[test]
+fn too_many_or_duplicate_outputs_are_refused_before_any_sandbox_is_touched() {
+    let mut cfg = config();
+    cfg.max_outputs = 3;
+    let h = harness(cfg);
+    let err = h
+        .build_outputs(&[], &["a.o", "b.o", "c.o", "d.o"])
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::TooManyOutputs { count: 4, limit: 3 }),
+        "{err}"
+    );
+    for (dups, first, second) in [
+        (&["a.o", "/work/a.o"][..], "a.o", "/work/a.o"),
+        (&["./a.o", "b.o", "/work//a.o/"][..], "./a.o", "/work//a.o/"),
+        (
+            &["/work/sub/./a.o", "sub/a.o"][..],
+            "/work/sub/./a.o",
+            "sub/a.o",
+        ),
+    ] {
+        match h.build_outputs(&[], dups).unwrap_err() {
+            BuildError::DuplicateOutput { path, first: f } => {
+                assert_eq!((f.as_str(), path.as_str()), (first, second), "{dups:?}");
+            }
+            e => panic!("{dups:?}: {e}"),
+        }
+    }
+    assert!(err.is_client_error());
+    assert_eq!(h.count("create_image"), 0);
+    assert_eq!(h.count("create_container"), 0);
+    // Distinct paths up to the limit are fine.
+    let inputs = inputs_tar(&[("work/a.o", b"A"), ("work/sub/a.o", b"B")]);
+    let out = h
+        .build_outputs(&inputs, &["a.o", "sub/a.o", "/a.o"])
+        .unwrap();
+    let got: Vec<_> = out.outputs.iter().map(|o| o.data.as_slice()).collect();
+    assert_eq!(got, [b"A", b"B"]);
+}
+
+#[test]
+fn outputs_are_capped_each_and_together() {
+    let mut cfg = config();
+    cfg.max_output_bytes = 8;
+    cfg.max_outputs_total_bytes = 10;
+    let h = harness(cfg);
+    let inputs = inputs_tar(&[
+        ("work/six", b"666666"),
+        ("work/six2", b"666666"),
+        ("work/nine", b"999999999"),
+    ]);
+    let out = h.build_outputs(&inputs, &["six", "missing.o"]).unwrap();
+    assert_eq!(out.outputs.len(), 1);
+    match h.build_outputs(&inputs, &["six", "six2"]).unwrap_err() {
+        BuildError::OutputsTooLarge { path, limit: 10 } => assert_eq!(path, "six2"),
+        e => panic!("{e}"),
+    }
+    match h.build_outputs(&inputs, &["nine"]).unwrap_err() {
+        BuildError::Output {
+            path,
+            source:
+                crate::untrusted::BeneathError::TooLarge {
+                    size: 9, limit: 8, ..
+                },
+        } => assert_eq!(path, "nine"),
+        e => panic!("{e}"),
+    }
+    assert!(h.engine.is_healthy());
+}
+
+/// Records the largest read it was handed and returns the byte count.
+struct ChunkProbe(std::sync::Mutex<usize>);
+
+impl OutputEncoder for ChunkProbe {
+    type Encoded = u64;
+
+    fn encode(&self, file: &mut dyn std::io::Read, size: u64) -> std::io::Result<u64> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                assert_eq!(total, size);
+                return Ok(total);
+            }
+            let mut max = self.0.lock().unwrap();
+            *max = (*max).max(n);
+            total += n as u64;
+        }
+    }
+}
+
+#[test]
+fn outputs_stream_through_the_encoder_in_chunks() {
+    let h = harness(config());
+    let big = vec![7u8; 3 << 20];
+    let inputs = inputs_tar(&[("work/big.o", &big), ("work/small.o", b"s")]);
+    let probe = ChunkProbe(std::sync::Mutex::new(0));
+    let out = h
+        .engine
+        .build_encoded(
+            BuildRequest {
+                toolchain: ToolchainId::new("tc1").unwrap(),
+                toolchain_archive: &h.tc,
+                inputs: &mut inputs.as_slice(),
+                command: CommandSpec {
+                    executable: "/usr/bin/cc".into(),
+                    cwd: "/work".into(),
+                    ..Default::default()
+                },
+                outputs: vec!["big.o".into(), "small.o".into()],
+            },
+            &probe,
+            None,
+        )
+        .unwrap();
+    let sizes: Vec<u64> = out.outputs.iter().map(|o| o.data).collect();
+    assert_eq!(sizes, [3 << 20, 1]);
+    // A 1 MiB read was asked for; the engine hands out at most one chunk at a time.
+    assert_eq!(*probe.0.lock().unwrap(), OUTPUT_CHUNK_BYTES);
+}
+
+#[test]
+fn an_output_the_build_user_could_not_read_is_a_job_error() {
+    let inputs = tar_with_mode(&[
+        ("work/secret", b"root only", 0o600),
+        ("work/public.o", b"public", 0o644),
+    ]);
+    // The build user (4242) owns none of it: "other" may read only the 0644 file.
+    let h = harness(config());
+    let out = h.build_outputs(&inputs, &["public.o"]).unwrap();
+    assert_eq!(out.outputs[0].data, b"public");
+    let err = h
+        .build_outputs(&inputs, &["public.o", "secret"])
+        .unwrap_err();
+    match &err {
+        BuildError::Output {
+            path,
+            source: crate::untrusted::BeneathError::PermissionDenied { .. },
+        } => assert_eq!(path, "secret"),
+        e => panic!("{e}"),
+    }
+    assert!(err.is_client_error());
+    assert!(!format!("{err:?}").contains("root only"));
+    assert!(h.engine.is_healthy());
+    // A root build user (the operator's choice) reads what it likes, as its compile could.
+    let mut cfg = config();
+    cfg.build_user = BuildUser { uid: 0, gid: 0 };
+    let h = harness(cfg);
+    let out = h.build_outputs(&inputs, &["secret"]).unwrap();
+    assert_eq!(out.outputs[0].data, b"root only");
+}

@@ -12,7 +12,7 @@ use sccache::dist::{
 use sccache::lru_disk_cache::Error as LruError;
 
 use crate::backend::{Backend, ExecOutcome, ExitStatus, InvalidToolchainId, ToolchainId};
-use crate::engine::{BuildError, BuildRequest, Engine, ToolchainSource};
+use crate::engine::{BuildError, BuildRequest, Engine, OutputEncoder, ToolchainSource};
 use crate::exec::CommandSpec;
 
 /// Why one job failed. Never a panic: every request-data problem ends up here.
@@ -22,12 +22,6 @@ pub enum JobError {
     ToolchainId(#[from] InvalidToolchainId),
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("compressing output {path:?}: {source}")]
-    Compress {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
 }
 
 impl JobError {
@@ -37,7 +31,6 @@ impl JobError {
         match self {
             JobError::ToolchainId(_) => true,
             JobError::Build(e) => e.is_client_error(),
-            JobError::Compress { .. } => false,
         }
     }
 }
@@ -97,6 +90,22 @@ impl ToolchainSource for CachedToolchain<'_> {
                 LruError::FileTooLarge => io::Error::other(e.to_string()),
             })?;
         Ok(Box::new(BufReader::new(file)))
+    }
+}
+
+/// Outputs as sccache's `OutputData`, compressed while the engine streams the file in:
+/// `OutputData::try_from_reader` itself (zlib, `Compression::fast()`, the uncompressed
+/// length it counted), so the bytes are exactly what stock sccache-dist's builders send
+/// and the stock client's `OutputData::into_reader` inflates. Memory per output: its
+/// compressed size plus the codec's buffers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SccacheOutputs;
+
+impl OutputEncoder for SccacheOutputs {
+    type Encoded = OutputData;
+
+    fn encode(&self, file: &mut dyn Read, _size: u64) -> io::Result<OutputData> {
+        OutputData::try_from_reader(file)
     }
 }
 
@@ -241,13 +250,17 @@ impl<B: Backend> JailBuilder<B> {
     ) -> Result<(BuildResult, crate::engine::PhaseTimings), JobError> {
         let id = ToolchainId::new(toolchain.archive_id.as_str())?;
         let source = CachedToolchain { cache, toolchain };
-        let outcome = self.engine.build(BuildRequest {
-            toolchain: id,
-            toolchain_archive: &source,
-            inputs,
-            command: command_spec(command),
-            outputs,
-        });
+        let outcome = self.engine.build_encoded(
+            BuildRequest {
+                toolchain: id,
+                toolchain_archive: &source,
+                inputs,
+                command: command_spec(command),
+                outputs,
+            },
+            &SccacheOutputs,
+            None,
+        );
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -260,16 +273,11 @@ impl<B: Backend> JailBuilder<B> {
                 return Err(e.into());
             }
         };
-        let mut outputs = Vec::with_capacity(outcome.outputs.len());
-        for out in outcome.outputs {
-            let data = OutputData::try_from_reader(out.data.as_slice()).map_err(|source| {
-                JobError::Compress {
-                    path: out.path.clone(),
-                    source,
-                }
-            })?;
-            outputs.push((out.path, data));
-        }
+        let outputs = outcome
+            .outputs
+            .into_iter()
+            .map(|o| (o.path, o.data))
+            .collect();
         let timeout = self.engine.config().limits.timeout.as_secs();
         Ok((
             BuildResult {

@@ -19,7 +19,7 @@ mod builder;
 mod config;
 mod server;
 
-pub use builder::{JailBuilder, JobError};
+pub use builder::{JailBuilder, JobError, SccacheOutputs};
 pub use config::{ServeConfig, ServeConfigError, DEFAULT_TOOLCHAIN_CACHE_SIZE};
 pub use server::{JailServer, ServerError, UNCLAIMED_JOB_TIMEOUT, UNHEALTHY_PROBE_INTERVAL};
 

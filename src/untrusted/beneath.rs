@@ -40,6 +40,10 @@ pub enum BeneathError {
     NotRegular { path: String, kind: &'static str },
     #[error("{path:?} is {size} bytes, more than the limit of {limit}")]
     TooLarge { path: String, size: u64, limit: u64 },
+    /// The build user could not have opened it: the compile may not read it, so neither
+    /// may the client (see [`may_access`]).
+    #[error("{path:?}: the build user may not {denied}")]
+    PermissionDenied { path: String, denied: &'static str },
     #[error("{op} {path:?}: {source}")]
     Io {
         op: &'static str,
@@ -167,6 +171,66 @@ fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>, Errno> {
     nix::fcntl::readlinkat(dir, name).map(|s| s.as_os_str().as_bytes().to_vec())
 }
 
+/// The read and search (execute) bits of one class of a mode, as in access(2)'s R_OK and
+/// X_OK.
+pub(crate) const MAY_READ: libc::mode_t = 0o4;
+pub(crate) const MAY_SEARCH: libc::mode_t = 0o1;
+
+/// Whether `user` has every permission in `want` (MAY_READ, MAY_SEARCH) on a file of `mode`
+/// owned by `owner:group`, by the classic rule of POSIX.1 (Base Definitions 4.5 "File
+/// Access Permissions"; Linux `acl_permission_check` in fs/namei.c, FreeBSD
+/// `vaccess` in sys/kern/vfs_subr.c): the owner class applies if the uid owns the file,
+/// else the group class if the gid is the file's group, else the other class; exactly one
+/// class applies, so an owner without a bit is denied even if "other" has it. `user` has no
+/// supplementary groups: the sandbox runs compiles with setgroups([gid]) on both
+/// platforms. Root's override is not modelled: callers skip the check for a root build
+/// user.
+///
+/// ACLs are not consulted, which errs only towards "allowed" for a file whose ACL denies a
+/// mode bit. Nothing in the sandbox tree gets an ACL from jailbuilder (unpacking applies
+/// tar modes only, never xattrs), so an ACL there would have to come from the operator's
+/// own base tree or be set by the compile itself on a file it could already read.
+pub(crate) fn may_access(
+    user: BuildUser,
+    mode: libc::mode_t,
+    owner: libc::uid_t,
+    group: libc::gid_t,
+    want: libc::mode_t,
+) -> bool {
+    let class = if user.uid == owner {
+        mode >> 6
+    } else if user.gid == group {
+        mode >> 3
+    } else {
+        mode
+    };
+    class & want & 0o7 == want
+}
+
+/// Refuses unless `user` (when given) has `want` on the open file `fd`.
+fn check_access(
+    fd: BorrowedFd<'_>,
+    user: Option<BuildUser>,
+    want: libc::mode_t,
+    denied: &'static str,
+    shown: &[u8],
+) -> Result<(), BeneathError> {
+    let Some(user) = user else {
+        return Ok(());
+    };
+    let st = nix::sys::stat::fstat(fd).map_err(|e| io_err("stat", shown, e))?;
+    if may_access(user, st.st_mode, st.st_uid, st.st_gid, want) {
+        Ok(())
+    } else {
+        Err(BeneathError::PermissionDenied {
+            path: lossy(shown),
+            denied,
+        })
+    }
+}
+
+const DENIED_SEARCH: &str = "search a directory on its path";
+
 /// Where a directory may come from while resolving.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Create {
@@ -184,6 +248,21 @@ pub(crate) fn resolve_dir(
     create: Create,
     shown: &[u8],
 ) -> Result<OwnedFd, BeneathError> {
+    resolve_dir_as(root, components, create, shown, None)
+}
+
+/// [`resolve_dir`] that, with `searcher`, also refuses unless that user may search every
+/// directory traversed, the root included, as the kernel would require of the sandbox's
+/// process resolving the same path. (A symlink's own mode is never checked, by either
+/// kernel; its target's directories are, as they are traversed.)
+fn resolve_dir_as(
+    root: &RootDir,
+    components: &[&[u8]],
+    create: Create,
+    shown: &[u8],
+    searcher: Option<BuildUser>,
+) -> Result<OwnedFd, BeneathError> {
+    check_access(root.fd(), searcher, MAY_SEARCH, DENIED_SEARCH, shown)?;
     // A stack of open directories from the root down; `..` in a symlink target pops it
     // (never past the root). Pending components are processed from the back.
     let mut stack: Vec<OwnedFd> = Vec::new();
@@ -202,6 +281,7 @@ pub(crate) fn resolve_dir(
         let name = cstr(&comp);
         match openat_raw(cur, &name, dir_flags(), 0) {
             Ok(fd) => {
+                check_access(fd.as_fd(), searcher, MAY_SEARCH, DENIED_SEARCH, shown)?;
                 stack.push(fd);
                 continue;
             }
@@ -267,7 +347,10 @@ pub(crate) fn chown_fd(fd: BorrowedFd<'_>, user: BuildUser) -> Result<(), Errno>
 
 /// Creates directory `rel` and its missing parents beneath `root` (mode 0755). With `owner`
 /// the directories created, and `rel` itself, are given to that user so a build running as
-/// it can write there.
+/// it can write there; but an existing `rel` only if that user may already read and search
+/// it (see [`may_access`]). Otherwise a client naming an output in, say, a root-only 0700
+/// directory of the toolchain or base tree would have it handed to the build user, whose
+/// compile could then read everything in it.
 pub fn make_dirs_beneath(
     root: &RootDir,
     rel: &str,
@@ -276,7 +359,11 @@ pub fn make_dirs_beneath(
     let comps = split(rel.as_bytes())?;
     let fd = resolve_dir(root, &comps, Create::Yes(owner), rel.as_bytes())?;
     if let Some(u) = owner {
-        chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", rel.as_bytes(), e))?;
+        let st =
+            nix::sys::stat::fstat(fd.as_fd()).map_err(|e| io_err("stat", rel.as_bytes(), e))?;
+        if may_access(u, st.st_mode, st.st_uid, st.st_gid, MAY_READ | MAY_SEARCH) {
+            chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", rel.as_bytes(), e))?;
+        }
     }
     Ok(())
 }
@@ -294,16 +381,26 @@ fn kind_of(mode: libc::mode_t) -> &'static str {
     }
 }
 
-/// Reads the regular file `rel` beneath `root`, at most `limit` bytes. A symlink as the
-/// final component, a FIFO (opened non-blocking, so it cannot hang), a device or a
-/// directory is refused; a larger file is refused without being read.
-pub fn read_file_beneath(root: &RootDir, rel: &str, limit: u64) -> Result<Vec<u8>, BeneathError> {
+/// Opens the regular file `rel` beneath `root` for reading and returns it with its size,
+/// refusing a file over `limit` bytes without reading it. A symlink as the final component,
+/// a FIFO (opened non-blocking, so it cannot hang), a device or a directory is refused.
+///
+/// With `reader`, the file must also be one that user could have opened: search permission
+/// on every directory traversed and read permission on the file, by [`may_access`];
+/// otherwise [`BeneathError::PermissionDenied`]. The checks are made on the descriptors
+/// actually opened, so what is checked is what is read.
+pub fn open_file_beneath(
+    root: &RootDir,
+    rel: &str,
+    limit: u64,
+    reader: Option<BuildUser>,
+) -> Result<(std::fs::File, u64), BeneathError> {
     let shown = rel.as_bytes();
     let comps = split(shown)?;
     let (last, parents) = comps
         .split_last()
         .expect("split() returns at least one component");
-    let dir = resolve_dir(root, parents, Create::No, shown)?;
+    let dir = resolve_dir_as(root, parents, Create::No, shown, reader)?;
     let name = cstr(last);
     let flags = OFlag::O_RDONLY
         | OFlag::O_NOFOLLOW
@@ -328,6 +425,14 @@ pub fn read_file_beneath(root: &RootDir, rel: &str, limit: u64) -> Result<Vec<u8
             kind: kind_of(st.st_mode),
         });
     }
+    if let Some(user) = reader {
+        if !may_access(user, st.st_mode, st.st_uid, st.st_gid, MAY_READ) {
+            return Err(BeneathError::PermissionDenied {
+                path: lossy(shown),
+                denied: "read it",
+            });
+        }
+    }
     let size = st.st_size as u64;
     if size > limit {
         return Err(BeneathError::TooLarge {
@@ -336,10 +441,18 @@ pub fn read_file_beneath(root: &RootDir, rel: &str, limit: u64) -> Result<Vec<u8
             limit,
         });
     }
+    Ok((std::fs::File::from(fd), size))
+}
+
+/// Reads the regular file `rel` beneath `root`, at most `limit` bytes, as
+/// [`open_file_beneath`] without a reader check; a file that grows past `limit` while it is
+/// read is refused too.
+pub fn read_file_beneath(root: &RootDir, rel: &str, limit: u64) -> Result<Vec<u8>, BeneathError> {
+    let shown = rel.as_bytes();
+    let (file, size) = open_file_beneath(root, rel, limit, None)?;
     let mut buf = Vec::with_capacity(size as usize);
     // take(limit + 1): a file that grows while we read is caught, never read without bound.
-    std::fs::File::from(fd)
-        .take(limit + 1)
+    file.take(limit + 1)
         .read_to_end(&mut buf)
         .map_err(|e| io_err("read", shown, e))?;
     if buf.len() as u64 > limit {

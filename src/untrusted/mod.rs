@@ -7,7 +7,7 @@
 mod beneath;
 mod unpack;
 
-pub use beneath::{make_dirs_beneath, read_file_beneath, BeneathError, RootDir};
+pub use beneath::{make_dirs_beneath, open_file_beneath, read_file_beneath, BeneathError, RootDir};
 /// Checks a client path the way every function here will: no `..`, no NUL, bounded
 /// lengths, not the root itself.
 pub fn split_checked(path: &str) -> Result<(), BeneathError> {

@@ -455,7 +455,159 @@ fn make_dirs_gives_the_build_user_its_directories() {
         fs::metadata(f.root.join("work/obj/x")).unwrap().uid(),
         me.uid
     );
+    // An existing directory is handed over only if the user could already read and
+    // search it: never one that would open up what it could not see.
+    let other = crate::backend::BuildUser {
+        uid: me.uid + 1,
+        gid: me.gid + 1,
+    };
+    fs::create_dir_all(f.root.join("open")).unwrap();
+    fs::create_dir_all(f.root.join("closed")).unwrap();
+    fs::set_permissions(f.root.join("open"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(f.root.join("closed"), fs::Permissions::from_mode(0o700)).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        make_dirs_beneath(&root, "/open", Some(other)).unwrap();
+        assert_eq!(fs::metadata(f.root.join("open")).unwrap().uid(), other.uid);
+        make_dirs_beneath(&root, "/closed", Some(other)).unwrap();
+        assert_eq!(fs::metadata(f.root.join("closed")).unwrap().uid(), me.uid);
+    } else {
+        assert_ne!(
+            std::env::var("JAILBUILDER_CI").as_deref(),
+            Ok("1"),
+            "JAILBUILDER_CI=1 but handing directories to another user needs root"
+        );
+        eprintln!("SKIP (part): handing directories to another user needs root");
+    }
     let err = make_dirs_beneath(&root, "/work/../..", None).unwrap_err();
     assert!(matches!(err, BeneathError::BadPath { .. }));
     let _ = Path::new("/");
+}
+
+#[test]
+fn the_build_user_access_rule_is_owner_else_group_else_other() {
+    use beneath::{may_access, MAY_READ as R, MAY_SEARCH as X};
+    let u = crate::backend::BuildUser {
+        uid: 1000,
+        gid: 2000,
+    };
+    // Owner: the owner bits alone decide, even when group or other would grant more.
+    assert!(may_access(u, 0o400, 1000, 0, R));
+    assert!(may_access(u, 0o600, 1000, 2000, R));
+    assert!(!may_access(u, 0o044, 1000, 2000, R));
+    // Group (the build gid; there are no supplementary groups): the group bits alone.
+    assert!(may_access(u, 0o640, 0, 2000, R));
+    assert!(!may_access(u, 0o604, 0, 2000, R));
+    // Other: a root-owned 0600 or 0640 root:root file is unreadable.
+    assert!(may_access(u, 0o644, 0, 0, R));
+    assert!(!may_access(u, 0o600, 0, 0, R));
+    assert!(!may_access(u, 0o640, 0, 0, R));
+    assert!(!may_access(u, 0o640, 0, 3000, R));
+    // 0000: nothing for anyone but root (whom callers skip).
+    for (owner, group) in [(1000, 2000), (0, 2000), (0, 0)] {
+        assert!(!may_access(u, 0o000, owner, group, R));
+        assert!(!may_access(u, 0o000, owner, group, X));
+    }
+    // A directory without x cannot be traversed, with r or not; x alone suffices.
+    assert!(!may_access(u, libc::S_IFDIR | 0o754, 0, 0, X));
+    assert!(!may_access(u, libc::S_IFDIR | 0o770, 0, 0, X));
+    assert!(!may_access(u, libc::S_IFDIR | 0o760, 0, 2000, X));
+    assert!(!may_access(u, libc::S_IFDIR | 0o655, 1000, 0, X));
+    assert!(may_access(u, libc::S_IFDIR | 0o711, 0, 0, X));
+    assert!(may_access(u, libc::S_IFDIR | 0o710, 0, 2000, X));
+    // Both wanted: both needed. The type and setuid bits never grant anything.
+    assert!(!may_access(u, 0o711, 0, 0, R | X));
+    assert!(!may_access(
+        u,
+        libc::S_IFREG | libc::S_ISUID | 0o600,
+        0,
+        0,
+        R
+    ));
+    assert!(may_access(u, libc::S_IFREG | 0o644, 0, 0, R));
+}
+
+#[test]
+fn outputs_are_opened_only_if_the_build_user_could_read_them() {
+    use crate::backend::BuildUser;
+    // The host side reads as root (as the engine does): a non-root test process could not
+    // open the 0000 file or traverse the 0644 directory at all.
+    if !nix::unistd::geteuid().is_root() {
+        assert_ne!(
+            std::env::var("JAILBUILDER_CI").as_deref(),
+            Ok("1"),
+            "JAILBUILDER_CI=1 but this test needs root"
+        );
+        eprintln!("SKIP: needs root (reads files whatever their mode, as the engine does)");
+        return;
+    }
+    let f = fixture();
+    let r = &f.root;
+    let set = |p: &str, mode: u32| {
+        fs::set_permissions(r.join(p), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    fs::create_dir_all(r.join("work/closed")).unwrap();
+    fs::create_dir_all(r.join("work/nox")).unwrap();
+    for (name, mode) in [
+        ("work/o600", 0o600),
+        ("work/o640", 0o640),
+        ("work/o644", 0o644),
+        ("work/o000", 0o000),
+        ("work/closed/a.o", 0o644),
+        ("work/nox/a.o", 0o644),
+    ] {
+        fs::write(r.join(name), name).unwrap();
+        set(name, mode);
+    }
+    set("work/closed", 0o700);
+    set("work/nox", 0o644);
+    std::os::unix::fs::symlink("closed", r.join("work/via-link")).unwrap();
+    let root = RootDir::open(r).unwrap();
+    // Everything here is owned by the test's own uid and gid (what it is: root or not).
+    let md = fs::metadata(r.join("work/o600")).unwrap();
+    let (uid, gid) = (md.uid(), md.gid());
+    let owner = BuildUser { uid, gid: gid + 1 };
+    let group = BuildUser { uid: uid + 1, gid };
+    let other = BuildUser {
+        uid: uid + 1,
+        gid: gid + 1,
+    };
+    let open = |p: &str, u: Option<BuildUser>| open_file_beneath(&root, p, 1 << 20, u);
+    let denied = |p: &str, u: BuildUser, what: &str| match open(p, Some(u)) {
+        Err(BeneathError::PermissionDenied { path, denied }) => {
+            assert_eq!(path, p);
+            assert!(denied.contains(what), "{p}: {denied}");
+        }
+        other => panic!("{p} as {u:?}: {other:?}"),
+    };
+    for p in ["work/o600", "work/o640", "work/o644"] {
+        assert!(open(p, Some(owner)).is_ok(), "{p}");
+    }
+    denied("work/o600", group, "read");
+    assert!(open("work/o640", Some(group)).is_ok());
+    denied("work/o600", other, "read");
+    denied("work/o640", other, "read");
+    assert!(open("work/o644", Some(other)).is_ok());
+    for u in [owner, group, other] {
+        denied("work/o000", u, "read");
+    }
+    // A readable file in a directory the user cannot search, directly or through a
+    // symlinked parent, or in a directory with r but no x.
+    assert!(open("work/closed/a.o", Some(owner)).is_ok());
+    for u in [group, other] {
+        denied("work/closed/a.o", u, "search");
+        denied("work/via-link/a.o", u, "search");
+    }
+    for u in [owner, group, other] {
+        denied("work/nox/a.o", u, "search");
+    }
+    // Without a reader (a root build user) nothing is checked; the content is the file's.
+    use std::io::Read as _;
+    let (mut file, size) = open("work/o000", None).unwrap();
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).unwrap();
+    assert_eq!((data.as_slice(), size), (&b"work/o000"[..], 9));
+    // The root itself must be searchable too.
+    set(".", 0o700);
+    denied("work/o644", other, "search");
+    assert!(open("work/o644", Some(owner)).is_ok());
 }
