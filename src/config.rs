@@ -58,15 +58,14 @@ pub struct BuilderConfig {
     /// Bytes of stdout and of stderr kept per compile.
     pub stream_cap_bytes: usize,
     /// Memory of one compile, bytes; 0 = unlimited. Linux: memory.max of the container's
-    /// cgroup (v2), else RLIMIT_AS per process. FreeBSD: rctl `memoryuse:deny` per jail
-    /// (with kern.racct.enable=1), else RLIMIT_AS per process.
+    /// cgroup (v2), else RLIMIT_AS per process. FreeBSD: RLIMIT_AS per process, and with
+    /// kern.racct.enable=1 also rctl `vmemoryuse:deny` per jail.
     pub memory_bytes: u64,
     /// Processes of one compile; 0 = unlimited. Linux: pids.max (cgroup v2), else
     /// RLIMIT_NPROC (which counts all processes of the build uid, host-wide). FreeBSD:
     /// rctl `maxproc:deny` per jail, else RLIMIT_NPROC.
     pub max_processes: u64,
-    /// Open files per process (RLIMIT_NOFILE; FreeBSD with RACCT also rctl `openfiles`
-    /// per jail); 0 = unlimited.
+    /// Open files per process (RLIMIT_NOFILE); 0 = unlimited.
     pub max_open_files: u64,
     /// Largest file a compile may write (RLIMIT_FSIZE); 0 = unlimited.
     pub max_file_bytes: u64,

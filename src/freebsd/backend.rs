@@ -74,23 +74,34 @@ pub struct FreeBsdConfig {
 
 /// Per-jail resource limits as rctl(8) rules on the jail's name (subject `jail:<name>`,
 /// action `deny`); 0 = no rule for that resource.
+///
+/// Only resources the kernel can deny are used (kern_racct.c `racct_types`, flag
+/// RACCT_DENIABLE): `memoryuse` (RACCT_RSS) is not deniable; rctl_rule_add (kern_rctl.c)
+/// still accepts a `deny` rule for it, but enforces it only by having the VM daemon page
+/// the process out (sys/vm/vm_swapout.c vm_daemon), which bounds nothing a compile
+/// allocates. `vmemoryuse` (RACCT_VMEM) is deniable: an mmap/brk beyond it fails.
+///
+/// No `openfiles` rule: RACCT_NOFILE is the size of each process's descriptor table
+/// (kern_descrip.c fdalloc / kern_dup: `racct_set_unlocked(p, RACCT_NOFILE, ...)`),
+/// inherited at fork and summed over the jail, so a jail rule equal to the per-process
+/// limit makes fork fail (EAGAIN) as soon as one process has grown its table to the limit.
+/// RLIMIT_NOFILE bounds each process; `maxproc` bounds their number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JailLimits {
-    /// `memoryuse` (resident memory of the whole jail), bytes.
+    /// `vmemoryuse` (virtual memory of the whole jail), bytes. RLIMIT_AS still bounds
+    /// each process.
     pub memory_bytes: u64,
-    /// `maxproc` (processes in the jail).
+    /// `maxproc` (processes in the jail); replaces RLIMIT_NPROC, which counts the build
+    /// uid's processes host-wide.
     pub max_processes: u64,
-    /// `openfiles` (file descriptors of the whole jail).
-    pub max_open_files: u64,
 }
 
 impl JailLimits {
     /// The rules for jail `name`, in rctl(8) syntax.
     pub fn rules(&self, name: &str) -> Vec<String> {
         [
-            ("memoryuse", self.memory_bytes),
+            ("vmemoryuse", self.memory_bytes),
             ("maxproc", self.max_processes),
-            ("openfiles", self.max_open_files),
         ]
         .into_iter()
         .filter(|(_, v)| *v > 0)
@@ -866,22 +877,13 @@ impl<K: Kernel> FreeBsdBackend<K> {
         let Some(jid) = container.jid.filter(|_| !container.dead) else {
             return Err(FreeBsdError::ContainerDead(container.jail_name.clone()));
         };
-        // With rctl rules on the jail, memoryuse and maxproc bound the whole jail and
-        // replace RLIMIT_AS (per process) and RLIMIT_NPROC (per uid, host-wide).
+        // With rctl rules on the jail, maxproc bounds the whole jail and replaces
+        // RLIMIT_NPROC (per uid, host-wide). RLIMIT_AS stays: it bounds each process,
+        // vmemoryuse the sum.
         let per_jail;
-        let limits = if container.rctl {
-            let j = &self.config.jail_limits;
+        let limits = if container.rctl && self.config.jail_limits.max_processes > 0 {
             per_jail = Limits {
-                memory_bytes: if j.memory_bytes > 0 {
-                    0
-                } else {
-                    limits.memory_bytes
-                },
-                max_processes: if j.max_processes > 0 {
-                    0
-                } else {
-                    limits.max_processes
-                },
+                max_processes: 0,
                 ..limits.clone()
             };
             &per_jail

@@ -53,6 +53,12 @@ pub struct FakeRun {
     pub hang: bool,
     /// Processes it left running in the jail (daemons); only jail_remove ends them.
     pub left_running: u32,
+    /// Size its descriptor table grows to (0: NDFILE, the initial size); the kernel caps
+    /// it at RLIMIT_NOFILE (kern_descrip.c fdalloc: `min(fd * 2, maxfd)`).
+    pub fd_table: u64,
+    /// Children it forks while its table has that size: each inherits the table, and
+    /// with it the table's RACCT_NOFILE charge (RACCT_INHERITABLE, kern_racct.c).
+    pub forks: u32,
 }
 
 impl FakeRun {
@@ -207,6 +213,39 @@ fn empty_dir(dir: &Path) -> io::Result<()> {
 fn io_errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
+
+/// rctl resource names (kern_rctl.c `resourcenames`) and whether the resource
+/// is RACCT_DENIABLE (kern_racct.c `racct_types`).
+const RCTL_RESOURCES: [(&str, bool); 25] = [
+    ("cputime", false),
+    ("datasize", true),
+    ("stacksize", true),
+    ("coredumpsize", true),
+    ("memoryuse", false),
+    ("memorylocked", true),
+    ("maxproc", true),
+    ("openfiles", true),
+    ("vmemoryuse", true),
+    ("pseudoterminals", true),
+    ("swapuse", true),
+    ("nthr", true),
+    ("msgqqueued", true),
+    ("msgqsize", true),
+    ("nmsgq", true),
+    ("nsem", true),
+    ("nsemop", true),
+    ("nshm", true),
+    ("shmsize", true),
+    ("wallclock", false),
+    ("pcpu", true),
+    ("readbps", false),
+    ("writebps", false),
+    ("readiops", false),
+    ("writeiops", false),
+];
+
+/// NDFILE (sys/sys/filedesc.h): the descriptor table a process starts with.
+const NDFILE: u64 = 20;
 
 impl Default for FakeKernel {
     fn default() -> Self {
@@ -483,6 +522,35 @@ impl FakeKernel {
             stash,
         });
         Ok(())
+    }
+
+    /// RACCT_NOFILE of a jail is the sum of its processes' descriptor-table sizes
+    /// (kern_descrip.c fdalloc sets it to the table size; racct_proc_fork copies an
+    /// inheritable resource to the child and charges the jail; kern_racct.c
+    /// racct_add_cred_locked sums over the prison). True when the program's forks push the
+    /// sum over the jail's `openfiles` deny rule.
+    fn fork_denied_by_openfiles(
+        st: &State,
+        jail: &str,
+        (fd_table, forks): (u64, u32),
+        limits: &Limits,
+    ) -> bool {
+        if forks == 0 {
+            return false;
+        }
+        let prefix = format!("jail:{jail}:openfiles:deny=");
+        let Some(amount) = st
+            .rules
+            .iter()
+            .find_map(|r| r.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok()))
+        else {
+            return false;
+        };
+        let mut table = fd_table.max(NDFILE);
+        if limits.max_open_files > 0 {
+            table = table.min(limits.max_open_files);
+        }
+        table.saturating_mul(1 + u64::from(forks)) > amount
     }
 
     fn kill_jail(st: &mut State, jid: i32) {
@@ -898,7 +966,8 @@ impl Kernel for FakeKernel {
         if !st.racct {
             return Err(err(libc::ENOSYS));
         }
-        // subject:id:resource:action=amount, fully specified (kern_rctl.c).
+        // subject:id:resource:action=amount, fully specified (kern_rctl.c
+        // rctl_string_to_rule: an unknown resource name is EINVAL).
         let parts: Vec<&str> = rule.split(':').collect();
         let ok = parts.len() == 4
             && parts[0] == "jail"
@@ -906,8 +975,21 @@ impl Kernel for FakeKernel {
             && parts[3]
                 .split_once('=')
                 .is_some_and(|(a, n)| a == "deny" && n.parse::<u64>().is_ok());
+        let Some(resource) = RCTL_RESOURCES
+            .iter()
+            .find(|r| r.0 == parts.get(2).copied().unwrap_or(""))
+        else {
+            return Err(err(libc::EINVAL));
+        };
         if !ok {
             return Err(err(libc::EINVAL));
+        }
+        // kern_rctl.c rctl_rule_add: "deny" for a resource that is not RACCT_DENIABLE is
+        // EOPNOTSUPP, except RACCT_RSS and RACCT_PCTCPU, "enforced in a different way"
+        // (RSS: the VM daemon pages the process out, sys/vm/vm_swapout.c vm_daemon; no
+        // allocation is ever refused).
+        if !resource.1 && !matches!(resource.0, "memoryuse" | "pcpu") {
+            return Err(err(libc::EOPNOTSUPP));
         }
         // A deny rule replaces one differing only in amount.
         let key = format!("{}:{}:{}:", parts[0], parts[1], parts[2]);
@@ -999,7 +1081,16 @@ impl FakeKernel {
             (v, t)
         };
         let (stdout, stdout_truncated) = cut(run.stdout);
-        let (stderr, stderr_truncated) = cut(run.stderr);
+        let (mut stderr, stderr_truncated) = cut(run.stderr);
+        let mut exit_code = run.exit_code;
+        if let Some(name) = st.jails.get(&jid).map(|j| j.params.name.clone()) {
+            if Self::fork_denied_by_openfiles(&st, &name, (run.fd_table, run.forks), limits) {
+                // fork1 (kern_fork.c) turns a failed racct_proc_fork into EAGAIN; the
+                // program reports it and fails.
+                stderr = b"fork: Resource temporarily unavailable\n".to_vec();
+                exit_code = 1;
+            }
+        }
         if run.hang && cancelled() {
             st.calls.push(format!("jail_remove {jid} (cancelled)"));
             Self::kill_jail(&mut st, jid);
@@ -1016,7 +1107,7 @@ impl FakeKernel {
             if let Some(j) = st.jails.get_mut(&jid) {
                 j.processes += run.left_running;
             }
-            ExitStatus::Code(run.exit_code)
+            ExitStatus::Code(exit_code)
         };
         Ok(ExecOutcome {
             status,

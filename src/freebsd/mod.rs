@@ -18,6 +18,8 @@ mod tests;
 mod tests_engine;
 #[cfg(test)]
 mod tests_faults;
+#[cfg(test)]
+mod tests_fidelity;
 
 pub use backend::{
     FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, JailLimits, Step,

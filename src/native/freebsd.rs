@@ -26,7 +26,6 @@ fn freebsd_config(cfg: &BuilderConfig) -> FreeBsdConfig {
         jail_limits: JailLimits {
             memory_bytes: cfg.memory_bytes,
             max_processes: cfg.max_processes,
-            max_open_files: cfg.max_open_files,
         },
         container_quota_bytes: cfg.container_quota_bytes,
         ..FreeBsdConfig::default()
@@ -71,8 +70,8 @@ pub fn probe() -> Vec<ProbeItem> {
                 name: "resource limits",
                 ok: true,
                 detail: if racct {
-                    "rctl rules per jail (kern.racct.enable=1): memoryuse, maxproc, openfiles \
-                     deny + RLIMIT_NOFILE/FSIZE per process"
+                    "rctl rules per jail (kern.racct.enable=1): vmemoryuse, maxproc deny \
+                     + RLIMIT_AS/NOFILE/FSIZE per process"
                         .into()
                 } else {
                     "rlimits per process (RLIMIT_AS/NPROC/NOFILE/FSIZE): kern.racct.enable=0; \

@@ -1,0 +1,175 @@
+//! Fidelity to the FreeBSD kernel (issue 11): rules the fake learned from the kernel
+//! sources, each with the orchestration behaviour it checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::backend::{Backend, BuildUser, ExitStatus, Limits, ToolchainId};
+use crate::exec::{CommandSpec, PreparedCommand};
+
+type Fb = FreeBsdBackend<Arc<FakeKernel>>;
+
+const USER: BuildUser = BuildUser {
+    uid: 1000,
+    gid: 1000,
+};
+
+fn toolchain_tar_gz() -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for dir in ["usr/", "usr/bin/", "work/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn config(fake: &FakeKernel) -> FreeBsdConfig {
+    FreeBsdConfig {
+        dataset_root: "pool/jb".into(),
+        mount_root: fake.base().join("mnt"),
+        jail_limits: JailLimits {
+            memory_bytes: 1 << 30,
+            max_processes: 128,
+        },
+        jail_gone_timeout: Duration::from_millis(10),
+        ..FreeBsdConfig::default()
+    }
+}
+
+/// A started backend with one container.
+fn container_on(
+    fake: &Arc<FakeKernel>,
+    cfg: FreeBsdConfig,
+) -> (Fb, FreeBsdImage, FreeBsdContainer) {
+    let b = FreeBsdBackend::new(fake.clone(), cfg).unwrap();
+    b.remove_leftovers().unwrap();
+    let img = b
+        .create_image(
+            &ToolchainId::new("tc1").unwrap(),
+            &mut &toolchain_tar_gz()[..],
+        )
+        .unwrap();
+    let c = b.create_container(&img).unwrap();
+    (b, img, c)
+}
+
+fn cmd(exe: &str) -> PreparedCommand {
+    PreparedCommand::try_from(CommandSpec {
+        executable: exe.into(),
+        cwd: "/work".into(),
+        ..CommandSpec::default()
+    })
+    .unwrap()
+}
+
+fn rctl_errno(fake: &FakeKernel, rule: &str) -> Option<i32> {
+    fake.rctl_add_rule(rule).err().and_then(|e| e.errno())
+}
+
+#[test]
+fn rctl_deny_is_refused_where_the_kernel_cannot_deny() {
+    let fake = FakeKernel::new();
+    fake.set_racct(true);
+    // kern_rctl.c rctl_rule_add: EOPNOTSUPP for deny on a resource without
+    // RACCT_DENIABLE (kern_racct.c racct_types)...
+    assert_eq!(
+        rctl_errno(&fake, "jail:j:wallclock:deny=10"),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(
+        rctl_errno(&fake, "jail:j:readbps:deny=10"),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(
+        rctl_errno(&fake, "jail:j:cputime:deny=10"),
+        Some(libc::EOPNOTSUPP)
+    );
+    // ...but memoryuse (RACCT_RSS) is accepted: "enforced in a different way" (paged out).
+    assert_eq!(rctl_errno(&fake, "jail:j:memoryuse:deny=10"), None);
+    assert_eq!(rctl_errno(&fake, "jail:j:vmemoryuse:deny=10"), None);
+    // rctl_string_to_rule: an unknown resource is EINVAL.
+    assert_eq!(
+        rctl_errno(&fake, "jail:j:memory:deny=10"),
+        Some(libc::EINVAL)
+    );
+}
+
+#[test]
+fn memory_is_limited_by_vmemoryuse_per_jail_and_rlimit_as_per_process() {
+    let fake = Arc::new(FakeKernel::new());
+    fake.set_racct(true);
+    fake.register_program("/usr/bin/cc", |x| FakeRun {
+        stdout: format!(
+            "as={} nproc={}",
+            x.limits.memory_bytes, x.limits.max_processes
+        )
+        .into_bytes(),
+        ..FakeRun::exit(0)
+    });
+    let (b, _img, c) = container_on(&fake, config(&fake));
+    let jail = c.jail_name().to_string();
+    assert_eq!(
+        fake.rctl_rules(),
+        [
+            format!("jail:{jail}:maxproc:deny=128"),
+            format!("jail:{jail}:vmemoryuse:deny={}", 1u64 << 30),
+        ]
+    );
+    let limits = Limits {
+        memory_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let out = b
+        .exec(&c, &cmd("/usr/bin/cc"), USER, &limits, None)
+        .unwrap();
+    // RLIMIT_AS kept; RLIMIT_NPROC replaced by maxproc.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("as={} nproc=0", 1u64 << 30)
+    );
+    b.destroy_container(c).unwrap();
+}
+
+#[test]
+fn a_process_at_its_descriptor_limit_can_still_fork() {
+    let fake = Arc::new(FakeKernel::new());
+    fake.set_racct(true);
+    // Grows its table to RLIMIT_NOFILE (as make -j or a linker with many inputs can),
+    // then forks a child, which inherits the table.
+    fake.register_program("/usr/bin/make", |_| FakeRun {
+        fd_table: u64::MAX,
+        forks: 1,
+        ..FakeRun::exit(0)
+    });
+    let (b, _img, c) = container_on(&fake, config(&fake));
+    let limits = Limits::default();
+    let out = b
+        .exec(&c, &cmd("/usr/bin/make"), USER, &limits, None)
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Code(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The rule the backend used to add (openfiles = RLIMIT_NOFILE, per jail) makes that
+    // fork fail: the jail's RACCT_NOFILE is the sum of both tables.
+    let rule = format!(
+        "jail:{}:openfiles:deny={}",
+        c.jail_name(),
+        limits.max_open_files
+    );
+    fake.rctl_add_rule(&rule).unwrap();
+    let out = b
+        .exec(&c, &cmd("/usr/bin/make"), USER, &limits, None)
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fork"));
+    b.destroy_container(c).unwrap();
+}
