@@ -135,6 +135,10 @@ impl Default for FreeBsdConfig {
 pub enum Step {
     /// Opening /dev/zfs (libzfs_core_init).
     Init,
+    /// Resolving the mount root's symlinks.
+    MountRoot,
+    /// Reading the devfs ruleset jails get.
+    DevfsRuleset,
     Lock,
     DatasetRoot,
     MountDir,
@@ -352,6 +356,28 @@ pub struct FreeBsdBackend<K: Kernel> {
     racct: bool,
 }
 
+/// `path` with the symlinks of its longest existing prefix resolved (realpath(3)); the
+/// part that does not exist yet is appended as given.
+fn resolve_existing_prefix(path: &Path) -> std::io::Result<PathBuf> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(resolved) => {
+                return Ok(rest.iter().rev().fold(resolved, |p, c| p.join(c)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Err(e);
+                };
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn valid_component(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -391,6 +417,13 @@ impl<K: Kernel> FreeBsdBackend<K> {
                 )));
             }
         }
+        // The kernel stores a jail's path resolved (kern_jail.c kern_jail_set: namei with
+        // FOLLOW, then vn_path_to_global_path), and the leftover sweep recognises our jails
+        // by that path: compare with the resolved mount root, or a mount root under a
+        // symlink (/home -> /usr/home) never matches.
+        let mut config = config;
+        config.mount_root = resolve_existing_prefix(&config.mount_root)
+            .map_err(ioerr(Step::MountRoot, &config.mount_root))?;
         let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let racct = kernel.racct_enabled();
         Ok(FreeBsdBackend {

@@ -853,13 +853,19 @@ impl Kernel for FakeKernel {
         if !p.path.is_dir() {
             return Err(err(libc::ENOENT, ""));
         }
+        // kern_jail.c kern_jail_set: the path is looked up with namei(FOLLOW) and stored
+        // as vn_path_to_global_path made it: resolved, as jail_get(2) then reports it.
+        let resolved = fs::canonicalize(&p.path).map_err(|e| err(io_errno(&e), ""))?;
         let jid = st.next_jid;
         st.next_jid += 1;
         st.jails.insert(
             jid,
             FakeJail {
                 jid,
-                params: p.clone(),
+                params: JailParams {
+                    path: resolved,
+                    ..p.clone()
+                },
                 alive: true,
                 processes: 0,
             },

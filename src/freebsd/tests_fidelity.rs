@@ -173,3 +173,36 @@ fn a_process_at_its_descriptor_limit_can_still_fork() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("fork"));
     b.destroy_container(c).unwrap();
 }
+
+#[test]
+fn leftover_jails_under_a_symlinked_mount_root_are_swept() {
+    let fake = Arc::new(FakeKernel::new());
+    // /home -> /usr/home: the configured mount root goes through a symlink.
+    std::fs::create_dir(fake.base().join("real")).unwrap();
+    std::os::unix::fs::symlink(fake.base().join("real"), fake.base().join("link")).unwrap();
+    let cfg = FreeBsdConfig {
+        mount_root: fake.base().join("link/mnt"),
+        ..config(&fake)
+    };
+    let (b, img, c) = container_on(&fake, cfg.clone());
+    assert_eq!(b.config().mount_root, fake.base().join("real/mnt"));
+    // The kernel reports the jail's path resolved.
+    assert_eq!(
+        fake.live_jails()[0].params.path,
+        fake.base()
+            .join("real/mnt")
+            .join(c.dataset().rsplit('/').next().unwrap())
+    );
+    // "Crash", then a new instance on the same (symlinked) configuration.
+    std::mem::forget(c);
+    std::mem::forget(img);
+    drop(b);
+    let b = FreeBsdBackend::new(fake.clone(), cfg).unwrap();
+    let report = b.remove_leftovers().unwrap();
+    assert!(
+        report.removed.iter().any(|r| r.starts_with("jail ")),
+        "{report:?}"
+    );
+    assert_eq!(fake.live_jails(), vec![]);
+    assert_eq!(fake.datasets(), ["pool", "pool/jb"]);
+}
