@@ -225,6 +225,13 @@ pub enum FreeBsdError {
     NotLocked,
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The configured devfs ruleset would hide nothing (see `check_devfs_ruleset`).
+    #[error(
+        "devfs ruleset {ruleset} {}: a jail's /dev would show every device of the host; \
+         load it (devfs.rules(5), `service devfs restart`) or set devfs_ruleset",
+        if *.loaded { "has no rules" } else { "is not loaded" }
+    )]
+    DevfsRulesetEmpty { ruleset: u16, loaded: bool },
     #[error("name too long: {0}")]
     NameTooLong(String),
     #[error("image {0} is being destroyed")]
@@ -424,6 +431,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
         let mut config = config;
         config.mount_root = resolve_existing_prefix(&config.mount_root)
             .map_err(ioerr(Step::MountRoot, &config.mount_root))?;
+        Self::check_devfs_ruleset(&kernel, config.devfs_ruleset)?;
         let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let racct = kernel.racct_enabled();
         Ok(FreeBsdBackend {
@@ -434,6 +442,32 @@ impl<K: Kernel> FreeBsdBackend<K> {
             next: AtomicU64::new(1),
             lock: Mutex::new(None),
         })
+    }
+
+    /// The jails' devfs ruleset must be loaded and hide something: devfs_ruleset_use
+    /// (sys/fs/devfs/devfs_rule.c) creates a ruleset that does not exist, empty, and
+    /// ruleset 0 is the empty ruleset; either way the jail's /dev shows every device of
+    /// the host.
+    fn check_devfs_ruleset(kernel: &K, ruleset: u16) -> Result<()> {
+        if ruleset == 0 {
+            return Err(FreeBsdError::Config(
+                "devfs_ruleset 0 is the empty ruleset: a jail would see every device of \
+                 the host; use 4 (devfsrules_jail) or a ruleset of your own"
+                    .into(),
+            ));
+        }
+        match kernel.devfs_ruleset_rules(ruleset) {
+            Ok(Some(n)) if n > 0 => Ok(()),
+            Ok(found) => Err(FreeBsdError::DevfsRulesetEmpty {
+                ruleset,
+                loaded: found.is_some(),
+            }),
+            Err(source) => Err(FreeBsdError::Kernel {
+                step: Step::DevfsRuleset,
+                what: format!("ruleset {ruleset}"),
+                source,
+            }),
+        }
     }
 
     pub fn kernel(&self) -> &K {

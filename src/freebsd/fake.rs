@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::backend::{BuildUser, ExecOutcome, ExitStatus, Limits};
 use crate::exec::{CancelToken, CommandSpec, ExecError, PreparedCommand, SetupStep};
 
-use super::kernel::{JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
+use super::kernel::{kill_jail, JailInfo, JailParams, KResult, Kernel, KernelError, ZfsProp};
 
 /// What a fake program sees: the container root on the host, the command, the user.
 pub struct FakeExec<'a> {
@@ -59,6 +59,9 @@ pub struct FakeRun {
     /// Children it forks while its table has that size: each inherits the table, and
     /// with it the table's RACCT_NOFILE charge (RACCT_INHERITABLE, kern_racct.c).
     pub forks: u32,
+    /// With `hang`: processes it forks while the timeout kill runs (they escape
+    /// jail_remove's kill pass, see [`FakeJail::escaping`]).
+    pub escapes_kill: u32,
 }
 
 impl FakeRun {
@@ -111,6 +114,11 @@ pub struct FakeJail {
     pub alive: bool,
     /// Processes running in it.
     pub processes: u32,
+    /// Of those, how many are being forked when jail_remove's kill pass runs: it skips
+    /// them (`p_state == PRS_NEW`, kern_jail.c), so they survive it.
+    pub escaping: u32,
+    /// The exec'd child (supervised) is one of `processes` and not yet killed.
+    pub child_alive: bool,
 }
 
 struct Fault {
@@ -135,6 +143,8 @@ struct State {
     racct: bool,
     /// rctl rules in force, as added.
     rules: BTreeSet<String>,
+    /// Loaded devfs rulesets and their number of rules.
+    devfs_rulesets: BTreeMap<u16, u32>,
 }
 
 /// The in-memory kernel. Cheap to share: `Arc<FakeKernel>` implements [`Kernel`] too.
@@ -272,6 +282,10 @@ impl FakeKernel {
                 programs: HashMap::new(),
                 racct: false,
                 rules: BTreeSet::new(),
+                // As /etc/rc.d/devfs loads /etc/defaults/devfs.rules: 1 devfsrules_hide_all,
+                // 2 devfsrules_unhide_basic, 3 devfsrules_unhide_login, 4 devfsrules_jail
+                // (three includes and two paths), 5 devfsrules_jail_vnet.
+                devfs_rulesets: BTreeMap::from([(1, 1), (2, 10), (3, 8), (4, 5), (5, 6)]),
             }),
         };
         {
@@ -341,6 +355,15 @@ impl FakeKernel {
     /// Turns resource accounting (kern.racct.enable) on or off.
     pub fn set_racct(&self, on: bool) {
         self.lock().racct = on;
+    }
+
+    /// Loads devfs ruleset `ruleset` with `rules` rules (`None`: unloads it).
+    pub fn set_devfs_ruleset(&self, ruleset: u16, rules: Option<u32>) {
+        let mut st = self.lock();
+        match rules {
+            Some(n) => st.devfs_rulesets.insert(ruleset, n),
+            None => st.devfs_rulesets.remove(&ruleset),
+        };
     }
 
     /// The rctl rules in force, sorted.
@@ -782,7 +805,12 @@ impl Kernel for FakeKernel {
         )
         .map_err(err)?;
         self.mount_inner(&mut st, fspath, FakeMountKind::Devfs(ruleset))
-            .map_err(err)
+            .map_err(err)?;
+        // devfs_rule.c devfs_ruleset_use: a ruleset that does not exist is created, empty.
+        if ruleset != 0 {
+            st.devfs_rulesets.entry(ruleset).or_insert(0);
+        }
+        Ok(())
     }
 
     fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
@@ -868,6 +896,8 @@ impl Kernel for FakeKernel {
                 },
                 alive: true,
                 processes: 0,
+                escaping: 0,
+                child_alive: false,
             },
         );
         Ok(jid)
@@ -882,11 +912,46 @@ impl Kernel for FakeKernel {
                 jid,
                 errno: libc::EINVAL,
             }),
+            // sys_jail_remove: "Silently ignore already-dying prisons": no second kill.
+            Some(j) if !j.alive => Ok(()),
             Some(_) => {
-                Self::kill_jail(&mut st, jid);
+                let j = st.jails.get_mut(&jid).expect("checked above");
+                // prison_remove_one / prison_deref_kill SIGKILL every process of the jail
+                // but those still being forked (PRS_NEW).
+                j.alive = false;
+                j.processes = j.escaping;
+                j.escaping = 0;
+                j.child_alive = false;
                 Ok(())
             }
         }
+    }
+
+    fn jail_kill_processes(&self, jid: i32) -> KResult<u32> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("jail_kill_processes {jid}"))
+            .map_err(|errno| KernelError::JailKill { jid, errno })?;
+        Ok(match st.jails.get_mut(&jid) {
+            Some(j) => {
+                let n = j.processes;
+                j.processes = 0;
+                j.escaping = 0;
+                j.child_alive = false;
+                n
+            }
+            None => 0,
+        })
+    }
+
+    fn devfs_ruleset_rules(&self, ruleset: u16) -> KResult<Option<u32>> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("devfs_ruleset_rules {ruleset}"))
+            .map_err(|errno| KernelError::Devfs {
+                op: "DEVFSIO_SGETNEXT",
+                ruleset,
+                errno,
+            })?;
+        Ok(st.devfs_rulesets.get(&ruleset).copied())
     }
 
     fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
@@ -1097,17 +1162,40 @@ impl FakeKernel {
                 exit_code = 1;
             }
         }
-        if run.hang && cancelled() {
-            st.calls.push(format!("jail_remove {jid} (cancelled)"));
-            Self::kill_jail(&mut st, jid);
-            return Err(KernelError::Exec {
-                jid,
-                source: ExecError::Cancelled,
-            });
-        }
         let status = if run.hang {
-            st.calls.push(format!("jail_remove {jid} (timeout)"));
-            Self::kill_jail(&mut st, jid);
+            // The supervisor's kill on timeout or cancel, through the seam as RealKernel
+            // does it; the child is one of the jail's processes until something kills it.
+            let why = if cancelled() { "cancelled" } else { "timeout" };
+            st.calls.push(format!("kill jail {jid} ({why})"));
+            if let Some(j) = st.jails.get_mut(&jid) {
+                j.processes += 1 + run.left_running + run.escapes_kill;
+                j.escaping = run.escapes_kill;
+                j.child_alive = true;
+            }
+            drop(st);
+            let errors = kill_jail(self, jid, || {
+                let mut st = self.lock();
+                st.calls.push(format!("pdkill child in jail {jid}"));
+                if let Some(j) = st.jails.get_mut(&jid).filter(|j| j.child_alive) {
+                    j.child_alive = false;
+                    j.processes -= 1;
+                }
+                Ok(())
+            });
+            st = self.lock();
+            // The supervisor reaps the child with waitpid(2) next: a child nothing killed
+            // would block it (and the build) forever.
+            assert!(
+                !st.jails.get(&jid).is_some_and(|j| j.child_alive),
+                "FakeKernel: the child in jail {jid} survived the kill: waitpid would \
+                 block forever ({errors:?})"
+            );
+            if why == "cancelled" {
+                return Err(KernelError::Exec {
+                    jid,
+                    source: ExecError::Cancelled,
+                });
+            }
             ExitStatus::TimedOut
         } else {
             if let Some(j) = st.jails.get_mut(&jid) {

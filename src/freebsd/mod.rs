@@ -5,6 +5,7 @@
 //! - [`fake`]: [`FakeKernel`], the seam in memory with the kernel's rules enforced.
 //! - `real` (FreeBSD only): `RealKernel`, libzfs_core + nmount(2) + jail_set(2) + pdfork(2).
 
+pub mod abi;
 pub mod backend;
 pub mod fake;
 pub mod kernel;
@@ -12,6 +13,8 @@ pub mod kernel;
 #[cfg(target_os = "freebsd")]
 mod real;
 
+#[cfg(test)]
+mod abi_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -206,3 +206,107 @@ fn leftover_jails_under_a_symlinked_mount_root_are_swept() {
     assert_eq!(fake.live_jails(), vec![]);
     assert_eq!(fake.datasets(), ["pool", "pool/jb"]);
 }
+
+#[test]
+fn a_devfs_ruleset_that_hides_nothing_is_refused_at_start() {
+    let fake = Arc::new(FakeKernel::new());
+    let start = |ruleset: u16| {
+        let cfg = FreeBsdConfig {
+            devfs_ruleset: ruleset,
+            ..config(&fake)
+        };
+        FreeBsdBackend::new(fake.clone(), cfg).map(drop)
+    };
+    // Loaded with rules (as /etc/defaults/devfs.rules loads 4, devfsrules_jail): starts.
+    start(4).unwrap();
+    // Not loaded: mounting it would create it empty (devfs_rule.c devfs_ruleset_use).
+    let e = start(12).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FreeBsdError::DevfsRulesetEmpty {
+                ruleset: 12,
+                loaded: false
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("not loaded"), "{e}");
+    // Loaded but empty, e.g. created by an earlier devfs mount with that number.
+    fake.set_devfs_ruleset(12, Some(0));
+    let e = start(12).unwrap_err();
+    assert!(e.to_string().contains("has no rules"), "{e}");
+    // Ruleset 0 is the empty ruleset.
+    let e = start(0).unwrap_err();
+    assert!(e.to_string().contains("devfs_ruleset 0"), "{e}");
+}
+
+#[test]
+fn the_fake_creates_an_unloaded_ruleset_empty_when_devfs_mounts_it() {
+    let fake = FakeKernel::new();
+    let dir = fake.base().join("dev");
+    std::fs::create_dir(&dir).unwrap();
+    assert_eq!(fake.devfs_ruleset_rules(9).unwrap(), None);
+    fake.mount_devfs(&dir, 9).unwrap();
+    assert_eq!(fake.devfs_ruleset_rules(9).unwrap(), Some(0));
+    assert_eq!(fake.devfs_ruleset_rules(4).unwrap(), Some(5));
+}
+
+#[test]
+fn a_timeout_kill_gets_the_child_even_when_jail_remove_fails() {
+    let fake = Arc::new(FakeKernel::new());
+    fake.register_program("/usr/bin/cc", |_| FakeRun {
+        hang: true,
+        left_running: 2,
+        ..FakeRun::default()
+    });
+    let (b, _img, c) = container_on(&fake, config(&fake));
+    fake.take_calls();
+    fake.fail_on("jail_remove", 1, libc::EPERM);
+    // The fake panics if the child survives the kill (waitpid would block forever).
+    let out = b
+        .exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default(), None)
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::TimedOut);
+    let jid = c.jid().unwrap();
+    assert_eq!(
+        fake.take_calls(),
+        [
+            format!("exec {jid} /usr/bin/cc as 1000:1000"),
+            format!("kill jail {jid} (timeout)"),
+            format!("pdkill child in jail {jid}"),
+            format!("jail_remove {jid} -> injected errno {}", libc::EPERM),
+            format!("jail_kill_processes {jid}"),
+            format!("jail_kill_processes {jid}"),
+        ]
+    );
+    // Everything the compile left running is dead; the jail itself lives on (reset
+    // removes it).
+    assert_eq!(fake.live_jails()[0].processes, 0);
+    b.destroy_container(c).unwrap();
+}
+
+#[test]
+fn a_process_forked_during_the_kill_pass_is_killed_too() {
+    let fake = Arc::new(FakeKernel::new());
+    fake.register_program("/usr/bin/cc", |_| FakeRun {
+        hang: true,
+        escapes_kill: 3,
+        ..FakeRun::default()
+    });
+    let (b, _img, c) = container_on(&fake, config(&fake));
+    let out = b
+        .exec(&c, &cmd("/usr/bin/cc"), USER, &Limits::default(), None)
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::TimedOut);
+    // jail_remove's pass missed the three (PRS_NEW); a second jail_remove would do
+    // nothing on the dying jail; the sweep by jail id got them.
+    let jail = fake
+        .jails()
+        .into_iter()
+        .find(|j| Some(j.jid) == c.jid())
+        .unwrap();
+    assert!(!jail.alive);
+    assert_eq!(jail.processes, 0);
+    b.destroy_container(c).unwrap();
+}
