@@ -726,11 +726,35 @@ unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
     // descriptors and pointers prepared before fork, which stay valid in the child.
     unsafe {
         // The server's signal mask and SIGPIPE disposition (ignored by Rust) are not the
-        // compiler's.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // compiler's. Raw system calls, not libc's sigprocmask/signal: in a threaded
+        // process libc routes those to libthr (__thr_sigprocmask, __thr_sigaction in
+        // lib/libthr/thread/thr_sig.c), and __thr_sigaction takes the signal's
+        // `_thr_rwl_wrlock(&usa->lock)`. Only libthr's own fork (__thr_fork) takes those
+        // locks around the fork (_thr_signal_prefork) and resets them in the child;
+        // pdfork(2) is a plain system call, so a lock another server thread held at the
+        // fork stays held here and the child would hang. syscall(2) is a trap stub that
+        // takes no lock (errno goes to this thread's own TLS). What libthr's wrappers add,
+        // keeping its SIGCANCEL out of the mask, is moot: no thread runs here and execve
+        // follows. Caught signals are reset by execve itself; only the ignored SIGPIPE
+        // needs resetting. The structures live on this stack: no allocation.
+        let empty = abi::SigSet::default();
+        libc::syscall(
+            abi::SYS_SIGPROCMASK,
+            abi::SIG_SETMASK,
+            &empty as *const abi::SigSet,
+            std::ptr::null_mut::<abi::SigSet>(),
+        );
+        let default = abi::SigAction {
+            handler: abi::SIG_DFL,
+            flags: 0,
+            mask: abi::SigSet::default(),
+        };
+        libc::syscall(
+            abi::SYS_SIGACTION,
+            abi::SIGPIPE,
+            &default as *const abi::SigAction,
+            std::ptr::null_mut::<abi::SigAction>(),
+        );
 
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
             if libc::dup2(from, to) < 0 {

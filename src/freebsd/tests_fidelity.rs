@@ -310,3 +310,23 @@ fn a_process_forked_during_the_kill_pass_is_killed_too() {
     assert_eq!(jail.processes, 0);
     b.destroy_container(c).unwrap();
 }
+
+/// Between pdfork and execve the child calls no libc function that libthr interposes
+/// with a lock (signal/sigaction/sigprocmask: lib/libthr/thread/thr_sig.c); see
+/// real.rs child_main. The source is read as text, so this runs on every OS.
+#[test]
+fn the_forked_child_makes_no_libthr_locked_signal_call() {
+    let src = include_str!("real.rs");
+    let child = &src[src
+        .find("unsafe fn child_main")
+        .expect("child_main in real.rs")..];
+    for call in [
+        "libc::signal(",
+        "libc::sigaction(",
+        "libc::sigprocmask(",
+        "pthread_sigmask(",
+    ] {
+        assert!(!child.contains(call), "child_main calls {call}");
+    }
+    assert!(child.contains("abi::SYS_SIGACTION") && child.contains("abi::SYS_SIGPROCMASK"));
+}
