@@ -35,7 +35,8 @@ pub struct BuilderConfig {
     /// FreeBSD: snapshot of a FreeBSD userland that images are cloned from, e.g.
     /// "zroot/jailbuilder/base@14.3-RELEASE". Without it images hold only the toolchain.
     pub base_snapshot: Option<String>,
-    /// FreeBSD: devfs ruleset for jails (4 = devfsrules_jail).
+    /// FreeBSD: devfs ruleset for jails (4 = devfsrules_jail), 1..=65535; it must be
+    /// loaded and have rules (checked at start: an unloaded ruleset hides nothing).
     pub devfs_ruleset: u32,
     /// FreeBSD: ZFS `quota` of each container clone, bytes (what a compile may write; the
     /// toolchain it shares with the image does not count); 0 = none.
@@ -173,6 +174,14 @@ impl BuilderConfig {
         if !self.mount_root.is_absolute() {
             return bad("mount_root", "must be an absolute path");
         }
+        // devfs_rsnum is 16 bits (sys/fs/devfs/devfs.h); ruleset 0 is the empty ruleset
+        // (sys/fs/devfs/devfs_rule.c), under which a jail sees every host device.
+        if self.devfs_ruleset == 0 || self.devfs_ruleset > u32::from(u16::MAX) {
+            return bad(
+                "devfs_ruleset",
+                "must be a loaded devfs ruleset, 1..=65535 (4 = devfsrules_jail)",
+            );
+        }
         Ok(())
     }
 
@@ -261,6 +270,15 @@ mod tests {
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid = 0\n").unwrap();
         let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("build_uid"), "{e}");
+        for bad in ["0", "65536", "70000"] {
+            let f: BuilderFile = parse(
+                Path::new("x.toml"),
+                &format!("[builder]\ndevfs_ruleset = {bad}\n"),
+            )
+            .unwrap();
+            let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+            assert!(e.to_string().contains("devfs_ruleset"), "{bad}: {e}");
+        }
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_containers = 0\n").unwrap();
         assert!(f
             .builder

@@ -9,6 +9,7 @@ pub mod abi;
 pub mod backend;
 pub mod fake;
 pub mod kernel;
+pub mod probe;
 
 #[cfg(target_os = "freebsd")]
 mod real;

@@ -330,3 +330,42 @@ fn the_forked_child_makes_no_libthr_locked_signal_call() {
     }
     assert!(child.contains("abi::SYS_SIGACTION") && child.contains("abi::SYS_SIGPROCMASK"));
 }
+
+#[test]
+fn doctor_probes_the_configured_dataset_root_ruleset_and_limits() {
+    use super::probe::probe_kernel;
+    let fake = FakeKernel::new();
+    let item = |items: &[crate::native::ProbeItem], name: &str| {
+        items.iter().find(|i| i.name == name).cloned().unwrap()
+    };
+    let cfg = FreeBsdConfig {
+        dataset_root: "pool/builds".into(),
+        devfs_ruleset: 12,
+        ..config(&fake)
+    };
+    let items = probe_kernel(&fake, &cfg, 1 << 30, 64);
+    let root = item(&items, "dataset root");
+    assert!(
+        root.ok && root.detail.starts_with("pool/builds "),
+        "{root:?}"
+    );
+    // Without RACCT the limits are not what was configured: not reported as OK.
+    let limits = item(&items, "resource limits");
+    assert!(!limits.ok, "{limits:?}");
+    let devfs = item(&items, "devfs ruleset");
+    assert!(
+        !devfs.ok && devfs.detail.contains("not loaded"),
+        "{devfs:?}"
+    );
+
+    fake.set_racct(true);
+    let cfg = FreeBsdConfig {
+        dataset_root: "tank/jb".into(),
+        ..config(&fake)
+    };
+    let items = probe_kernel(&fake, &cfg, 1 << 30, 64);
+    assert!(item(&items, "resource limits").ok);
+    assert!(item(&items, "devfs ruleset").ok);
+    let root = item(&items, "dataset root");
+    assert!(!root.ok && root.detail.contains("tank"), "{root:?}");
+}
