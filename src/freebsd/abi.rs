@@ -13,6 +13,19 @@ pub const MNT_FORCE: i32 = 0x0008_0000;
 /// pdfork(2) flag (sys/sys/procdesc.h): the process descriptor is not inherited by exec.
 pub const PD_CLOEXEC: i32 = 0x02;
 
+/// setrlimit(2) resources the child lowers (sys/sys/resource.h); `RLIMIT_AS` is
+/// `RLIMIT_VMEM`. real.rs names them through `libc`; `abi_tests` checks both agree.
+pub const RLIMIT_FSIZE: i32 = 1;
+pub const RLIMIT_CORE: i32 = 4;
+pub const RLIMIT_NPROC: i32 = 7;
+pub const RLIMIT_NOFILE: i32 = 8;
+pub const RLIMIT_AS: i32 = 10;
+
+/// fcntl(2) commands and open(2) flag (sys/sys/fcntl.h).
+pub const F_DUPFD_CLOEXEC: i32 = 17;
+pub const F_DUP2FD_CLOEXEC: i32 = 18;
+pub const O_CLOEXEC: i32 = 0x0010_0000;
+
 /// Signals and signal-mask operations (sys/sys/signal.h).
 pub const SIGKILL: i32 = 9;
 pub const SIGPIPE: i32 = 13;

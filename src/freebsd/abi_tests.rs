@@ -28,6 +28,26 @@ fn mount_and_procdesc_flags_match_their_headers() {
 }
 
 #[test]
+fn rlimit_and_fcntl_values_match_their_headers() {
+    // sys/sys/resource.h: #define RLIMIT_FSIZE 1, RLIMIT_CORE 4, RLIMIT_NPROC 7,
+    // RLIMIT_NOFILE 8, RLIMIT_VMEM 10, #define RLIMIT_AS RLIMIT_VMEM.
+    assert_eq!(
+        (
+            RLIMIT_FSIZE,
+            RLIMIT_CORE,
+            RLIMIT_NPROC,
+            RLIMIT_NOFILE,
+            RLIMIT_AS
+        ),
+        (1, 4, 7, 8, 10)
+    );
+    // sys/sys/fcntl.h: #define F_DUPFD_CLOEXEC 17, #define F_DUP2FD_CLOEXEC 18,
+    // #define O_CLOEXEC 0x00100000.
+    assert_eq!((F_DUPFD_CLOEXEC, F_DUP2FD_CLOEXEC), (17, 18));
+    assert_eq!(O_CLOEXEC, 0x0010_0000);
+}
+
+#[test]
 fn signal_numbers_syscalls_and_sigaction_layout_match() {
     // sys/sys/signal.h: #define SIGKILL 9, #define SIGPIPE 13, #define SIG_SETMASK 3,
     // #define SIG_DFL ((__sighandler_t *)0).
@@ -131,6 +151,14 @@ fn libc_crate_agrees_on_freebsd() {
     assert_eq!(libc::JAIL_DYING, JAIL_DYING);
     assert_eq!(libc::MNT_FORCE, MNT_FORCE);
     assert_eq!(libc::PD_CLOEXEC, PD_CLOEXEC);
+    assert_eq!(libc::RLIMIT_FSIZE, RLIMIT_FSIZE);
+    assert_eq!(libc::RLIMIT_CORE, RLIMIT_CORE);
+    assert_eq!(libc::RLIMIT_NPROC, RLIMIT_NPROC);
+    assert_eq!(libc::RLIMIT_NOFILE, RLIMIT_NOFILE);
+    assert_eq!(libc::RLIMIT_AS, RLIMIT_AS);
+    assert_eq!(libc::F_DUPFD_CLOEXEC, F_DUPFD_CLOEXEC);
+    assert_eq!(libc::F_DUP2FD_CLOEXEC, F_DUP2FD_CLOEXEC);
+    assert_eq!(libc::O_CLOEXEC, O_CLOEXEC);
     assert_eq!(libc::SIGKILL, SIGKILL);
     assert_eq!(libc::SIGPIPE, SIGPIPE);
     assert_eq!(libc::SIG_SETMASK, SIG_SETMASK);
