@@ -169,3 +169,15 @@ fn libc_crate_agrees_on_freebsd() {
     assert_eq!(size_of::<libc::sigaction>(), size_of::<SigAction>());
     assert_eq!(size_of::<libc::sigset_t>(), size_of::<SigSet>());
 }
+
+#[test]
+fn zfs_index_property_values_match_include_sys_fs_zfs_h() {
+    use super::kernel::prop;
+    // OpenZFS include/sys/fs/zfs.h: typedef enum { ZFS_CANMOUNT_OFF = 0, ZFS_CANMOUNT_ON
+    // = 1, ZFS_CANMOUNT_NOAUTO = 2 } zfs_canmount_type_t; typedef enum {
+    // ZFS_SYNC_STANDARD = 0, ZFS_SYNC_ALWAYS = 1, ZFS_SYNC_DISABLED = 2 }
+    // zfs_sync_type_t; boolean properties (atime, setuid) are 0/1.
+    assert_eq!(prop::CANMOUNT_NOAUTO, 2);
+    assert_eq!(prop::SYNC_DISABLED, 2);
+    assert_eq!(prop::OFF, 0);
+}
