@@ -916,7 +916,7 @@ impl Kernel for FakeKernel {
             Some(j) if !j.alive => Ok(()),
             Some(_) => {
                 let j = st.jails.get_mut(&jid).expect("checked above");
-                // prison_remove_one / prison_deref_kill SIGKILL every process of the jail
+                // kern_jail.c prison_remove_one SIGKILLs every process of the jail
                 // but those still being forked (PRS_NEW).
                 j.alive = false;
                 j.processes = j.escaping;

@@ -338,9 +338,9 @@ pub const KILL_ROUNDS: usize = 16;
 /// then rounds of [`Kernel::jail_kill_processes`] until one finds nothing.
 ///
 /// jail_remove alone is not enough: it may fail, and its kill pass skips a process being
-/// forked (`p->p_state != PRS_NEW`, kern_jail.c prison_remove_one / prison_deref_kill),
-/// while a second jail_remove on the now dying jail returns 0 without killing again
-/// (sys_jail_remove: "Silently ignore already-dying prisons").
+/// forked (kern_jail.c prison_remove_one: `p->p_state != PRS_NEW`; FreeBSD 14 kills from
+/// prison_deref with PD_KILL), while a second jail_remove on the now dying jail returns 0
+/// without killing again (sys_jail_remove: "Silently ignore already-dying prisons").
 ///
 /// Returns the errors met (for the log); the caller goes on to reap the child either way.
 pub fn kill_jail<K: Kernel + ?Sized>(
