@@ -12,7 +12,15 @@
 //!   unmounting with a mount beneath (always) or under a jail's root (unless forced).
 //! - Jails: EEXIST for a live jail's name, EINVAL for a numeric name, ENOENT for a missing
 //!   path, EINVAL removing an unknown jid (kern_jail.c sys_jail_remove), EINVAL attaching
-//!   to a jail that is not alive (sys_jail_attach).
+//!   to a jail that is not alive (sys_jail_attach); jail paths stored resolved
+//!   (kern_jail_set: vn_path_to_global_path); jail_remove skips processes being forked
+//!   and does nothing to a dying jail; a child nothing killed after a timeout panics
+//!   (waitpid would block).
+//! - rctl: EINVAL for an unknown resource, EOPNOTSUPP for `deny` on a resource that is not
+//!   RACCT_DENIABLE but for memoryuse/pcpu (kern_rctl.c rctl_rule_add); `openfiles` is the
+//!   jail's sum of descriptor-table sizes, so forks past it fail (kern_descrip.c fdalloc).
+//! - devfs: rulesets 1-5 loaded as at boot; mounting an unloaded one creates it empty
+//!   (devfs_rule.c devfs_ruleset_use).
 //!
 //! Stricter than the kernel (documented deviations): a mount point must be a real
 //! directory, not a symlink (the real nmount follows it, which is never what we want);
