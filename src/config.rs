@@ -35,7 +35,8 @@ pub struct BuilderConfig {
     /// FreeBSD: snapshot of a FreeBSD userland that images are cloned from, e.g.
     /// "zroot/jailbuilder/base@14.3-RELEASE". Without it images hold only the toolchain.
     pub base_snapshot: Option<String>,
-    /// FreeBSD: devfs ruleset for jails (4 = devfsrules_jail).
+    /// FreeBSD: devfs ruleset for jails (4 = devfsrules_jail), 1..=65535; it must be
+    /// loaded and have rules (checked at start: an unloaded ruleset hides nothing).
     pub devfs_ruleset: u32,
     /// FreeBSD: ZFS `quota` of each container clone, bytes (what a compile may write; the
     /// toolchain it shares with the image does not count); 0 = none.
@@ -58,15 +59,14 @@ pub struct BuilderConfig {
     /// Bytes of stdout and of stderr kept per compile.
     pub stream_cap_bytes: usize,
     /// Memory of one compile, bytes; 0 = unlimited. Linux: memory.max of the container's
-    /// cgroup (v2), else RLIMIT_AS per process. FreeBSD: rctl `memoryuse:deny` per jail
-    /// (with kern.racct.enable=1), else RLIMIT_AS per process.
+    /// cgroup (v2), else RLIMIT_AS per process. FreeBSD: RLIMIT_AS per process, and with
+    /// kern.racct.enable=1 also rctl `vmemoryuse:deny` per jail.
     pub memory_bytes: u64,
     /// Processes of one compile; 0 = unlimited. Linux: pids.max (cgroup v2), else
     /// RLIMIT_NPROC (which counts all processes of the build uid, host-wide). FreeBSD:
     /// rctl `maxproc:deny` per jail, else RLIMIT_NPROC.
     pub max_processes: u64,
-    /// Open files per process (RLIMIT_NOFILE; FreeBSD with RACCT also rctl `openfiles`
-    /// per jail); 0 = unlimited.
+    /// Open files per process (RLIMIT_NOFILE); 0 = unlimited.
     pub max_open_files: u64,
     /// Largest file a compile may write (RLIMIT_FSIZE); 0 = unlimited.
     pub max_file_bytes: u64,
@@ -184,6 +184,14 @@ impl BuilderConfig {
         if !self.mount_root.is_absolute() {
             return bad("mount_root", "must be an absolute path");
         }
+        // devfs_rsnum is 16 bits (sys/fs/devfs/devfs.h); ruleset 0 is the empty ruleset
+        // (sys/fs/devfs/devfs_rule.c), under which a jail sees every host device.
+        if self.devfs_ruleset == 0 || self.devfs_ruleset > u32::from(u16::MAX) {
+            return bad(
+                "devfs_ruleset",
+                "must be a loaded devfs ruleset, 1..=65535 (4 = devfsrules_jail)",
+            );
+        }
         Ok(())
     }
 
@@ -284,6 +292,15 @@ mod tests {
         .unwrap();
         let e = f.builder.engine_config();
         assert_eq!((e.max_outputs, e.max_outputs_total_bytes), (16, 4096));
+        for bad in ["0", "65536", "70000"] {
+            let f: BuilderFile = parse(
+                Path::new("x.toml"),
+                &format!("[builder]\ndevfs_ruleset = {bad}\n"),
+            )
+            .unwrap();
+            let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+            assert!(e.to_string().contains("devfs_ruleset"), "{bad}: {e}");
+        }
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_containers = 0\n").unwrap();
         assert!(f
             .builder

@@ -2,11 +2,18 @@
 
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct DoctorArgs {}
+use super::common::BuilderArgs;
 
-pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let items = jailbuilder::native::probe();
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// The configuration to check (dataset root, devfs ruleset, limits).
+    #[command(flatten)]
+    builder: BuilderArgs,
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.builder.load()?;
+    let items = jailbuilder::native::probe(&cfg);
     println!("jailbuilder doctor ({} backend)", std::env::consts::OS);
     let mut missing = 0;
     for i in &items {

@@ -74,23 +74,34 @@ pub struct FreeBsdConfig {
 
 /// Per-jail resource limits as rctl(8) rules on the jail's name (subject `jail:<name>`,
 /// action `deny`); 0 = no rule for that resource.
+///
+/// Only resources the kernel can deny are used (kern_racct.c `racct_types`, flag
+/// RACCT_DENIABLE): `memoryuse` (RACCT_RSS) is not deniable; rctl_rule_add (kern_rctl.c)
+/// still accepts a `deny` rule for it, but enforces it only by having the VM daemon page
+/// the process out (sys/vm/vm_swapout.c vm_daemon), which bounds nothing a compile
+/// allocates. `vmemoryuse` (RACCT_VMEM) is deniable: an mmap/brk beyond it fails.
+///
+/// No `openfiles` rule: RACCT_NOFILE is the size of each process's descriptor table
+/// (kern_descrip.c fdalloc / kern_dup: `racct_set_unlocked(p, RACCT_NOFILE, ...)`),
+/// inherited at fork and summed over the jail, so a jail rule equal to the per-process
+/// limit makes fork fail (EAGAIN) as soon as one process has grown its table to the limit.
+/// RLIMIT_NOFILE bounds each process; `maxproc` bounds their number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JailLimits {
-    /// `memoryuse` (resident memory of the whole jail), bytes.
+    /// `vmemoryuse` (virtual memory of the whole jail), bytes. RLIMIT_AS still bounds
+    /// each process.
     pub memory_bytes: u64,
-    /// `maxproc` (processes in the jail).
+    /// `maxproc` (processes in the jail); replaces RLIMIT_NPROC, which counts the build
+    /// uid's processes host-wide.
     pub max_processes: u64,
-    /// `openfiles` (file descriptors of the whole jail).
-    pub max_open_files: u64,
 }
 
 impl JailLimits {
     /// The rules for jail `name`, in rctl(8) syntax.
     pub fn rules(&self, name: &str) -> Vec<String> {
         [
-            ("memoryuse", self.memory_bytes),
+            ("vmemoryuse", self.memory_bytes),
             ("maxproc", self.max_processes),
-            ("openfiles", self.max_open_files),
         ]
         .into_iter()
         .filter(|(_, v)| *v > 0)
@@ -124,6 +135,10 @@ impl Default for FreeBsdConfig {
 pub enum Step {
     /// Opening /dev/zfs (libzfs_core_init).
     Init,
+    /// Resolving the mount root's symlinks.
+    MountRoot,
+    /// Reading the devfs ruleset jails get.
+    DevfsRuleset,
     Lock,
     DatasetRoot,
     MountDir,
@@ -210,6 +225,13 @@ pub enum FreeBsdError {
     NotLocked,
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The configured devfs ruleset would hide nothing (see `check_devfs_ruleset`).
+    #[error(
+        "devfs ruleset {ruleset} {}: a jail's /dev would show every device of the host; \
+         load it (devfs.rules(5), `service devfs restart`) or set devfs_ruleset",
+        if *.loaded { "has no rules" } else { "is not loaded" }
+    )]
+    DevfsRulesetEmpty { ruleset: u16, loaded: bool },
     #[error("name too long: {0}")]
     NameTooLong(String),
     #[error("image {0} is being destroyed")]
@@ -341,6 +363,28 @@ pub struct FreeBsdBackend<K: Kernel> {
     racct: bool,
 }
 
+/// `path` with the symlinks of its longest existing prefix resolved (realpath(3)); the
+/// part that does not exist yet is appended as given.
+fn resolve_existing_prefix(path: &Path) -> std::io::Result<PathBuf> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(resolved) => {
+                return Ok(rest.iter().rev().fold(resolved, |p, c| p.join(c)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Err(e);
+                };
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn valid_component(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -380,6 +424,14 @@ impl<K: Kernel> FreeBsdBackend<K> {
                 )));
             }
         }
+        // The kernel stores a jail's path resolved (kern_jail.c kern_jail_set: namei with
+        // FOLLOW, then vn_path_to_global_path), and the leftover sweep recognises our jails
+        // by that path: compare with the resolved mount root, or a mount root under a
+        // symlink (/home -> /usr/home) never matches.
+        let mut config = config;
+        config.mount_root = resolve_existing_prefix(&config.mount_root)
+            .map_err(ioerr(Step::MountRoot, &config.mount_root))?;
+        Self::check_devfs_ruleset(&kernel, config.devfs_ruleset)?;
         let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let racct = kernel.racct_enabled();
         Ok(FreeBsdBackend {
@@ -390,6 +442,32 @@ impl<K: Kernel> FreeBsdBackend<K> {
             next: AtomicU64::new(1),
             lock: Mutex::new(None),
         })
+    }
+
+    /// The jails' devfs ruleset must be loaded and hide something: devfs_ruleset_use
+    /// (sys/fs/devfs/devfs_rule.c) creates a ruleset that does not exist, empty, and
+    /// ruleset 0 is the empty ruleset; either way the jail's /dev shows every device of
+    /// the host.
+    fn check_devfs_ruleset(kernel: &K, ruleset: u16) -> Result<()> {
+        if ruleset == 0 {
+            return Err(FreeBsdError::Config(
+                "devfs_ruleset 0 is the empty ruleset: a jail would see every device of \
+                 the host; use 4 (devfsrules_jail) or a ruleset of your own"
+                    .into(),
+            ));
+        }
+        match kernel.devfs_ruleset_rules(ruleset) {
+            Ok(Some(n)) if n > 0 => Ok(()),
+            Ok(found) => Err(FreeBsdError::DevfsRulesetEmpty {
+                ruleset,
+                loaded: found.is_some(),
+            }),
+            Err(source) => Err(FreeBsdError::Kernel {
+                step: Step::DevfsRuleset,
+                what: format!("ruleset {ruleset}"),
+                source,
+            }),
+        }
     }
 
     pub fn kernel(&self) -> &K {
@@ -866,22 +944,13 @@ impl<K: Kernel> FreeBsdBackend<K> {
         let Some(jid) = container.jid.filter(|_| !container.dead) else {
             return Err(FreeBsdError::ContainerDead(container.jail_name.clone()));
         };
-        // With rctl rules on the jail, memoryuse and maxproc bound the whole jail and
-        // replace RLIMIT_AS (per process) and RLIMIT_NPROC (per uid, host-wide).
+        // With rctl rules on the jail, maxproc bounds the whole jail and replaces
+        // RLIMIT_NPROC (per uid, host-wide). RLIMIT_AS stays: it bounds each process,
+        // vmemoryuse the sum.
         let per_jail;
-        let limits = if container.rctl {
-            let j = &self.config.jail_limits;
+        let limits = if container.rctl && self.config.jail_limits.max_processes > 0 {
             per_jail = Limits {
-                memory_bytes: if j.memory_bytes > 0 {
-                    0
-                } else {
-                    limits.memory_bytes
-                },
-                max_processes: if j.max_processes > 0 {
-                    0
-                } else {
-                    limits.max_processes
-                },
+                max_processes: 0,
                 ..limits.clone()
             };
             &per_jail

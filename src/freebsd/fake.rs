@@ -18,6 +18,15 @@
 //!   or size, EINVAL without `persist`, EINVAL for enforce_statfs outside 0..=2 or a
 //!   devfs_ruleset outside 0..=65535, EPERM for a securelevel below the host's (-1).
 //!   The parameters of each jail and the plan of each exec are recorded.
+//!   Jail paths are stored resolved
+//!   (kern_jail_set: vn_path_to_global_path); jail_remove skips processes being forked
+//!   and does nothing to a dying jail; a child nothing killed after a timeout panics
+//!   (waitpid would block).
+//! - rctl: EINVAL for an unknown resource, EOPNOTSUPP for `deny` on a resource that is not
+//!   RACCT_DENIABLE but for memoryuse/pcpu (kern_rctl.c rctl_rule_add); `openfiles` is the
+//!   jail's sum of descriptor-table sizes, so forks past it fail (kern_descrip.c fdalloc).
+//! - devfs: rulesets 1-5 loaded as at boot; mounting an unloaded one creates it empty
+//!   (devfs_rule.c devfs_ruleset_use).
 //!
 //! Stricter than the kernel (documented deviations): a mount point must be a real
 //! directory, not a symlink (the real nmount follows it, which is never what we want);
@@ -41,7 +50,7 @@ use crate::backend::{BuildUser, ExecOutcome, ExitStatus, Limits};
 use crate::exec::{CancelToken, CommandSpec, ExecError, PreparedCommand, SetupStep};
 
 use super::kernel::{
-    ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError, ZfsProp,
+    kill_jail, ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError, ZfsProp,
 };
 
 /// What a fake program sees: the container root on the host, the command, the user, and
@@ -146,6 +155,15 @@ pub struct FakeRun {
     pub hang: bool,
     /// Processes it left running in the jail (daemons); only jail_remove ends them.
     pub left_running: u32,
+    /// Size its descriptor table grows to (0: NDFILE, the initial size); the kernel caps
+    /// it at RLIMIT_NOFILE (kern_descrip.c fdalloc: `min(fd * 2, maxfd)`).
+    pub fd_table: u64,
+    /// Children it forks while its table has that size: each inherits the table, and
+    /// with it the table's RACCT_NOFILE charge (RACCT_INHERITABLE, kern_racct.c).
+    pub forks: u32,
+    /// With `hang`: processes it forks while the timeout kill runs (they escape
+    /// jail_remove's kill pass, see [`FakeJail::escaping`]).
+    pub escapes_kill: u32,
 }
 
 impl FakeRun {
@@ -200,6 +218,11 @@ pub struct FakeJail {
     pub alive: bool,
     /// Processes running in it.
     pub processes: u32,
+    /// Of those, how many are being forked when jail_remove's kill pass runs: it skips
+    /// them (`p_state == PRS_NEW`, kern_jail.c), so they survive it.
+    pub escaping: u32,
+    /// The exec'd child (supervised) is one of `processes` and not yet killed.
+    pub child_alive: bool,
 }
 
 struct Fault {
@@ -226,6 +249,8 @@ struct State {
     racct: bool,
     /// rctl rules in force, as added.
     rules: BTreeSet<String>,
+    /// Loaded devfs rulesets and their number of rules.
+    devfs_rulesets: BTreeMap<u16, u32>,
 }
 
 /// The in-memory kernel. Cheap to share: `Arc<FakeKernel>` implements [`Kernel`] too.
@@ -305,6 +330,39 @@ fn io_errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// rctl resource names (kern_rctl.c `resourcenames`) and whether the resource
+/// is RACCT_DENIABLE (kern_racct.c `racct_types`).
+const RCTL_RESOURCES: [(&str, bool); 25] = [
+    ("cputime", false),
+    ("datasize", true),
+    ("stacksize", true),
+    ("coredumpsize", true),
+    ("memoryuse", false),
+    ("memorylocked", true),
+    ("maxproc", true),
+    ("openfiles", true),
+    ("vmemoryuse", true),
+    ("pseudoterminals", true),
+    ("swapuse", true),
+    ("nthr", true),
+    ("msgqqueued", true),
+    ("msgqsize", true),
+    ("nmsgq", true),
+    ("nsem", true),
+    ("nsemop", true),
+    ("nshm", true),
+    ("shmsize", true),
+    ("wallclock", false),
+    ("pcpu", true),
+    ("readbps", false),
+    ("writebps", false),
+    ("readiops", false),
+    ("writeiops", false),
+];
+
+/// NDFILE (sys/sys/filedesc.h): the descriptor table a process starts with.
+const NDFILE: u64 = 20;
+
 impl Default for FakeKernel {
     fn default() -> Self {
         Self::new()
@@ -331,6 +389,10 @@ impl FakeKernel {
                 plans: Vec::new(),
                 racct: false,
                 rules: BTreeSet::new(),
+                // As /etc/rc.d/devfs loads /etc/defaults/devfs.rules: 1 devfsrules_hide_all,
+                // 2 devfsrules_unhide_basic, 3 devfsrules_unhide_login, 4 devfsrules_jail
+                // (three includes and two paths), 5 devfsrules_jail_vnet.
+                devfs_rulesets: BTreeMap::from([(1, 1), (2, 10), (3, 8), (4, 5), (5, 6)]),
             }),
         };
         {
@@ -400,6 +462,15 @@ impl FakeKernel {
     /// Turns resource accounting (kern.racct.enable) on or off.
     pub fn set_racct(&self, on: bool) {
         self.lock().racct = on;
+    }
+
+    /// Loads devfs ruleset `ruleset` with `rules` rules (`None`: unloads it).
+    pub fn set_devfs_ruleset(&self, ruleset: u16, rules: Option<u32>) {
+        let mut st = self.lock();
+        match rules {
+            Some(n) => st.devfs_rulesets.insert(ruleset, n),
+            None => st.devfs_rulesets.remove(&ruleset),
+        };
     }
 
     /// The rctl rules in force, sorted.
@@ -638,6 +709,35 @@ impl FakeKernel {
         Ok(())
     }
 
+    /// RACCT_NOFILE of a jail is the sum of its processes' descriptor-table sizes
+    /// (kern_descrip.c fdalloc sets it to the table size; racct_proc_fork copies an
+    /// inheritable resource to the child and charges the jail; kern_racct.c
+    /// racct_add_cred_locked sums over the prison). True when the program's forks push the
+    /// sum over the jail's `openfiles` deny rule.
+    fn fork_denied_by_openfiles(
+        st: &State,
+        jail: &str,
+        (fd_table, forks): (u64, u32),
+        limits: &Limits,
+    ) -> bool {
+        if forks == 0 {
+            return false;
+        }
+        let prefix = format!("jail:{jail}:openfiles:deny=");
+        let Some(amount) = st
+            .rules
+            .iter()
+            .find_map(|r| r.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok()))
+        else {
+            return false;
+        };
+        let mut table = fd_table.max(NDFILE);
+        if limits.max_open_files > 0 {
+            table = table.min(limits.max_open_files);
+        }
+        table.saturating_mul(1 + u64::from(forks)) > amount
+    }
+
     fn kill_jail(st: &mut State, jid: i32) {
         if let Some(j) = st.jails.get_mut(&jid) {
             j.alive = false;
@@ -867,7 +967,12 @@ impl Kernel for FakeKernel {
         )
         .map_err(err)?;
         self.mount_inner(&mut st, fspath, FakeMountKind::Devfs(ruleset))
-            .map_err(err)
+            .map_err(err)?;
+        // devfs_rule.c devfs_ruleset_use: a ruleset that does not exist is created, empty.
+        if ruleset != 0 {
+            st.devfs_rulesets.entry(ruleset).or_insert(0);
+        }
+        Ok(())
     }
 
     fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
@@ -940,16 +1045,24 @@ impl Kernel for FakeKernel {
         if !p.path.is_dir() {
             return Err(err(libc::ENOENT, ""));
         }
+        // kern_jail.c kern_jail_set: the path is looked up with namei(FOLLOW) and stored
+        // as vn_path_to_global_path made it: resolved, as jail_get(2) then reports it.
+        let resolved = fs::canonicalize(&p.path).map_err(|e| err(io_errno(&e), ""))?;
         let jid = st.next_jid;
         st.next_jid += 1;
         st.jails.insert(
             jid,
             FakeJail {
                 jid,
-                params: p.clone(),
+                params: JailParams {
+                    path: resolved,
+                    ..p.clone()
+                },
                 jail_set,
                 alive: true,
                 processes: 0,
+                escaping: 0,
+                child_alive: false,
             },
         );
         Ok(jid)
@@ -964,11 +1077,46 @@ impl Kernel for FakeKernel {
                 jid,
                 errno: libc::EINVAL,
             }),
+            // sys_jail_remove: "Silently ignore already-dying prisons": no second kill.
+            Some(j) if !j.alive => Ok(()),
             Some(_) => {
-                Self::kill_jail(&mut st, jid);
+                let j = st.jails.get_mut(&jid).expect("checked above");
+                // kern_jail.c prison_remove_one SIGKILLs every process of the jail
+                // but those still being forked (PRS_NEW).
+                j.alive = false;
+                j.processes = j.escaping;
+                j.escaping = 0;
+                j.child_alive = false;
                 Ok(())
             }
         }
+    }
+
+    fn jail_kill_processes(&self, jid: i32) -> KResult<u32> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("jail_kill_processes {jid}"))
+            .map_err(|errno| KernelError::JailKill { jid, errno })?;
+        Ok(match st.jails.get_mut(&jid) {
+            Some(j) => {
+                let n = j.processes;
+                j.processes = 0;
+                j.escaping = 0;
+                j.child_alive = false;
+                n
+            }
+            None => 0,
+        })
+    }
+
+    fn devfs_ruleset_rules(&self, ruleset: u16) -> KResult<Option<u32>> {
+        let mut st = self.lock();
+        self.enter(&mut st, format!("devfs_ruleset_rules {ruleset}"))
+            .map_err(|errno| KernelError::Devfs {
+                op: "DEVFSIO_SGETNEXT",
+                ruleset,
+                errno,
+            })?;
+        Ok(st.devfs_rulesets.get(&ruleset).copied())
     }
 
     fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
@@ -1053,7 +1201,8 @@ impl Kernel for FakeKernel {
         if !st.racct {
             return Err(err(libc::ENOSYS));
         }
-        // subject:id:resource:action=amount, fully specified (kern_rctl.c).
+        // subject:id:resource:action=amount, fully specified (kern_rctl.c
+        // rctl_string_to_rule: an unknown resource name is EINVAL).
         let parts: Vec<&str> = rule.split(':').collect();
         let ok = parts.len() == 4
             && parts[0] == "jail"
@@ -1061,8 +1210,21 @@ impl Kernel for FakeKernel {
             && parts[3]
                 .split_once('=')
                 .is_some_and(|(a, n)| a == "deny" && n.parse::<u64>().is_ok());
+        let Some(resource) = RCTL_RESOURCES
+            .iter()
+            .find(|r| r.0 == parts.get(2).copied().unwrap_or(""))
+        else {
+            return Err(err(libc::EINVAL));
+        };
         if !ok {
             return Err(err(libc::EINVAL));
+        }
+        // kern_rctl.c rctl_rule_add: "deny" for a resource that is not RACCT_DENIABLE is
+        // EOPNOTSUPP, except RACCT_RSS and RACCT_PCTCPU, "enforced in a different way"
+        // (RSS: the VM daemon pages the process out, sys/vm/vm_swapout.c vm_daemon; no
+        // allocation is ever refused).
+        if !resource.1 && !matches!(resource.0, "memoryuse" | "pcpu") {
+            return Err(err(libc::EOPNOTSUPP));
         }
         // A deny rule replaces one differing only in amount.
         let key = format!("{}:{}:{}:", parts[0], parts[1], parts[2]);
@@ -1156,24 +1318,56 @@ impl FakeKernel {
             (v, t)
         };
         let (stdout, stdout_truncated) = cut(run.stdout);
-        let (stderr, stderr_truncated) = cut(run.stderr);
-        if run.hang && cancelled() {
-            st.calls.push(format!("jail_remove {jid} (cancelled)"));
-            Self::kill_jail(&mut st, jid);
-            return Err(KernelError::Exec {
-                jid,
-                source: ExecError::Cancelled,
-            });
+        let (mut stderr, stderr_truncated) = cut(run.stderr);
+        let mut exit_code = run.exit_code;
+        if let Some(name) = st.jails.get(&jid).map(|j| j.params.name.clone()) {
+            if Self::fork_denied_by_openfiles(&st, &name, (run.fd_table, run.forks), limits) {
+                // fork1 (kern_fork.c) turns a failed racct_proc_fork into EAGAIN; the
+                // program reports it and fails.
+                stderr = b"fork: Resource temporarily unavailable\n".to_vec();
+                exit_code = 1;
+            }
         }
         let status = if run.hang {
-            st.calls.push(format!("jail_remove {jid} (timeout)"));
-            Self::kill_jail(&mut st, jid);
+            // The supervisor's kill on timeout or cancel, through the seam as RealKernel
+            // does it; the child is one of the jail's processes until something kills it.
+            let why = if cancelled() { "cancelled" } else { "timeout" };
+            st.calls.push(format!("kill jail {jid} ({why})"));
+            if let Some(j) = st.jails.get_mut(&jid) {
+                j.processes += 1 + run.left_running + run.escapes_kill;
+                j.escaping = run.escapes_kill;
+                j.child_alive = true;
+            }
+            drop(st);
+            let errors = kill_jail(self, jid, || {
+                let mut st = self.lock();
+                st.calls.push(format!("pdkill child in jail {jid}"));
+                if let Some(j) = st.jails.get_mut(&jid).filter(|j| j.child_alive) {
+                    j.child_alive = false;
+                    j.processes -= 1;
+                }
+                Ok(())
+            });
+            st = self.lock();
+            // The supervisor reaps the child with waitpid(2) next: a child nothing killed
+            // would block it (and the build) forever.
+            assert!(
+                !st.jails.get(&jid).is_some_and(|j| j.child_alive),
+                "FakeKernel: the child in jail {jid} survived the kill: waitpid would \
+                 block forever ({errors:?})"
+            );
+            if why == "cancelled" {
+                return Err(KernelError::Exec {
+                    jid,
+                    source: ExecError::Cancelled,
+                });
+            }
             ExitStatus::TimedOut
         } else {
             if let Some(j) = st.jails.get_mut(&jid) {
                 j.processes += run.left_running;
             }
-            ExitStatus::Code(run.exit_code)
+            ExitStatus::Code(exit_code)
         };
         Ok(ExecOutcome {
             status,

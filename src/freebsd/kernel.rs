@@ -266,6 +266,16 @@ pub enum KernelError {
     JailRemove { jid: i32, errno: i32 },
     #[error("jail {jid} still dying after {waited_ms} ms")]
     JailDying { jid: i32, waited_ms: u64 },
+    /// Listing or killing the processes of a jail (kern.proc sysctl, kill(2)).
+    #[error("killing the processes of jail {jid}: {}", errno_str(*.errno))]
+    JailKill { jid: i32, errno: i32 },
+    /// A devfs rule ioctl (DEVFSIO_SGETNEXT / DEVFSIO_RGETNEXT on /dev).
+    #[error("devfs {op} ruleset {ruleset}: {}", errno_str(*.errno))]
+    Devfs {
+        op: &'static str,
+        ruleset: u16,
+        errno: i32,
+    },
     #[error("{op} {rule:?}: {}", errno_str(*.errno))]
     Rctl {
         op: &'static str,
@@ -290,6 +300,8 @@ impl KernelError {
             | KernelError::JailSet { errno, .. }
             | KernelError::JailGet { errno, .. }
             | KernelError::JailRemove { errno, .. }
+            | KernelError::JailKill { errno, .. }
+            | KernelError::Devfs { errno, .. }
             | KernelError::Rctl { errno, .. } => Some(*errno),
             KernelError::Exec {
                 source: ExecError::Setup { errno, .. },
@@ -365,8 +377,13 @@ pub trait Kernel: Send + Sync + 'static {
     fn jail_create(&self, params: &JailParams) -> KResult<i32>;
     /// jail_remove(jid): marks it dying, SIGKILLs its processes, returns without waiting.
     fn jail_remove(&self, jid: i32) -> KResult<()>;
-    /// Waits until jail `jid` has fully gone (no process of it left), up to `timeout`.
+    /// Waits until jail `jid` has fully gone (no process of it left), up to `timeout`,
+    /// SIGKILLing any process still in it while it waits (one forked while jail_remove's
+    /// kill pass ran survives it: see [`kill_jail`]).
     fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()>;
+    /// SIGKILLs every process whose jail is `jid`, live or dying, once; returns how many
+    /// were signalled. kern.proc.proc (sysctl) lists them with their `ki_jid`.
+    fn jail_kill_processes(&self, jid: i32) -> KResult<u32>;
     /// jail_get(name): the jid of the live jail called `name`, if any.
     fn jail_find(&self, name: &str) -> KResult<Option<i32>>;
     /// Every live jail (jail_get with lastjid iteration).
@@ -390,6 +407,12 @@ pub trait Kernel: Send + Sync + 'static {
     /// with `options RACCT`): rctl rules then work; otherwise the rctl calls fail ENOSYS
     /// (kern_rctl.c) and only rlimits limit a jail's processes.
     fn racct_enabled(&self) -> bool;
+
+    // devfs rules (devfs(8), sys/fs/devfs/devfs_rule.c).
+    /// The number of rules in devfs ruleset `ruleset`, or `None` when no such ruleset is
+    /// loaded. A ruleset mounted before it is loaded is created empty
+    /// (devfs_ruleset_use), and an empty ruleset hides nothing: check before use.
+    fn devfs_ruleset_rules(&self, ruleset: u16) -> KResult<Option<u32>>;
     /// rctl_add_rule(2) with a full rule, e.g. `jail:jb-ab12-3:maxproc:deny=256`. A deny
     /// rule replaces one that differs only in amount (kern_rctl.c rctl_rule_add).
     fn rctl_add_rule(&self, rule: &str) -> KResult<()>;
@@ -439,6 +462,12 @@ impl<K: Kernel> Kernel for Arc<K> {
     fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
         (**self).jail_wait_gone(jid, timeout)
     }
+    fn jail_kill_processes(&self, jid: i32) -> KResult<u32> {
+        (**self).jail_kill_processes(jid)
+    }
+    fn devfs_ruleset_rules(&self, ruleset: u16) -> KResult<Option<u32>> {
+        (**self).devfs_ruleset_rules(ruleset)
+    }
     fn jail_find(&self, name: &str) -> KResult<Option<i32>> {
         (**self).jail_find(name)
     }
@@ -463,4 +492,50 @@ impl<K: Kernel> Kernel for Arc<K> {
     fn rctl_remove_rule(&self, filter: &str) -> KResult<()> {
         (**self).rctl_remove_rule(filter)
     }
+}
+
+/// Rounds of [`Kernel::jail_kill_processes`] [`kill_jail`] makes at most: each round
+/// SIGKILLs every process then in the jail, and a killed process forks no more, so only a
+/// fork already under way when a round ran survives it.
+pub const KILL_ROUNDS: usize = 16;
+
+/// Kills every process of jail `jid` on a timeout or cancel, without relying on any one
+/// call: `kill_child` first (pdkill(2) of the child: waitpid then returns even if all else
+/// fails, and it also reaches a child not yet attached to the jail), then jail_remove(2),
+/// then rounds of [`Kernel::jail_kill_processes`] until one finds nothing.
+///
+/// jail_remove alone is not enough: it may fail, and its kill pass skips a process being
+/// forked (kern_jail.c prison_remove_one: `p->p_state != PRS_NEW`; FreeBSD 14 kills from
+/// prison_deref with PD_KILL), while a second jail_remove on the now dying jail returns 0
+/// without killing again (sys_jail_remove: "Silently ignore already-dying prisons").
+///
+/// Returns the errors met (for the log); the caller goes on to reap the child either way.
+pub fn kill_jail<K: Kernel + ?Sized>(
+    kernel: &K,
+    jid: i32,
+    kill_child: impl FnOnce() -> std::io::Result<()>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Err(e) = kill_child() {
+        errors.push(format!("pdkill of the child in jail {jid}: {e}"));
+    }
+    match kernel.jail_remove(jid) {
+        // EINVAL: the jail is gone already.
+        Err(e) if e.errno() != Some(libc::EINVAL) => errors.push(e.to_string()),
+        _ => {}
+    }
+    for _ in 0..KILL_ROUNDS {
+        match kernel.jail_kill_processes(jid) {
+            Ok(0) => return errors,
+            Ok(_) => {}
+            Err(e) => {
+                errors.push(e.to_string());
+                return errors;
+            }
+        }
+    }
+    errors.push(format!(
+        "jail {jid} still had processes after {KILL_ROUNDS} kill rounds"
+    ));
+    errors
 }

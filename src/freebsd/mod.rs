@@ -5,13 +5,17 @@
 //! - [`fake`]: [`FakeKernel`], the seam in memory with the kernel's rules enforced.
 //! - `real` (FreeBSD only): `RealKernel`, libzfs_core + nmount(2) + jail_set(2) + pdfork(2).
 
+pub mod abi;
 pub mod backend;
 pub mod fake;
 pub mod kernel;
+pub mod probe;
 
 #[cfg(target_os = "freebsd")]
 mod real;
 
+#[cfg(test)]
+mod abi_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -20,6 +24,7 @@ mod tests_engine;
 mod tests_faults;
 #[cfg(test)]
 mod tests_sandbox;
+mod tests_fidelity;
 
 pub use backend::{
     FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, JailLimits, Step,

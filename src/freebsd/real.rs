@@ -23,9 +23,10 @@ use crate::exec::{
 };
 use crate::zfs::{NvList, Zfs, ZfsError};
 
+use super::abi;
 use super::kernel::{
-    check_rc, ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError, Rlimit,
-    ZfsProp,
+    check_rc, kill_jail, ExecPlan, JailInfo, JailParam, JailParams, KResult, Kernel, KernelError,
+    Rlimit, ZfsProp,
 };
 
 /// Size of the errmsg buffers handed to jail_set(2), jail_get(2) and nmount(2); the kernel
@@ -218,7 +219,7 @@ impl RealKernel {
         l.int("jid", jid);
         let e = l.buf("errmsg", ERRMSG_LEN);
         // SAFETY: as in nmount: the iovecs point into `l`'s live buffers.
-        let rc = unsafe { libc::jail_get(l.iov.as_mut_ptr(), l.len(), libc::JAIL_DYING) };
+        let rc = unsafe { libc::jail_get(l.iov.as_mut_ptr(), l.len(), abi::JAIL_DYING) };
         match check_rc(rc, false, |errno| KernelError::JailGet {
             what: format!("jid {jid}"),
             errno,
@@ -295,7 +296,7 @@ impl Kernel for RealKernel {
     /// unmount(2); EINVAL when `fspath` is not a mount point (unmount(2) ERRORS).
     fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
         let p = path_c(fspath);
-        let flags = if force { libc::MNT_FORCE } else { 0 };
+        let flags = if force { abi::MNT_FORCE } else { 0 };
         // SAFETY: p is a live NUL-terminated path.
         let rc = unsafe { libc::unmount(p.as_ptr(), flags) };
         check_rc(rc, false, |errno| KernelError::Unmount {
@@ -321,7 +322,7 @@ impl Kernel for RealKernel {
         let e = l.buf("errmsg", ERRMSG_LEN);
         // SAFETY: the iovecs point into `l`'s live buffers; the kernel reads them and
         // writes the errmsg buffer only.
-        let rc = unsafe { libc::jail_set(l.iov.as_mut_ptr(), l.len(), libc::JAIL_CREATE) };
+        let rc = unsafe { libc::jail_set(l.iov.as_mut_ptr(), l.len(), abi::JAIL_CREATE) };
         check_rc(rc, false, |errno| KernelError::JailSet {
             name: p.name.clone(),
             errno,
@@ -337,11 +338,12 @@ impl Kernel for RealKernel {
     }
 
     /// Polls jail_get(2) with JAIL_DYING until the jid is unknown (the prison is freed
-    /// when its last process has exited).
+    /// when its last process has exited), SIGKILLing what is still in it each time.
     fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         while self.jail_exists_any(jid)? {
+            self.jail_kill_processes(jid)?;
             if start.elapsed() >= timeout {
                 return Err(KernelError::JailDying {
                     jid,
@@ -352,6 +354,124 @@ impl Kernel for RealKernel {
             pause = (pause * 2).min(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// kern.proc.proc (sysctl(3), CTL_KERN.KERN_PROC.KERN_PROC_PROC): every process,
+    /// with its jail id (`ki_jid`, sys/sys/user.h); kill(2) each one of jail `jid`. A pid
+    /// cannot be reused between the listing and the kill while the process is a zombie
+    /// or alive; an exited-and-reaped one gives ESRCH, ignored. Processes being forked
+    /// (PRS_NEW) are not listed (kern_proc.c sysctl_kern_proc): the next round sees them.
+    fn jail_kill_processes(&self, jid: i32) -> KResult<u32> {
+        let err = |errno| KernelError::JailKill { jid, errno };
+        let mib = [abi::CTL_KERN, abi::KERN_PROC, abi::KERN_PROC_PROC];
+        let size = std::mem::size_of::<libc::kinfo_proc>();
+        let procs: Vec<libc::kinfo_proc> = loop {
+            let mut len: libc::size_t = 0;
+            // SAFETY: sysctl(3) size query: no output buffer, `len` receives the size.
+            let rc = unsafe {
+                libc::sysctl(
+                    mib.as_ptr(),
+                    3,
+                    std::ptr::null_mut(),
+                    &mut len,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            check_rc(rc, false, err)?;
+            // Room for processes forked since the size query.
+            let cap = len / size + 64;
+            let mut buf: Vec<libc::kinfo_proc> = Vec::with_capacity(cap);
+            let mut len = cap * size;
+            // SAFETY: the buffer has room for `len` bytes; sysctl(3) writes at most that
+            // and sets `len` to what it wrote.
+            let rc = unsafe {
+                libc::sysctl(
+                    mib.as_ptr(),
+                    3,
+                    buf.as_mut_ptr().cast(),
+                    &mut len,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            match check_rc(rc, false, err) {
+                Ok(_) => {
+                    // SAFETY: the kernel wrote `len` bytes of whole kinfo_proc records.
+                    unsafe { buf.set_len(len / size) };
+                    break buf;
+                }
+                // The table grew past our slack: ask again.
+                Err(e) if e.errno() == Some(libc::ENOMEM) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        // The kernel fills ki_structsize = KINFO_PROC_SIZE: refuse a layout we do not
+        // know rather than read the wrong field as ki_jid.
+        if procs
+            .first()
+            .is_some_and(|p| p.ki_structsize as usize != size)
+        {
+            return Err(err(libc::EPROTO));
+        }
+        let mut killed = 0;
+        for p in procs.iter().filter(|p| p.ki_jid == jid && p.ki_pid > 1) {
+            // SAFETY: kill(2) on a pid; ESRCH (already gone) is fine.
+            if unsafe { libc::kill(p.ki_pid, abi::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+
+    /// DEVFSIO_SGETNEXT then DEVFSIO_RGETNEXT on a descriptor of /dev (devfs(8) does the
+    /// same on a mount point: the rules are global, devfs_rule.c devfs_rules_ioctl). Both
+    /// answer ENOENT at the end of the list (and RGETNEXT for a ruleset that does not
+    /// exist).
+    fn devfs_ruleset_rules(&self, ruleset: u16) -> KResult<Option<u32>> {
+        let err = |op| move |errno| KernelError::Devfs { op, ruleset, errno };
+        let dev = std::fs::File::open("/dev")
+            .map_err(|e| err("open /dev")(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let fd = dev.as_raw_fd();
+        let mut found = false;
+        let mut rs: u16 = 0;
+        loop {
+            // SAFETY: DEVFSIO_SGETNEXT reads and writes one devfs_rsnum (u16) at &rs.
+            let rc = unsafe { libc::ioctl(fd, abi::DEVFSIO_SGETNEXT as libc::c_ulong, &mut rs) };
+            match check_rc(rc, false, err("DEVFSIO_SGETNEXT")) {
+                Ok(_) if rs == ruleset => {
+                    found = true;
+                    break;
+                }
+                Ok(_) if rs > ruleset => break,
+                Ok(_) => {}
+                Err(e) if e.errno() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !found {
+            return Ok(None);
+        }
+        let mut rules = 0u32;
+        let mut last: u16 = 0;
+        loop {
+            let mut rule = abi::DevfsRule::query(ruleset, last);
+            // SAFETY: DEVFSIO_RGETNEXT reads and writes one struct devfs_rule at &rule.
+            let rc = unsafe { libc::ioctl(fd, abi::DEVFSIO_RGETNEXT as libc::c_ulong, &mut rule) };
+            match check_rc(rc, false, err("DEVFSIO_RGETNEXT")) {
+                Ok(_) => {
+                    rules += 1;
+                    let n = (rule.id & 0xffff) as u16;
+                    if n <= last {
+                        // Not advancing: a kernel we do not understand.
+                        return Err(err("DEVFSIO_RGETNEXT")(libc::EPROTO));
+                    }
+                    last = n;
+                }
+                Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Some(rules)),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn jail_find(&self, name: &str) -> KResult<Option<i32>> {
@@ -476,9 +596,18 @@ impl RealKernel {
             source: ExecError::Io(e),
         };
         let child = spawn_in_jail(plan, command).map_err(io)?;
+        // The process descriptor stays open until supervise has reaped the child, after
+        // its last call of `kill`.
+        let pd = child.exit_fd.as_raw_fd();
         let mut kill = || {
-            // jail_remove(2) SIGKILLs every process of the jail, the child included.
-            if let Err(e) = self.jail_remove(jid) {
+            let pdkill = || {
+                // SAFETY: pdkill(2) on our own, open process descriptor.
+                if unsafe { libc::pdkill(pd, abi::SIGKILL) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            for e in kill_jail(self, jid, pdkill) {
                 log::warn!("killing jail {jid} on timeout or cancel: {e}");
             }
         };
@@ -569,7 +698,7 @@ fn spawn_in_jail(plan: &ExecPlan, command: &PreparedCommand) -> std::io::Result<
     // SAFETY: pdfork(2) is fork(2) that also returns a process descriptor (PD_CLOEXEC:
     // not inherited across exec). In the child we call only async-signal-safe functions
     // on memory prepared above (child_main), never returning.
-    let pid = unsafe { libc::pdfork(&mut pd, libc::PD_CLOEXEC) };
+    let pid = unsafe { libc::pdfork(&mut pd, abi::PD_CLOEXEC) };
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -600,11 +729,35 @@ unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
     // descriptors and pointers prepared before fork, which stay valid in the child.
     unsafe {
         // The server's signal mask and SIGPIPE disposition (ignored by Rust) are not the
-        // compiler's.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // compiler's. Raw system calls, not libc's sigprocmask/signal: in a threaded
+        // process libc routes those to libthr (__thr_sigprocmask, __thr_sigaction in
+        // lib/libthr/thread/thr_sig.c), and __thr_sigaction takes the signal's
+        // `_thr_rwl_wrlock(&usa->lock)`. Only libthr's own fork (__thr_fork) takes those
+        // locks around the fork (_thr_signal_prefork) and resets them in the child;
+        // pdfork(2) is a plain system call, so a lock another server thread held at the
+        // fork stays held here and the child would hang. syscall(2) is a trap stub that
+        // takes no lock (errno goes to this thread's own TLS). What libthr's wrappers add,
+        // keeping its SIGCANCEL out of the mask, is moot: no thread runs here and execve
+        // follows. Caught signals are reset by execve itself; only the ignored SIGPIPE
+        // needs resetting. The structures live on this stack: no allocation.
+        let empty = abi::SigSet::default();
+        libc::syscall(
+            abi::SYS_SIGPROCMASK,
+            abi::SIG_SETMASK,
+            &empty as *const abi::SigSet,
+            std::ptr::null_mut::<abi::SigSet>(),
+        );
+        let default = abi::SigAction {
+            handler: abi::SIG_DFL,
+            flags: 0,
+            mask: abi::SigSet::default(),
+        };
+        libc::syscall(
+            abi::SYS_SIGACTION,
+            abi::SIGPIPE,
+            &default as *const abi::SigAction,
+            std::ptr::null_mut::<abi::SigAction>(),
+        );
 
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
             if libc::dup2(from, to) < 0 {

@@ -529,8 +529,8 @@ fn a_second_instance_on_the_same_root_is_refused() {
         b.create_image(&tc("x"), &mut &b""[..]),
         Err(FreeBsdError::NotLocked)
     ));
-    // Nothing was touched by the refused instance.
-    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    // Nothing was touched by the refused instance (it only read its devfs ruleset).
+    assert_eq!(fake.calls(), ["devfs_ruleset_rules 4"]);
 }
 
 #[test]

@@ -5,19 +5,26 @@ use std::time::Duration;
 
 use super::ProbeItem;
 use crate::config::BuilderConfig;
-use crate::freebsd::{
-    FreeBsdBackend, FreeBsdConfig, FreeBsdError, JailLimits, Kernel, RealKernel, Step,
-};
+use crate::freebsd::probe::probe_kernel;
+use crate::freebsd::{FreeBsdBackend, FreeBsdConfig, FreeBsdError, JailLimits, RealKernel, Step};
 use crate::untrusted::UnpackLimits;
 
 pub type NativeError = FreeBsdError;
 
-fn freebsd_config(cfg: &BuilderConfig) -> FreeBsdConfig {
-    FreeBsdConfig {
+fn freebsd_config(cfg: &BuilderConfig) -> Result<FreeBsdConfig, FreeBsdError> {
+    // devfs_rsnum is 16 bits (sys/fs/devfs/devfs.h); BuilderConfig::validate refuses
+    // the rest, this keeps an unvalidated configuration from becoming another ruleset.
+    let devfs_ruleset = u16::try_from(cfg.devfs_ruleset).map_err(|_| {
+        FreeBsdError::Config(format!(
+            "devfs_ruleset {} is out of range (1..=65535)",
+            cfg.devfs_ruleset
+        ))
+    })?;
+    Ok(FreeBsdConfig {
         dataset_root: cfg.dataset_root.clone(),
         mount_root: cfg.mount_root.clone(),
         base_snapshot: cfg.base_snapshot.clone(),
-        devfs_ruleset: u16::try_from(cfg.devfs_ruleset).unwrap_or(4),
+        devfs_ruleset,
         unpack_limits: UnpackLimits {
             max_bytes: cfg.max_toolchain_bytes,
             max_entries: cfg.max_toolchain_entries,
@@ -26,11 +33,10 @@ fn freebsd_config(cfg: &BuilderConfig) -> FreeBsdConfig {
         jail_limits: JailLimits {
             memory_bytes: cfg.memory_bytes,
             max_processes: cfg.max_processes,
-            max_open_files: cfg.max_open_files,
         },
         container_quota_bytes: cfg.container_quota_bytes,
         ..FreeBsdConfig::default()
-    }
+    })
 }
 
 pub fn open_backend(cfg: &BuilderConfig) -> Result<FreeBsdBackend<RealKernel>, FreeBsdError> {
@@ -39,10 +45,11 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<FreeBsdBackend<RealKernel>, F
         what: "/dev/zfs".into(),
         source,
     })?;
-    FreeBsdBackend::new(kernel, freebsd_config(cfg))
+    FreeBsdBackend::new(kernel, freebsd_config(cfg)?)
 }
 
-pub fn probe() -> Vec<ProbeItem> {
+/// What the backend configured as `cfg` needs, probed with that configuration.
+pub fn probe(cfg: &BuilderConfig) -> Vec<ProbeItem> {
     let mut items = Vec::new();
     let root = nix::unistd::geteuid().is_root();
     items.push(ProbeItem {
@@ -64,37 +71,25 @@ pub fn probe() -> Vec<ProbeItem> {
             "no /dev/zfs: kldload zfs".into()
         },
     });
+    let fcfg = match freebsd_config(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            items.push(ProbeItem {
+                name: "configuration",
+                ok: false,
+                detail: e.to_string(),
+            });
+            return items;
+        }
+    };
     match RealKernel::new() {
         Ok(k) => {
-            let racct = k.racct_enabled();
-            items.push(ProbeItem {
-                name: "resource limits",
-                ok: true,
-                detail: if racct {
-                    "rctl rules per jail (kern.racct.enable=1): memoryuse, maxproc, openfiles \
-                     deny + RLIMIT_NOFILE/FSIZE per process"
-                        .into()
-                } else {
-                    "rlimits per process (RLIMIT_AS/NPROC/NOFILE/FSIZE): kern.racct.enable=0; \
-                     set kern.racct.enable=1 in /boot/loader.conf for per-jail rctl limits"
-                        .into()
-                },
-            });
-            let cfg = BuilderConfig::default();
-            let exists = k.zfs_exists(&cfg.dataset_root);
             items.push(ProbeItem {
                 name: "libzfs_core",
                 ok: true,
-                detail: format!(
-                    "initialised; default dataset root {} {}",
-                    cfg.dataset_root,
-                    if exists {
-                        "exists"
-                    } else {
-                        "does not exist yet (created on first start)"
-                    }
-                ),
+                detail: "initialised".into(),
             });
+            items.extend(probe_kernel(&k, &fcfg, cfg.memory_bytes, cfg.max_processes));
         }
         Err(e) => items.push(ProbeItem {
             name: "libzfs_core",

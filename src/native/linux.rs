@@ -20,7 +20,7 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<LinuxBackend, LinuxError> {
     })
 }
 
-pub fn probe() -> Vec<ProbeItem> {
+pub fn probe(_cfg: &crate::config::BuilderConfig) -> Vec<ProbeItem> {
     crate::linux::probe()
         .into_iter()
         .map(|p| ProbeItem {
