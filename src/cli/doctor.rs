@@ -1,12 +1,22 @@
-//! `jailbuilder doctor`: what this machine has and lacks for the native backend.
+//! `jailbuilder doctor`: what this machine has and lacks for the native backend, and
+//! whether the configured build id range is free.
 
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct DoctorArgs {}
+use super::common::BuilderArgs;
 
-pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let items = jailbuilder::native::probe();
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// The configuration whose build id range (build_uid_base, build_gid_base,
+    /// max_containers) is checked.
+    #[command(flatten)]
+    pub builder: BuilderArgs,
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.builder.load()?;
+    let mut items = jailbuilder::native::probe();
+    items.extend(jailbuilder::native::probe_build_ids(&cfg));
     println!("jailbuilder doctor ({} backend)", std::env::consts::OS);
     let mut missing = 0;
     for i in &items {

@@ -70,7 +70,7 @@ fn setup(max: usize) -> Setup {
             max_containers: max,
             max_containers_per_toolchain: max,
             warm_per_toolchain: 1,
-            build_user: BuildUser {
+            build_user_base: BuildUser {
                 uid: 4242,
                 gid: 4242,
             },
