@@ -47,7 +47,9 @@ pub struct BuilderConfig {
     /// free: `jailbuilder doctor` checks) no host account or process. Default 0x70000000
     /// (see [`crate::engine::DEFAULT_BUILD_ID_BASE`] for why).
     pub build_uid_base: u32,
-    pub build_gid_base: u32,
+    /// First gid of the build range; unset, the same number as `build_uid_base` (so each
+    /// slot's gid equals its uid).
+    pub build_gid_base: Option<u32>,
     /// Removed: the single shared build user of earlier versions. Set, it is refused with a
     /// message pointing at `build_uid_base`/`build_gid_base` rather than taken as the base,
     /// since a config naming an existing account (65534 = nobody) would otherwise share it
@@ -105,7 +107,7 @@ impl Default for BuilderConfig {
             devfs_ruleset: 4,
             container_quota_bytes: 4 << 30,
             build_uid_base: e.build_user_base.uid,
-            build_gid_base: e.build_user_base.gid,
+            build_gid_base: None,
             build_uid: None,
             build_gid: None,
             max_containers: e.max_containers,
@@ -183,7 +185,7 @@ impl BuilderConfig {
         let slots = u32::try_from(self.max_containers).unwrap_or(u32::MAX);
         for (key, base) in [
             ("build_uid_base", self.build_uid_base),
-            ("build_gid_base", self.build_gid_base),
+            ("build_gid_base", self.gid_base()),
         ] {
             if let Err(reason) = check_id_range(base, slots) {
                 return bad(key, &reason);
@@ -198,11 +200,16 @@ impl BuilderConfig {
         Ok(())
     }
 
+    /// `build_gid_base`, defaulting to `build_uid_base`.
+    pub fn gid_base(&self) -> u32 {
+        self.build_gid_base.unwrap_or(self.build_uid_base)
+    }
+
     /// The build uids and gids: `base..base + max_containers` each (clamped to u32).
     pub fn build_id_ranges(&self) -> (std::ops::Range<u32>, std::ops::Range<u32>) {
         let slots = u32::try_from(self.max_containers.max(1)).unwrap_or(u32::MAX);
         let range = |base: u32| base..base.saturating_add(slots);
-        (range(self.build_uid_base), range(self.build_gid_base))
+        (range(self.build_uid_base), range(self.gid_base()))
     }
 
     pub fn engine_config(&self) -> EngineConfig {
@@ -214,7 +221,7 @@ impl BuilderConfig {
             recycler_threads: self.recycler_threads,
             build_user_base: BuildUser {
                 uid: self.build_uid_base,
-                gid: self.build_gid_base,
+                gid: self.gid_base(),
             },
             limits: Limits {
                 timeout: Duration::from_secs(self.timeout_secs),
@@ -322,6 +329,18 @@ mod tests {
         .unwrap();
         let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("build_uid_base"), "{e}");
+        let f: BuilderFile = parse(
+            Path::new("x.toml"),
+            "[builder]\nbuild_uid_base = 3000000000\n",
+        )
+        .unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("build_uid_base"), "{e}");
+        let f: BuilderFile =
+            parse(Path::new("x.toml"), "[builder]\nbuild_uid_base = 100000\n").unwrap();
+        f.builder.validate(Path::new("x.toml")).unwrap();
+        // The gid base follows the uid base unless set.
+        assert_eq!(f.builder.engine_config().build_user(2).unwrap().gid, 100002);
         let f: BuilderFile = parse(
             Path::new("x.toml"),
             "[builder]\nbuild_gid_base = 65000\nmax_containers = 600\n",

@@ -59,7 +59,7 @@ impl BuilderArgs {
                     format!("--build-id-base {u:?}: expected UID:GID, e.g. 1879048192:1879048192")
                 })?;
             cfg.build_uid_base = uid;
-            cfg.build_gid_base = gid;
+            cfg.build_gid_base = Some(gid);
         }
         cfg.validate(&path)?;
         Ok(cfg)

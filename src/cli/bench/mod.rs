@@ -478,7 +478,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .ok()
                 .and_then(|u| u.parse().ok())
             {
-                (cfg.build_uid_base, cfg.build_gid_base) = (uid, uid);
+                (cfg.build_uid_base, cfg.build_gid_base) = (uid, None);
             }
         }
     }
