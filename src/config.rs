@@ -57,6 +57,7 @@ pub struct BuilderConfig {
     pub build_uid: Option<u32>,
     pub build_gid: Option<u32>,
 
+    /// Containers alive at once; also the length of the build id range (one per slot).
     pub max_containers: usize,
     pub max_containers_per_toolchain: usize,
     pub warm_per_toolchain: usize,
