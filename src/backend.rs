@@ -50,10 +50,25 @@ impl std::fmt::Display for ToolchainId {
 }
 
 /// The unprivileged identity compiles run as. Never root unless the operator insists.
+///
+/// Each container slot has its own (the engine's `build_user_base` plus the slot number),
+/// so nothing keyed by uid is shared between concurrent builds or with host accounts:
+/// /proc/<pid> access, the per-uid keyring, RLIMIT_NPROC, inotify and pipe-buffer quotas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildUser {
     pub uid: u32,
     pub gid: u32,
+}
+
+impl BuildUser {
+    /// The identity of slot `slot` when slot 0 runs as `self`: both ids offset by `slot`.
+    /// None when either would pass `u32::MAX`, which is `(uid_t)-1`: setresuid(2) and
+    /// chown(2) read it as "leave unchanged", so a compile would keep the server's root.
+    pub fn offset(self, slot: u32) -> Option<BuildUser> {
+        let uid = self.uid.checked_add(slot).filter(|&u| u != u32::MAX)?;
+        let gid = self.gid.checked_add(slot).filter(|&g| g != u32::MAX)?;
+        Some(BuildUser { uid, gid })
+    }
 }
 
 /// Per-build resource limits, enforced by the backend.

@@ -42,10 +42,23 @@ pub struct BuilderConfig {
     /// toolchain it shares with the image does not count); 0 = none.
     pub container_quota_bytes: u64,
 
-    /// The unprivileged user and group compiles run as.
-    pub build_uid: u32,
-    pub build_gid: u32,
+    /// First uid and gid of the build range. Each container slot runs its compiles as its
+    /// own identity, `(build_uid_base + n, build_gid_base + n)` for slot n in
+    /// 0..max_containers, shared with no other live container and (if the range is kept
+    /// free: `jailbuilder doctor` checks) no host account or process. Default 0x70000000
+    /// (see [`crate::engine::DEFAULT_BUILD_ID_BASE`] for why).
+    pub build_uid_base: u32,
+    /// First gid of the build range; unset, the same number as `build_uid_base` (so each
+    /// slot's gid equals its uid).
+    pub build_gid_base: Option<u32>,
+    /// Removed: the single shared build user of earlier versions. Set, it is refused with a
+    /// message pointing at `build_uid_base`/`build_gid_base` rather than taken as the base,
+    /// since a config naming an existing account (65534 = nobody) would otherwise share it
+    /// again with the host's processes.
+    pub build_uid: Option<u32>,
+    pub build_gid: Option<u32>,
 
+    /// Containers alive at once; also the length of the build id range (one per slot).
     pub max_containers: usize,
     pub max_containers_per_toolchain: usize,
     pub warm_per_toolchain: usize,
@@ -99,8 +112,10 @@ impl Default for BuilderConfig {
             base_snapshot: None,
             devfs_ruleset: 4,
             container_quota_bytes: 4 << 30,
-            build_uid: e.build_user.uid,
-            build_gid: e.build_user.gid,
+            build_uid_base: e.build_user_base.uid,
+            build_gid_base: None,
+            build_uid: None,
+            build_gid: None,
             max_containers: e.max_containers,
             max_containers_per_toolchain: e.max_containers_per_toolchain,
             warm_per_toolchain: e.warm_per_toolchain,
@@ -168,15 +183,24 @@ impl BuilderConfig {
         if self.timeout_secs == 0 {
             return bad("timeout_secs", "must be at least 1");
         }
-        if self.build_uid == 0 || self.build_gid == 0 {
-            return bad(
-                if self.build_uid == 0 {
-                    "build_uid"
-                } else {
-                    "build_gid"
-                },
-                "compiles never run as root; choose an unprivileged id",
-            );
+        for (key, set) in [("build_uid", self.build_uid), ("build_gid", self.build_gid)] {
+            if set.is_some() {
+                return bad(
+                    key,
+                    "was replaced by build_uid_base/build_gid_base: each container slot n \
+                     runs as its own uid/gid base + n (0 <= n < max_containers); pick a base \
+                     whose range no host account uses (default 1879048192 = 0x70000000)",
+                );
+            }
+        }
+        let slots = u32::try_from(self.max_containers).unwrap_or(u32::MAX);
+        for (key, base) in [
+            ("build_uid_base", self.build_uid_base),
+            ("build_gid_base", self.gid_base()),
+        ] {
+            if let Err(reason) = check_id_range(base, slots) {
+                return bad(key, &reason);
+            }
         }
         if !self.state_dir.is_absolute() {
             return bad("state_dir", "must be an absolute path");
@@ -195,6 +219,18 @@ impl BuilderConfig {
         Ok(())
     }
 
+    /// `build_gid_base`, defaulting to `build_uid_base`.
+    pub fn gid_base(&self) -> u32 {
+        self.build_gid_base.unwrap_or(self.build_uid_base)
+    }
+
+    /// The build uids and gids: `base..base + max_containers` each (clamped to u32).
+    pub fn build_id_ranges(&self) -> (std::ops::Range<u32>, std::ops::Range<u32>) {
+        let slots = u32::try_from(self.max_containers.max(1)).unwrap_or(u32::MAX);
+        let range = |base: u32| base..base.saturating_add(slots);
+        (range(self.build_uid_base), range(self.gid_base()))
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             max_containers: self.max_containers,
@@ -202,9 +238,9 @@ impl BuilderConfig {
             warm_per_toolchain: self.warm_per_toolchain,
             max_images: self.max_images,
             recycler_threads: self.recycler_threads,
-            build_user: BuildUser {
-                uid: self.build_uid,
-                gid: self.build_gid,
+            build_user_base: BuildUser {
+                uid: self.build_uid_base,
+                gid: self.gid_base(),
             },
             limits: Limits {
                 timeout: Duration::from_secs(self.timeout_secs),
@@ -229,6 +265,35 @@ impl BuilderConfig {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }
+}
+
+/// Ids that must not be build ids: root (compiles never run as root), nobody (shared with
+/// the host and every NFS/user-namespace overflow), the 16-bit `(uid_t)-1`.
+const RESERVED_IDS: [u32; 3] = [0, 65534, 65535];
+
+/// Checks the build id range `base..base + count`: it must not hold 0, nobody or 65535, and
+/// must end at or below 2^31 (ids from 2^31 on break tools that take them as signed, per
+/// systemd's docs/UIDS-GIDS.md; it also keeps clear of `(uid_t)-1` = u32::MAX, which
+/// setresuid(2)/chown(2) read as "unchanged", on Linux and FreeBSD alike, both u32).
+pub fn check_id_range(base: u32, count: u32) -> Result<(), String> {
+    let end = u64::from(base) + u64::from(count.max(1));
+    if end > 1 << 31 {
+        return Err(format!(
+            "{base} + {} slots (max_containers) ends past 2^31 - 1 = 2147483647",
+            count.max(1)
+        ));
+    }
+    if let Some(id) = RESERVED_IDS
+        .iter()
+        .find(|&&id| u64::from(id) >= u64::from(base) && u64::from(id) < end)
+    {
+        return Err(format!(
+            "the range {base}..{end} holds {id}{}; choose an unprivileged range of ids no \
+             account uses",
+            if *id == 0 { " (root)" } else { "" }
+        ));
+    }
+    Ok(())
 }
 
 /// A file holding only `[builder]` (for `run`, `demo`, `bench`).
@@ -265,10 +330,54 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn the_build_id_range_avoids_root_nobody_and_signed_ids() {
+        check_id_range(0x7000_0000, 16).unwrap();
+        check_id_range(1, 1).unwrap();
+        check_id_range((1 << 31) - 4, 4).unwrap();
+        assert!(check_id_range(0, 4).is_err());
+        assert!(check_id_range(65530, 8).unwrap_err().contains("65534"));
+        assert!(check_id_range(65535, 1).is_err());
+        assert!(check_id_range((1 << 31) - 4, 5)
+            .unwrap_err()
+            .contains("2^31"));
+        assert!(check_id_range(u32::MAX - 1, 1).is_err());
+        // A range that wraps u32 is refused (it would hold u32::MAX and then 0).
+        assert!(check_id_range(u32::MAX - 2, 8).is_err());
+        let f: BuilderFile = parse(
+            Path::new("x.toml"),
+            "[builder]\nbuild_uid_base = 2147483640\nmax_containers = 9\n",
+        )
+        .unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("build_uid_base"), "{e}");
+        let f: BuilderFile = parse(
+            Path::new("x.toml"),
+            "[builder]\nbuild_uid_base = 3000000000\n",
+        )
+        .unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("build_uid_base"), "{e}");
+        let f: BuilderFile =
+            parse(Path::new("x.toml"), "[builder]\nbuild_uid_base = 100000\n").unwrap();
+        f.builder.validate(Path::new("x.toml")).unwrap();
+        // The gid base follows the uid base unless set.
+        assert_eq!(f.builder.engine_config().build_user(2).unwrap().gid, 100002);
+        let f: BuilderFile = parse(
+            Path::new("x.toml"),
+            "[builder]\nbuild_gid_base = 65000\nmax_containers = 600\n",
+        )
+        .unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("build_gid_base"), "{e}");
+    }
+
+    #[test]
     fn empty_file_gives_working_defaults() {
         let f: BuilderFile = parse(Path::new("x.toml"), "").unwrap();
         f.builder.validate(Path::new("x.toml")).unwrap();
-        assert_ne!(f.builder.engine_config().build_user.uid, 0);
+        let e = f.builder.engine_config();
+        assert_eq!(e.build_user_base.uid, 0x7000_0000);
+        assert_eq!(e.build_user(0).unwrap().gid, 0x7000_0000);
     }
 
     #[test]
@@ -279,9 +388,17 @@ mod tests {
         let e = parse::<BuilderFile>(Path::new("x.toml"), "[builder]\ntimeout_secs = \"ten\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("timeout_secs"), "{e}");
-        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid = 0\n").unwrap();
+        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid = 65534\n").unwrap();
         let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("build_uid"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("build_uid: was replaced by build_uid_base"),
+            "{e}"
+        );
+        let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nbuild_uid_base = 0\n").unwrap();
+        let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("build_uid_base"), "{e}");
+        assert!(e.to_string().contains("(root)"), "{e}");
         let f: BuilderFile = parse(Path::new("x.toml"), "[builder]\nmax_outputs = 0\n").unwrap();
         let e = f.builder.validate(Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("max_outputs"), "{e}");

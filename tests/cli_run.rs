@@ -176,7 +176,7 @@ fn bad_arguments_get_clear_errors() {
     let out = Command::new(JB)
         .args([
             "run",
-            "--build-user",
+            "--build-id-base",
             "0:0",
             "--toolchain",
             "x",
@@ -188,7 +188,7 @@ fn bad_arguments_get_clear_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     if nix::unistd::geteuid().is_root() {
-        assert!(stderr.contains("build_uid"), "{stderr}");
+        assert!(stderr.contains("build_uid_base"), "{stderr}");
     }
 
     let dir = tempfile::tempdir().unwrap();

@@ -579,7 +579,7 @@ mod real {
             warm_per_toolchain: 1,
             max_images: 2,
             recycler_threads: 1,
-            build_user: env.user,
+            build_user_base: env.user,
             limits: limits(),
             shutdown_grace: Duration::from_secs(30),
             ..EngineConfig::default()

@@ -64,7 +64,7 @@ fn a_fork_bomb_is_bounded_and_ends_as_a_clean_job_result() {
     let f = fixture_with(
         |e| {
             one_container(e);
-            e.build_user = user;
+            e.build_user_base = user;
             e.limits.max_processes = 24;
             e.limits.timeout = Duration::from_secs(3);
         },
@@ -235,7 +235,9 @@ fn a_build_uid_without_a_passwd_entry_is_fine() {
     );
     let f = fixture_with(
         |e| {
-            e.build_user = BuildUser { uid, gid: uid };
+            // One container, so the build runs in slot 0: as the base ids themselves.
+            one_container(e);
+            e.build_user_base = BuildUser { uid, gid: uid };
         },
         |_| {},
     );

@@ -27,9 +27,10 @@ pub struct BuilderArgs {
     /// FreeBSD: userland snapshot images are cloned from (e.g. zroot/jailbuilder/base@14.3-RELEASE).
     #[arg(long, value_name = "SNAPSHOT")]
     pub base_snapshot: Option<String>,
-    /// Unprivileged UID:GID compiles run as (default 65534:65534).
+    /// First UID:GID of the build range: container slot n runs as UID+n:GID+n
+    /// (default 1879048192:1879048192; config keys build_uid_base/build_gid_base).
     #[arg(long, value_name = "UID:GID")]
-    pub build_user: Option<String>,
+    pub build_id_base: Option<String>,
 }
 
 impl BuilderArgs {
@@ -50,15 +51,15 @@ impl BuilderArgs {
         if let Some(s) = &self.base_snapshot {
             cfg.base_snapshot = Some(s.clone());
         }
-        if let Some(u) = &self.build_user {
+        if let Some(u) = &self.build_id_base {
             let (uid, gid) = u
                 .split_once(':')
                 .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
                 .with_context(|| {
-                    format!("--build-user {u:?}: expected UID:GID, e.g. 65534:65534")
+                    format!("--build-id-base {u:?}: expected UID:GID, e.g. 1879048192:1879048192")
                 })?;
-            cfg.build_uid = uid;
-            cfg.build_gid = gid;
+            cfg.build_uid_base = uid;
+            cfg.build_gid_base = Some(gid);
         }
         cfg.validate(&path)?;
         Ok(cfg)

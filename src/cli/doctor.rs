@@ -1,4 +1,5 @@
-//! `jailbuilder doctor`: what this machine has and lacks for the native backend.
+//! `jailbuilder doctor`: what this machine has and lacks for the native backend, and
+//! whether the configured build id range is free.
 
 use std::process::ExitCode;
 
@@ -6,14 +7,16 @@ use super::common::BuilderArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
-    /// The configuration to check (dataset root, devfs ruleset, limits).
+    /// The configuration to check (dataset root, devfs ruleset, limits, the build id
+    /// range: build_uid_base, build_gid_base, max_containers).
     #[command(flatten)]
-    builder: BuilderArgs,
+    pub builder: BuilderArgs,
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.builder.load()?;
-    let items = jailbuilder::native::probe(&cfg);
+    let mut items = jailbuilder::native::probe(&cfg);
+    items.extend(jailbuilder::native::probe_build_ids(&cfg));
     println!("jailbuilder doctor ({} backend)", std::env::consts::OS);
     let mut missing = 0;
     for i in &items {

@@ -227,7 +227,7 @@ fn parent_of(path: &str) -> Option<&str> {
 struct Lent<'a, B: Backend> {
     engine: &'a Engine<B>,
     id: &'a ToolchainId,
-    container: Option<B::Container>,
+    container: Option<super::pool::Held<B::Container>>,
 }
 
 impl<B: Backend> Drop for Lent<'_, B> {
@@ -332,7 +332,15 @@ impl<B: Backend> Engine<B> {
             id: &req.toolchain,
             container: Some(container),
         };
-        let container = lent.container.as_ref().expect("set above");
+        let held = lent.container.as_ref().expect("set above");
+        let container = &held.container;
+        // The container slot's own identity: no other live container's builds share it.
+        let user = cfg
+            .build_user(held.slot)
+            .ok_or_else(|| BuildError::InvalidConfig {
+                what: "build_user_base",
+                reason: format!("container slot {} has no build identity", held.slot),
+            })?;
         t.container = mark.elapsed();
 
         let mark = Instant::now();
@@ -342,16 +350,19 @@ impl<B: Backend> Engine<B> {
             backend: backend.kind(),
             source: Box::new(e),
         })?;
-        untrusted::unpack_tar(req.inputs, &root, &cfg.inputs_limits).map_err(BuildError::Inputs)?;
-        let user = Some(cfg.build_user);
+        // Inputs belong to the build user, whatever owner the archive names: a client's 0600
+        // source or 0640 .rmeta must be readable by the compile.
+        untrusted::unpack_tar(req.inputs, &root, &cfg.inputs_limits, Some(user))
+            .map_err(BuildError::Inputs)?;
+        let owner = Some(user);
         let dir_err = |path: &str, source: BeneathError| BuildError::Directory {
             path: path.to_string(),
             source,
         };
-        untrusted::make_dirs_beneath(&root, &cwd, user).map_err(|e| dir_err(&cwd, e))?;
+        untrusted::make_dirs_beneath(&root, &cwd, owner).map_err(|e| dir_err(&cwd, e))?;
         for (_, full) in &outputs {
             if let Some(parent) = parent_of(full) {
-                untrusted::make_dirs_beneath(&root, parent, user)
+                untrusted::make_dirs_beneath(&root, parent, owner)
                     .map_err(|e| dir_err(parent, e))?;
             }
         }
@@ -360,7 +371,7 @@ impl<B: Backend> Engine<B> {
         check()?;
         let mark = Instant::now();
         let exec = backend
-            .exec(container, &command, cfg.build_user, &cfg.limits, cancel)
+            .exec(container, &command, user, &cfg.limits, cancel)
             .map_err(|e| {
                 if cancel.is_some_and(CancelToken::is_cancelled) {
                     BuildError::Cancelled

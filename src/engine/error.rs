@@ -64,6 +64,9 @@ pub enum BuildError {
         #[source]
         source: BoxError,
     },
+    /// The engine configuration cannot work (checked by [`crate::engine::Engine::start`]).
+    #[error("engine configuration {what}: {reason}")]
+    InvalidConfig { what: &'static str, reason: String },
     #[error("the builder is shutting down")]
     ShuttingDown,
     /// [`crate::exec::CancelToken::cancel`] was called: the build stopped, its sandbox's
@@ -76,6 +79,11 @@ impl BuildError {
     /// True when the request was at fault (or the client cancelled it); false when the
     /// builder was.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, BuildError::Backend { .. } | BuildError::ShuttingDown)
+        !matches!(
+            self,
+            BuildError::Backend { .. }
+                | BuildError::ShuttingDown
+                | BuildError::InvalidConfig { .. }
+        )
     }
 }

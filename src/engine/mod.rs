@@ -20,6 +20,15 @@ use crate::backend::{Backend, BuildUser, Limits};
 use crate::untrusted::UnpackLimits;
 use pool::Pool;
 
+/// Default first uid and gid of the build range: 0x70000000. systemd's "Users, Groups,
+/// UIDs and GIDs on systemd Systems" (docs/UIDS-GIDS.md) lists 1879048192..=2147483647 as
+/// unused: above the container ranges systemd-nspawn picks (524288..=1879048191) and far
+/// from its dynamic users (61184..=65519), nobody (65534) and the 16-bit `(uid_t)-1`
+/// (65535); and below 2^31, since ids from 2^31 on break tools that treat them as signed
+/// ("HIC SVNT LEONES" there). FreeBSD's uid_t is a u32 too (sys/sys/_types.h, UID_MAX =
+/// UINT_MAX), so the same range works on both backends.
+pub const DEFAULT_BUILD_ID_BASE: u32 = 0x7000_0000;
+
 /// Engine policy. Defaults suit a 2-16 core build server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -33,8 +42,10 @@ pub struct EngineConfig {
     pub max_images: usize,
     /// Threads resetting and creating containers in the background.
     pub recycler_threads: usize,
-    /// Identity compiles run as.
-    pub build_user: BuildUser,
+    /// Identity of container slot 0; slot n runs as (uid + n, gid + n). Every live
+    /// container holds a slot of its own in 0..max(1, max_containers) (kept across
+    /// resets, freed when it is destroyed), so concurrent builds never share a uid.
+    pub build_user_base: BuildUser,
     pub limits: Limits,
     pub toolchain_limits: UnpackLimits,
     pub inputs_limits: UnpackLimits,
@@ -50,6 +61,18 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
 }
 
+impl EngineConfig {
+    /// Container slots, hence build identities: one per container alive at once.
+    pub fn slots(&self) -> u32 {
+        u32::try_from(self.max_containers.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// The identity builds in container slot `slot` run as (None past `u32::MAX`).
+    pub fn build_user(&self, slot: u32) -> Option<BuildUser> {
+        self.build_user_base.offset(slot)
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -59,9 +82,9 @@ impl Default for EngineConfig {
             warm_per_toolchain: cores,
             max_images: 8,
             recycler_threads: 2,
-            build_user: BuildUser {
-                uid: 65534,
-                gid: 65534,
+            build_user_base: BuildUser {
+                uid: DEFAULT_BUILD_ID_BASE,
+                gid: DEFAULT_BUILD_ID_BASE,
             },
             limits: Limits::default(),
             toolchain_limits: UnpackLimits {
@@ -113,6 +136,16 @@ impl<B: Backend> Engine<B> {
     /// Starts the engine: removes what an earlier instance left behind (the backend's
     /// `remove_leftovers`, which also takes the instance lock), then starts the recycler.
     pub fn start(backend: B, config: EngineConfig) -> Result<Self, BuildError> {
+        let last = config.slots() - 1;
+        if config.build_user(last).is_none() {
+            return Err(BuildError::InvalidConfig {
+                what: "build_user_base",
+                reason: format!(
+                    "{:?} plus {last} (max_containers - 1) passes the largest valid id",
+                    config.build_user_base
+                ),
+            });
+        }
         let report = backend
             .remove_leftovers()
             .map_err(|e| BuildError::Backend {

@@ -5,8 +5,15 @@
 //! Images are built single-flight per toolchain: concurrent builds of the same toolchain
 //! wait for the first, other toolchains proceed. A container handed back is reset by the
 //! recycler threads, off the build's critical path; one that fails to reset is destroyed.
+//!
+//! Every container holds a slot number, unique among live containers, taken when its
+//! creation is reserved (with the `alive` count, so `alive` slots are in use and one is
+//! always free below the bound) and given back only after it is destroyed. Its builds run
+//! as the slot's identity ([`EngineConfig::build_user`]); it keeps the slot across resets,
+//! which kill whatever its uid left running (the pid namespace dies with the compile on
+//! Linux; FreeBSD's reset removes the jail).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -20,14 +27,24 @@ use crate::exec::CancelToken;
 /// How long shutdown waits for cancelled builds to hand their containers back.
 const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The slot of a container created past the slot range (a bookkeeping bug): no build
+/// identity maps to it ([`EngineConfig::build_user`] is None past `u32::MAX`).
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
 enum ImageState<B: Backend> {
     Building,
     Ready(Arc<B::Image>),
 }
 
+/// A container and the slot its builds' identity comes from.
+pub(crate) struct Held<C> {
+    pub(crate) container: C,
+    pub(crate) slot: u32,
+}
+
 struct Slot<B: Backend> {
     image: ImageState<B>,
-    ready: Vec<B::Container>,
+    ready: Vec<Held<B::Container>>,
     /// Containers of this image in any state: ready, lent, queued, being created.
     alive: usize,
     /// Builds between `image()` and `release()`: the image must not be evicted under them.
@@ -38,6 +55,8 @@ struct Slot<B: Backend> {
 struct State<B: Backend> {
     images: HashMap<ToolchainId, Slot<B>>,
     alive: usize,
+    /// Container slots not held by a live (or reserved) container.
+    free_slots: BTreeSet<u32>,
     lent: usize,
     queued: usize,
     clock: u64,
@@ -45,9 +64,10 @@ struct State<B: Backend> {
 }
 
 enum Job<B: Backend> {
-    Reset(ToolchainId, B::Container),
-    Create(ToolchainId, Arc<B::Image>),
-    DestroyImage(ToolchainId, Arc<B::Image>, Vec<B::Container>),
+    Reset(ToolchainId, Held<B::Container>),
+    /// Creates a container for the image; its slot is already reserved.
+    Create(ToolchainId, Arc<B::Image>, u32),
+    DestroyImage(ToolchainId, Arc<B::Image>, Vec<Held<B::Container>>),
 }
 
 #[derive(Default)]
@@ -96,6 +116,7 @@ impl<B: Backend> Pool<B> {
             state: Mutex::new(State {
                 images: HashMap::new(),
                 alive: 0,
+                free_slots: (0..config.slots()).collect(),
                 lent: 0,
                 queued: 0,
                 clock: 0,
@@ -138,6 +159,18 @@ impl<B: Backend> Pool<B> {
         // A panic elsewhere must not take the server down with a poisoned lock: the
         // bookkeeping is updated in single statements and stays consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves room for one more container: counts it alive and takes the lowest free
+    /// slot. The callers keep `alive` within `max(1, max_containers)`, the number of slots,
+    /// so one is free. Should that ever fail, the container gets `NO_SLOT`, which has no
+    /// identity: its builds fail rather than share another container's uid.
+    fn reserve(st: &mut State<B>) -> u32 {
+        st.alive += 1;
+        st.free_slots.pop_first().unwrap_or_else(|| {
+            log::error!("no free container slot with {} alive", st.alive);
+            NO_SLOT
+        })
     }
 
     fn wait<'a>(&self, guard: MutexGuard<'a, State<B>>) -> MutexGuard<'a, State<B>> {
@@ -269,8 +302,10 @@ impl<B: Backend> Pool<B> {
             slot.image = ImageState::Ready(Arc::clone(&image));
             let warm = warm.min(self.config.max_containers_per_toolchain);
             slot.alive += warm;
-            jobs.extend((0..warm).map(|_| Job::Create(id.clone(), Arc::clone(&image))));
-            st.alive += warm;
+            for _ in 0..warm {
+                let n = Self::reserve(&mut st);
+                jobs.push(Job::Create(id.clone(), Arc::clone(&image), n));
+            }
         }
         drop(st);
         self.changed.notify_all();
@@ -334,7 +369,7 @@ impl<B: Backend> Pool<B> {
         &self,
         id: &ToolchainId,
         image: &Arc<B::Image>,
-    ) -> Result<B::Container, BuildError> {
+    ) -> Result<Held<B::Container>, BuildError> {
         let max = self.config.max_containers.max(1);
         let max_tc = self.config.max_containers_per_toolchain.max(1);
         let mut st = self.lock();
@@ -352,11 +387,11 @@ impl<B: Backend> Pool<B> {
                 let warm = self.prewarm_count(&st, ready, alive).min(1);
                 let mut jobs = Vec::new();
                 if warm > 0 {
-                    st.alive += 1;
+                    let n = Self::reserve(&mut st);
                     if let Some(slot) = st.images.get_mut(id) {
                         slot.alive += 1;
                     }
-                    jobs.push(Job::Create(id.clone(), Arc::clone(image)));
+                    jobs.push(Job::Create(id.clone(), Arc::clone(image), n));
                 }
                 drop(st);
                 self.dispatch(jobs);
@@ -364,7 +399,7 @@ impl<B: Backend> Pool<B> {
             }
             if total_alive < max && slot.alive < max_tc {
                 slot.alive += 1;
-                st.alive += 1;
+                let n = Self::reserve(&mut st);
                 st.lent += 1;
                 drop(st);
                 return match self.backend.create_container(image) {
@@ -372,10 +407,13 @@ impl<B: Backend> Pool<B> {
                         self.counters
                             .containers_created
                             .fetch_add(1, Ordering::Relaxed);
-                        Ok(c)
+                        Ok(Held {
+                            container: c,
+                            slot: n,
+                        })
                     }
                     Err(e) => {
-                        self.forget_container(Some(id), true);
+                        self.forget_container(Some(id), true, n);
                         self.record_failure();
                         Err(backend_error(&self.backend, "creating a container", e))
                     }
@@ -384,8 +422,9 @@ impl<B: Backend> Pool<B> {
             if total_alive >= max {
                 if let Some((victim_id, victim)) = self.steal_idle_container(&mut st, id) {
                     drop(st);
+                    let n = victim.slot;
                     self.destroy(victim);
-                    self.forget_container(Some(&victim_id), false);
+                    self.forget_container(Some(&victim_id), false, n);
                     st = self.lock();
                     continue;
                 }
@@ -400,7 +439,7 @@ impl<B: Backend> Pool<B> {
         &self,
         st: &mut State<B>,
         not: &ToolchainId,
-    ) -> Option<(ToolchainId, B::Container)> {
+    ) -> Option<(ToolchainId, Held<B::Container>)> {
         let id = st
             .images
             .iter()
@@ -411,11 +450,15 @@ impl<B: Backend> Pool<B> {
         Some((id, c))
     }
 
-    /// Bookkeeping for a container that no longer exists; `id` is None when its image's
-    /// slot is already gone (evicted, shut down).
-    fn forget_container(&self, id: Option<&ToolchainId>, was_lent: bool) {
+    /// Bookkeeping for a container that no longer exists (or was never created), which
+    /// held container slot `n`; `id` is None when its image's slot is already gone
+    /// (evicted, shut down).
+    fn forget_container(&self, id: Option<&ToolchainId>, was_lent: bool, n: u32) {
         let mut st = self.lock();
         st.alive = st.alive.saturating_sub(1);
+        if n < self.config.slots() {
+            st.free_slots.insert(n);
+        }
         if was_lent {
             st.lent = st.lent.saturating_sub(1);
         }
@@ -427,7 +470,7 @@ impl<B: Backend> Pool<B> {
     }
 
     /// Hands a container back after a build: the recycler resets it.
-    pub(crate) fn release(&self, id: &ToolchainId, container: B::Container) {
+    pub(crate) fn release(&self, id: &ToolchainId, container: Held<B::Container>) {
         let left = {
             let mut st = self.lock();
             st.lent -= 1;
@@ -447,8 +490,8 @@ impl<B: Backend> Pool<B> {
         }
     }
 
-    fn destroy(&self, c: B::Container) {
-        if let Err(e) = self.backend.destroy_container(c) {
+    fn destroy(&self, c: Held<B::Container>) {
+        if let Err(e) = self.backend.destroy_container(c.container) {
             self.record_failure();
             log::error!("destroying a container failed: {e}");
         }
@@ -460,7 +503,7 @@ impl<B: Backend> Pool<B> {
     fn run_job(&self, job: Job<B>) {
         match job {
             Job::Reset(id, mut c) => {
-                let result = self.backend.reset(&mut c);
+                let result = self.backend.reset(&mut c.container);
                 let mut st = self.lock();
                 let keep = result.is_ok() && !st.shutting_down;
                 match (keep, st.images.get_mut(&id)) {
@@ -479,16 +522,21 @@ impl<B: Backend> Pool<B> {
                             self.counters.reset_failures.fetch_add(1, Ordering::Relaxed);
                             self.record_failure();
                         }
+                        let n = c.slot;
                         self.destroy(c);
-                        self.forget_container(Some(&id), false);
+                        self.forget_container(Some(&id), false, n);
                     }
                 }
             }
-            Job::Create(id, image) => match self.backend.create_container(&image) {
+            Job::Create(id, image, n) => match self.backend.create_container(&image) {
                 Ok(c) => {
                     self.counters
                         .containers_created
                         .fetch_add(1, Ordering::Relaxed);
+                    let c = Held {
+                        container: c,
+                        slot: n,
+                    };
                     let mut st = self.lock();
                     let keep = !st.shutting_down;
                     match (keep, st.images.get_mut(&id)) {
@@ -496,20 +544,21 @@ impl<B: Backend> Pool<B> {
                         _ => {
                             drop(st);
                             self.destroy(c);
-                            self.forget_container(Some(&id), false);
+                            self.forget_container(Some(&id), false, n);
                         }
                     }
                 }
                 Err(e) => {
                     log::warn!("pre-warming a container for {id} failed: {e}");
                     self.record_failure();
-                    self.forget_container(Some(&id), false);
+                    self.forget_container(Some(&id), false, n);
                 }
             },
             Job::DestroyImage(id, image, containers) => {
                 for c in containers {
+                    let n = c.slot;
                     self.destroy(c);
-                    self.forget_container(None, false);
+                    self.forget_container(None, false, n);
                 }
                 match Arc::try_unwrap(image) {
                     Ok(image) => {

@@ -175,7 +175,11 @@ impl Backend for TestBackend {
         _l: &Limits,
         _cancel: Option<&CancelToken>,
     ) -> Result<ExecOutcome, TestError> {
-        self.step("exec", format!("{} as {}", cmd.spec().executable, user.uid))?;
+        let container = c.root.file_name().unwrap_or_default().to_string_lossy();
+        self.step(
+            "exec",
+            format!("{} as {} in {container}", cmd.spec().executable, user.uid),
+        )?;
         if !c
             .root
             .join(cmd.spec().executable.trim_start_matches('/'))

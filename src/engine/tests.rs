@@ -73,8 +73,15 @@ struct Harness {
 }
 
 fn harness(config: EngineConfig) -> Harness {
+    harness_with(config, fake_cc)
+}
+
+fn harness_with(
+    config: EngineConfig,
+    program: impl Fn(&Path, &PreparedCommand) -> Result<ExecOutcome, TestError> + Send + Sync + 'static,
+) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
-    let (backend, shared) = TestBackend::new(tmp.path().to_path_buf(), fake_cc);
+    let (backend, shared) = TestBackend::new(tmp.path().to_path_buf(), program);
     let engine = Engine::start(backend, config).unwrap();
     Harness {
         _tmp: tmp,
@@ -90,7 +97,7 @@ fn config() -> EngineConfig {
         max_containers_per_toolchain: 4,
         warm_per_toolchain: 1,
         max_images: 4,
-        build_user: BuildUser {
+        build_user_base: BuildUser {
             uid: 4242,
             gid: 4242,
         },
@@ -137,6 +144,125 @@ impl Harness {
     }
 }
 
+/// `fake_cc` that first waits on `gate` when given `--meet`, so builds are in exec together.
+fn meeting_cc(
+    gate: Arc<Barrier>,
+) -> impl Fn(&Path, &PreparedCommand) -> Result<ExecOutcome, TestError> + Send + Sync + 'static {
+    move |root, cmd| {
+        if cmd.spec().arguments.iter().any(|a| a == "--meet") {
+            gate.wait();
+        }
+        fake_cc(root, cmd)
+    }
+}
+
+impl Harness {
+    /// (uid, container) of every exec so far, in order.
+    fn execs(&self) -> Vec<(u32, String)> {
+        self.shared
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|c| {
+                let rest = c.strip_prefix("exec /usr/bin/cc as ")?;
+                let (uid, container) = rest.split_once(" in ")?;
+                Some((uid.parse().unwrap(), container.to_string()))
+            })
+            .collect()
+    }
+
+    /// `n` builds at once, all inside exec together (the program meets on a barrier).
+    fn meet(self: &Arc<Self>, n: usize) {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let h = Arc::clone(self);
+                std::thread::spawn(move || h.build("tc1", &[], &["--meet", "-o", "o"], &["o"]))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+    }
+}
+
+#[test]
+fn concurrent_builds_run_as_different_users_of_the_range() {
+    let gate = Arc::new(Barrier::new(3));
+    let h = Arc::new(harness_with(config(), meeting_cc(Arc::clone(&gate))));
+    h.meet(3);
+    let execs = h.execs();
+    assert_eq!(execs.len(), 3, "{execs:?}");
+    let mut uids: Vec<u32> = execs.iter().map(|e| e.0).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(
+        uids.len(),
+        3,
+        "three live containers share a uid: {execs:?}"
+    );
+    // max_containers = 4: slots 0..4, uids 4242..4246.
+    assert!(uids.iter().all(|u| (4242..4246).contains(u)), "{execs:?}");
+}
+
+#[test]
+fn a_recycled_container_keeps_its_user_and_a_destroyed_ones_is_reused() {
+    let mut cfg = config();
+    cfg.max_containers = 2;
+    cfg.max_containers_per_toolchain = 2;
+    cfg.warm_per_toolchain = 0;
+    let gate = Arc::new(Barrier::new(2));
+    let h = Arc::new(harness_with(cfg, meeting_cc(Arc::clone(&gate))));
+    h.meet(2);
+    h.engine.wait_idle();
+    let first = h.execs();
+    let uid_of = |c: &str| first.iter().find(|e| e.1 == c).map(|e| e.0);
+    assert_ne!(first[0].0, first[1].0, "{first:?}");
+    assert_ne!(first[0].1, first[1].1, "{first:?}");
+    // Reset in between, the same containers run as the same users, build after build.
+    for _ in 0..4 {
+        h.meet(2);
+        h.engine.wait_idle();
+    }
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    h.engine.wait_idle();
+    let execs = h.execs();
+    for (uid, c) in &execs {
+        assert_eq!(Some(*uid), uid_of(c), "{c} changed users: {execs:?}");
+    }
+    assert_eq!(h.count("create_container"), 2);
+    // A container whose reset fails is destroyed; its replacement gets the freed slot.
+    h.fail("reset", 0);
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    h.engine.wait_idle();
+    let (gone_uid, gone) = h.execs().last().unwrap().clone();
+    assert_eq!(h.count("destroy_container"), 1);
+    let before = h.execs().len();
+    h.meet(2);
+    let after = h.execs()[before..].to_vec();
+    let fresh = after
+        .iter()
+        .find(|e| e.1 != first[0].1 && e.1 != first[1].1);
+    let fresh = fresh.unwrap_or_else(|| panic!("no new container: {after:?}"));
+    assert_ne!(fresh.1, gone);
+    assert_eq!(fresh.0, gone_uid, "{after:?}");
+    assert_ne!(after[0].0, after[1].0, "{after:?}");
+}
+
+#[test]
+fn a_range_past_the_largest_id_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backend, _) = TestBackend::new(tmp.path().to_path_buf(), fake_cc);
+    let mut cfg = config();
+    cfg.build_user_base = BuildUser {
+        uid: u32::MAX - 3,
+        gid: 4242,
+    };
+    // Slot 3 would be u32::MAX, (uid_t)-1: setresuid would leave the server's uid.
+    let e = Engine::start(backend, cfg).err().expect("refused");
+    assert!(matches!(e, BuildError::InvalidConfig { .. }), "{e}");
+}
+
 #[test]
 fn a_build_runs_end_to_end_as_the_build_user() {
     let h = harness(config());
@@ -156,12 +282,14 @@ fn a_build_runs_end_to_end_as_the_build_user() {
             data: b"AAABBB".to_vec()
         }]
     );
-    assert!(h
-        .shared
-        .calls
-        .lock()
-        .unwrap()
-        .contains(&"exec /usr/bin/cc as 4242".to_string()));
+    // As slot 0 or 1 (the pre-warmed container, or one made at once): never another id.
+    let calls = h.shared.calls.lock().unwrap().clone();
+    let exec = calls.iter().find(|c| c.starts_with("exec ")).unwrap();
+    assert!(
+        exec.starts_with("exec /usr/bin/cc as 4242 in c")
+            || exec.starts_with("exec /usr/bin/cc as 4243 in c"),
+        "{calls:?}"
+    );
     assert!(out.timings.total >= out.timings.exec);
 }
 

@@ -2,7 +2,9 @@
 //! of DESIGN.md (image, warm container, inputs, exec as the build user, outputs, reset by
 //! rollback in the recycler) with the kernel's rules enforced, on any OS.
 
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use super::*;
@@ -40,11 +42,12 @@ struct Setup {
 fn setup(max: usize) -> Setup {
     let fake = Arc::new(FakeKernel::new());
     // "cc a.c -o a.o": copies a.c to a.o in the cwd, as the build user.
-    fake.register_program("/usr/bin/cc", |x| {
+    fake.register_program("/usr/bin/cc", move |x| {
         let cwd = x.root.join(x.command.cwd.trim_start_matches('/'));
         let src = std::fs::read(cwd.join(&x.command.arguments[0]));
         match src {
-            Ok(data) if x.user.uid == 4242 => {
+            // Slot n of `max` runs as 4242 + n.
+            Ok(data) if (4242..4242 + max as u32).contains(&x.user.uid) => {
                 std::fs::write(cwd.join(&x.command.arguments[2]), data).unwrap();
                 FakeRun::exit(0)
             }
@@ -70,7 +73,7 @@ fn setup(max: usize) -> Setup {
             max_containers: max,
             max_containers_per_toolchain: max,
             warm_per_toolchain: 1,
-            build_user: BuildUser {
+            build_user_base: BuildUser {
                 uid: 4242,
                 gid: 4242,
             },
@@ -214,4 +217,69 @@ fn shutdown_leaves_no_dataset_mount_or_jail() {
     );
     assert!(s.fake.mounts().is_empty(), "{:?}", s.fake.mounts());
     assert!(s.fake.live_jails().is_empty());
+}
+
+#[test]
+fn each_jail_runs_its_builds_as_its_own_uid() {
+    let s = setup(2);
+    // Both builds of a round are in exec at once, so in two different containers.
+    let gate = Arc::new(Barrier::new(2));
+    let seen: Arc<Mutex<Vec<(PathBuf, BuildUser, u32)>>> = Arc::default();
+    {
+        let (gate, seen) = (Arc::clone(&gate), Arc::clone(&seen));
+        s.fake.register_program("/usr/bin/meet", move |x| {
+            let input = x.root.join("work/a.c");
+            let owner = std::fs::metadata(input).map_or(u32::MAX, |m| m.uid());
+            seen.lock()
+                .unwrap()
+                .push((x.root.to_path_buf(), x.user, owner));
+            gate.wait();
+            FakeRun::exit(0)
+        });
+    }
+    for _ in 0..3 {
+        std::thread::scope(|sc| {
+            let builds: Vec<_> = (0..2)
+                .map(|_| sc.spawn(|| s.build("/usr/bin/meet", b"x").unwrap()))
+                .collect();
+            for b in builds {
+                assert_eq!(b.join().unwrap().exec.status, ExitStatus::Code(0));
+            }
+        });
+        s.engine.wait_idle();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 6);
+    let mut roots: Vec<&PathBuf> = seen.iter().map(|e| &e.0).collect();
+    roots.sort();
+    roots.dedup();
+    assert_eq!(roots.len(), 2, "{seen:?}");
+    let user_of = |root: &PathBuf| {
+        let users: Vec<BuildUser> = seen.iter().filter(|e| &e.0 == root).map(|e| e.1).collect();
+        assert!(
+            users.iter().all(|u| *u == users[0]),
+            "{root:?} changed users: {seen:?}"
+        );
+        users[0]
+    };
+    let (a, b) = (user_of(roots[0]), user_of(roots[1]));
+    assert_ne!(a.uid, b.uid, "{seen:?}");
+    for u in [a, b] {
+        assert!((4242..4244).contains(&u.uid), "{u:?}");
+        assert_eq!(u.gid, u.uid, "gid base = uid base here: same offset");
+    }
+    // The inputs were unpacked as the container's own user.
+    for (_, user, owner) in &seen {
+        assert_eq!(*owner, user.uid, "{seen:?}");
+    }
+    // The kernel saw the same identities: "exec <jid> /usr/bin/meet as uid:gid".
+    let calls = s.fake.calls();
+    let mut execs: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.starts_with("exec ") && c.contains("/usr/bin/meet"))
+        .map(|c| c.rsplit(' ').next().unwrap())
+        .collect();
+    execs.sort_unstable();
+    execs.dedup();
+    assert_eq!(execs, ["4242:4242", "4243:4243"], "{calls:?}");
 }

@@ -78,7 +78,7 @@ fn engine_max(fake: &Arc<FakeKernel>, warm: usize, max: usize) -> Engine<Fb> {
         max_containers_per_toolchain: max,
         warm_per_toolchain: warm,
         recycler_threads: 1,
-        build_user: BuildUser {
+        build_user_base: BuildUser {
             uid: 1000,
             gid: 1000,
         },

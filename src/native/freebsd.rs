@@ -99,3 +99,12 @@ pub fn probe(cfg: &BuilderConfig) -> Vec<ProbeItem> {
     }
     items
 }
+
+/// Not checked on FreeBSD (it would need sysctl kern.proc.all's `struct kinfo_proc`
+/// layout); doctor says so.
+pub(super) fn processes_in_range(
+    _uids: &std::ops::Range<u32>,
+    _gids: &std::ops::Range<u32>,
+) -> Option<std::io::Result<Vec<String>>> {
+    None
+}

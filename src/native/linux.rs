@@ -30,3 +30,37 @@ pub fn probe(_cfg: &crate::config::BuilderConfig) -> Vec<ProbeItem> {
         })
         .collect()
 }
+
+/// Processes whose `/proc/<pid>/status` shows a uid in `uids` or a gid in `gids`, as
+/// `pid (name)`. A process that exits during the scan is skipped.
+pub(super) fn processes_in_range(
+    uids: &std::ops::Range<u32>,
+    gids: &std::ops::Range<u32>,
+) -> Option<std::io::Result<Vec<String>>> {
+    let scan = || -> std::io::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+                continue;
+            };
+            if super::status_in_range(&status, uids, gids) {
+                let comm = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Name:"))
+                    .unwrap_or("")
+                    .trim();
+                found.push(format!("{pid} ({comm})"));
+            }
+        }
+        Ok(found)
+    };
+    Some(scan())
+}

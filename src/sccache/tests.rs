@@ -131,7 +131,7 @@ fn small_config() -> EngineConfig {
         warm_per_toolchain: 1,
         recycler_threads: 1,
         // Not root in every test environment: let the test backend's files belong to us.
-        build_user: BuildUser {
+        build_user_base: BuildUser {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         },

@@ -70,7 +70,7 @@ fn unpack_with(
     build(&mut b);
     let data = b.into_inner().unwrap();
     let root = RootDir::open(&f.root).unwrap();
-    unpack_tar(&mut data.as_slice(), &root, limits)
+    unpack_tar(&mut data.as_slice(), &root, limits, None)
 }
 
 fn outside_untouched(f: &Fixture) {
@@ -335,7 +335,7 @@ fn corrupt_and_truncated_archives_are_clear_errors() {
     let mut b = tar::Builder::new(Vec::new());
     raw_entry(&mut b, b"file", T::Regular, 0o644, &[7u8; 5000], None);
     let data = b.into_inner().unwrap();
-    let err = unpack_tar(&mut &data[..1500], &root, &UnpackLimits::default()).unwrap_err();
+    let err = unpack_tar(&mut &data[..1500], &root, &UnpackLimits::default(), None).unwrap_err();
     assert!(matches!(err, UnpackError::Corrupt(_)), "{err}");
 }
 
@@ -352,7 +352,7 @@ fn long_and_non_utf8_names() {
         .unwrap();
     let data = b.into_inner().unwrap();
     let root = RootDir::open(&f.root).unwrap();
-    let err = unpack_tar(&mut data.as_slice(), &root, &UnpackLimits::default()).unwrap_err();
+    let err = unpack_tar(&mut data.as_slice(), &root, &UnpackLimits::default(), None).unwrap_err();
     assert!(err.to_string().contains("255"), "{err}");
 
     unpack(&f, |b| {
@@ -610,4 +610,114 @@ fn outputs_are_opened_only_if_the_build_user_could_read_them() {
     set(".", 0o700);
     denied("work/o644", other, "search");
     assert!(open("work/o644", Some(owner)).is_ok());
+}
+
+/// Root is needed to give files to another user; say so, and fail under CI.
+fn skip_unless_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("JAILBUILDER_CI").is_none(),
+        "{what} needs root (JAILBUILDER_CI=1 forbids skipping)"
+    );
+    println!("SKIP({what}): needs root to chown");
+    true
+}
+
+#[test]
+fn inputs_are_given_to_the_build_user_with_their_modes() {
+    if skip_unless_root("unpack owner") {
+        return;
+    }
+    let f = fixture();
+    let secret = f.outside.join("secret");
+    let user = crate::backend::BuildUser {
+        uid: 0x7000_0003,
+        gid: 0x7000_0005,
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    raw_entry(&mut b, b"src/", T::Directory, 0o700, b"", None);
+    raw_entry(
+        &mut b,
+        b"src/main.rs",
+        T::Regular,
+        0o600,
+        b"fn main() {}",
+        None,
+    );
+    raw_entry(
+        &mut b,
+        b"deps/libdep.rmeta",
+        T::Regular,
+        0o640,
+        b"rmeta",
+        None,
+    );
+    raw_entry(&mut b, b"bin/tool", T::Regular, 0o4755, b"#!", None);
+    let target = secret.as_os_str().as_encoded_bytes();
+    raw_entry(&mut b, b"escape", T::Symlink, 0o777, b"", Some(target));
+    raw_entry(
+        &mut b,
+        b"main.rs",
+        T::Link,
+        0o600,
+        b"",
+        Some(b"src/main.rs"),
+    );
+    let data = b.into_inner().unwrap();
+    let root = RootDir::open(&f.root).unwrap();
+    unpack_tar(
+        &mut data.as_slice(),
+        &root,
+        &UnpackLimits::default(),
+        Some(user),
+    )
+    .unwrap();
+
+    let meta = |p: &str| fs::symlink_metadata(f.root.join(p)).unwrap();
+    for (path, mode) in [
+        ("src", 0o700),
+        ("src/main.rs", 0o600),
+        ("deps", 0o755), // made for the entry below it
+        ("deps/libdep.rmeta", 0o640),
+        ("bin/tool", 0o755), // setuid dropped
+        ("main.rs", 0o600),
+    ] {
+        let m = meta(path);
+        assert_eq!((m.uid(), m.gid()), (user.uid, user.gid), "{path}");
+        assert_eq!(m.mode() & 0o7777, mode, "{path}");
+    }
+    // The symlink itself is the user's; what it names (outside the root) is untouched.
+    let m = meta("escape");
+    assert!(m.file_type().is_symlink());
+    assert_eq!((m.uid(), m.gid()), (user.uid, user.gid));
+    let s = fs::metadata(&secret).unwrap();
+    assert_eq!((s.uid(), s.gid()), (0, 0));
+    outside_untouched(&f);
+    // The root directory itself stays root's.
+    assert_eq!(fs::metadata(&f.root).unwrap().uid(), 0);
+}
+
+#[test]
+fn a_toolchain_stays_root_owned() {
+    if skip_unless_root("unpack owner") {
+        return;
+    }
+    let f = fixture();
+    unpack(&f, |b| {
+        raw_entry(
+            b,
+            b"usr/bin/cc",
+            tar::EntryType::Regular,
+            0o700,
+            b"cc",
+            None,
+        );
+    })
+    .unwrap();
+    for p in ["usr", "usr/bin", "usr/bin/cc"] {
+        let m = fs::metadata(f.root.join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{p}");
+    }
 }

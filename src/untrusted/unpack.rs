@@ -7,6 +7,11 @@
 //! written through, hard links are made between paths resolved inside the root. Device
 //! nodes and FIFOs are refused, setuid/setgid/sticky bits dropped, and sizes, counts and
 //! name lengths are bounded (a gzip bomb stops at `max_bytes`).
+//!
+//! The archive's owners are never used. A toolchain stays root's (a read-only image); inputs
+//! are given to the build user of the container they land in, with the archive's permission
+//! bits: a client's 0600 source, 0640 `.rmeta` or 0700 directory is then readable by the
+//! compile, as it was by the client who owned it.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,8 +23,10 @@ use nix::unistd::UnlinkatFlags;
 use tar::EntryType;
 
 use super::beneath::{
-    cstr, fstatat_nofollow, lossy, openat_raw, resolve_dir, split, BeneathError, Create, RootDir,
+    chown_fd, cstr, fstatat_nofollow, lossy, openat_raw, resolve_dir, split, BeneathError, Create,
+    RootDir,
 };
+use crate::backend::BuildUser;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -91,21 +98,25 @@ pub struct UnpackStats {
     pub bytes: u64,
 }
 
-/// Unpacks a gzip-compressed tar (a toolchain archive as sccache sends it).
+/// Unpacks a gzip-compressed tar (a toolchain archive as sccache sends it), owned by root.
 pub fn unpack_tar_gz(
     reader: &mut dyn Read,
     root: &RootDir,
     limits: &UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
     let mut gz = flate2::read::MultiGzDecoder::new(reader);
-    unpack_tar(&mut gz, root, limits)
+    unpack_tar(&mut gz, root, limits, None)
 }
 
-/// Unpacks a plain tar (sccache's inputs, after its zlib layer).
+/// Unpacks a plain tar (sccache's inputs, after its zlib layer). With `owner`, every file,
+/// directory and symlink the archive names, and every directory made for them, belongs to
+/// that user and its group (hard links share their target's inode and owner); without, to
+/// the caller (root).
 pub fn unpack_tar(
     reader: &mut dyn Read,
     root: &RootDir,
     limits: &UnpackLimits,
+    owner: Option<BuildUser>,
 ) -> Result<UnpackStats, UnpackError> {
     let mut archive = tar::Archive::new(reader);
     let mut stats = UnpackStats::default();
@@ -132,7 +143,7 @@ pub fn unpack_tar(
         let parent_key = parents.join(&b'/');
         let parent = match parent_cache.take() {
             Some((key, fd)) if key == parent_key => fd,
-            _ => resolve_dir(root, parents, Create::Yes(None), &path).map_err(path_err)?,
+            _ => resolve_dir(root, parents, Create::Yes(owner), &path).map_err(path_err)?,
         };
         let name = cstr(last);
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
@@ -152,6 +163,9 @@ pub fn unpack_tar(
                     Err(e) => return Err(io("mkdir", e)),
                 }
                 let dir = resolve_dir(root, &comps, Create::No, &path).map_err(path_err)?;
+                if let Some(u) = owner {
+                    chown_fd(dir.as_fd(), u).map_err(|e| io("chown", e))?;
+                }
                 // Owner must be able to traverse: an archive's 0000 directory would
                 // otherwise make the rest of it fail to unpack.
                 nix::sys::stat::fchmod(
@@ -185,6 +199,10 @@ pub fn unpack_tar(
                     )));
                 }
                 stats.bytes += size;
+                // Through the descriptor just created (O_EXCL | O_NOFOLLOW): nothing else.
+                if let Some(u) = owner {
+                    chown_fd(file.as_fd(), u).map_err(|e| io("chown", e))?;
+                }
                 // setuid/setgid/sticky never survive: a client must not plant a setuid binary.
                 nix::sys::stat::fchmod(
                     file.as_fd(),
@@ -205,6 +223,17 @@ pub fn unpack_tar(
                 remove_non_dir(parent.as_fd(), &name).map_err(|e| io("replace", e))?;
                 nix::unistd::symlinkat(cstr(&target).as_c_str(), parent.as_fd(), name.as_c_str())
                     .map_err(|e| io("symlink", e))?;
+                if let Some(u) = owner {
+                    // The link itself (AT_SYMLINK_NOFOLLOW), never what it points to.
+                    nix::unistd::fchownat(
+                        parent.as_fd(),
+                        name.as_c_str(),
+                        Some(nix::unistd::Uid::from_raw(u.uid)),
+                        Some(nix::unistd::Gid::from_raw(u.gid)),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| io("chown", e))?;
+                }
                 // A new symlink can change how later parents resolve.
                 parent_cache = None;
                 continue;

@@ -148,9 +148,10 @@ pub fn toolchain() -> Vec<u8> {
     toolchain_with(&[])
 }
 
+/// Container slot 0's identity (slot n runs as uid + n, gid + n): the default range.
 pub const USER: BuildUser = BuildUser {
-    uid: 65534,
-    gid: 65534,
+    uid: jailbuilder::engine::DEFAULT_BUILD_ID_BASE,
+    gid: jailbuilder::engine::DEFAULT_BUILD_ID_BASE,
 };
 
 /// An engine over the real Linux backend on a fresh state directory.
@@ -168,7 +169,7 @@ pub fn engine_config() -> EngineConfig {
         warm_per_toolchain: 1,
         max_images: 8,
         recycler_threads: 1,
-        build_user: USER,
+        build_user_base: USER,
         limits: Limits {
             timeout: Duration::from_secs(30),
             ..Limits::default()

@@ -473,12 +473,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if cfg.base_snapshot.is_none() {
             cfg.base_snapshot = std::env::var("JAILBUILDER_BASE_SNAPSHOT").ok();
         }
-        if args.builder.build_user.is_none() {
+        if args.builder.build_id_base.is_none() {
             if let Some(uid) = std::env::var("JAILBUILDER_BUILD_UID")
                 .ok()
                 .and_then(|u| u.parse().ok())
             {
-                (cfg.build_uid, cfg.build_gid) = (uid, uid);
+                (cfg.build_uid_base, cfg.build_gid_base) = (uid, None);
             }
         }
     }
