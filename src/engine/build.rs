@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{BuildError, Engine};
-use crate::backend::{Backend, ExecOutcome, ToolchainId};
+use crate::backend::{Backend, BuildUser, ExecOutcome, ToolchainId};
 use crate::exec::{CancelToken, CommandSpec, PreparedCommand};
 use crate::untrusted::{self, BeneathError, RootDir};
 
@@ -389,7 +389,7 @@ impl<B: Backend> Engine<B> {
         t.exec = mark.elapsed();
 
         let mark = Instant::now();
-        let read = read_outputs(&root, outputs, encoder, cfg)?;
+        let read = read_outputs(&root, outputs, encoder, cfg, user)?;
         t.outputs = mark.elapsed();
         drop(root);
         drop(lent);
@@ -412,9 +412,9 @@ fn read_outputs<E: OutputEncoder>(
     outputs: Vec<(String, String)>,
     encoder: &E,
     cfg: &super::EngineConfig,
+    user: BuildUser,
 ) -> Result<Vec<Output<E::Encoded>>, BuildError> {
     // A root build user (the operator's choice) could read anything: nothing to check.
-    let user = cfg.build_user;
     let reader = (user.uid != 0).then_some(user);
     let total_limit = cfg.max_outputs_total_bytes;
     let mut total = 0u64;

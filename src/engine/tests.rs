@@ -2,6 +2,7 @@
 //! (The FreeBSD orchestration has its own fake kernel; this one isolates the engine.)
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -740,12 +741,18 @@ fn outputs_stream_through_the_encoder_in_chunks() {
 
 #[test]
 fn an_output_the_build_user_could_not_read_is_a_job_error() {
-    let inputs = tar_with_mode(&[
-        ("work/secret", b"root only", 0o600),
-        ("work/public.o", b"public", 0o644),
-    ]);
-    // The build user (4242) owns none of it: "other" may read only the 0644 file.
-    let h = harness(config());
+    // Inputs are given to the build user; the secret is a file the build user does not
+    // own (as one in the image or the base layer): the "compile" leaves it 0600, owned by
+    // the test process (root in CI), whose uid is not the build user's (4242).
+    let inputs = tar_with_mode(&[("work/public.o", b"public", 0o644)]);
+    let plant = |root: &Path, cmd: &PreparedCommand| {
+        let secret = root.join("work/secret");
+        fs::write(&secret, b"root only").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        fake_cc(root, cmd)
+    };
+    assert_ne!(nix::unistd::geteuid().as_raw(), 4242);
+    let h = harness_with(config(), plant);
     let out = h.build_outputs(&inputs, &["public.o"]).unwrap();
     assert_eq!(out.outputs[0].data, b"public");
     let err = h
@@ -763,8 +770,8 @@ fn an_output_the_build_user_could_not_read_is_a_job_error() {
     assert!(h.engine.is_healthy());
     // A root build user (the operator's choice) reads what it likes, as its compile could.
     let mut cfg = config();
-    cfg.build_user = BuildUser { uid: 0, gid: 0 };
-    let h = harness(cfg);
+    cfg.build_user_base = BuildUser { uid: 0, gid: 0 };
+    let h = harness_with(cfg, plant);
     let out = h.build_outputs(&inputs, &["secret"]).unwrap();
     assert_eq!(out.outputs[0].data, b"root only");
 }

@@ -24,6 +24,7 @@ mod tests_engine;
 mod tests_faults;
 #[cfg(test)]
 mod tests_sandbox;
+#[cfg(test)]
 mod tests_fidelity;
 
 pub use backend::{

@@ -118,16 +118,17 @@ fn with_rctl_rules_the_child_still_gets_a_new_session_and_no_core() {
         JailLimits {
             memory_bytes: 1 << 30,
             max_processes: 64,
-            max_open_files: 0,
         },
     );
     let l = Limits::default();
     let plan = plan_of_one_exec(&fake, &b, &l);
     assert!(plan.new_session);
-    // memoryuse and maxproc are per jail: RLIMIT_AS and RLIMIT_NPROC are not set.
+    // maxproc is per jail and replaces RLIMIT_NPROC; RLIMIT_AS stays (vmemoryuse bounds
+    // the jail's sum, RLIMIT_AS each process).
     assert_eq!(
         plan.rlimits,
         [
+            (Rlimit::As, l.memory_bytes),
             (Rlimit::Nofile, l.max_open_files),
             (Rlimit::Fsize, l.max_file_bytes),
             (Rlimit::Core, 0),
