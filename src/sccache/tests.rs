@@ -632,9 +632,7 @@ fn upload_limit_keys_parse_and_validate() {
         "max_run_job_header_bytes = 0",
         "max_run_job_header_bytes = 4294967296",
     ] {
-        let e = parse(&EXAMPLE.replace("cache_dir", &format!("{bad}\ncache_dir")))
-            .err()
-            .expect(bad);
+        let e = parse(&EXAMPLE.replace("cache_dir", &format!("{bad}\ncache_dir"))).expect_err(bad);
         assert!(
             e.to_string().contains(bad.split(' ').next().unwrap()),
             "{e}"
