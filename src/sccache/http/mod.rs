@@ -28,8 +28,7 @@ pub mod wire;
 use std::convert::Infallible;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use flate2::read::ZlibDecoder;
@@ -52,6 +51,8 @@ pub const DEFAULT_MAX_RUN_JOB_HEADER: u64 = 4 << 20;
 /// Socket read and write timeout: a client that sends or reads nothing for this long loses
 /// its connection (and its handler thread is freed).
 const IO_TIMEOUT: Duration = Duration::from_secs(300);
+/// The TLS handshake and the request head must arrive within this (per read).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the drain of an unread body waits for bytes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -63,7 +64,8 @@ pub struct HttpConfig {
     /// The bearer token for the scheduler (`ServeConfig::scheduler_token`).
     pub scheduler_token: String,
     pub max_run_job_header_bytes: u64,
-    /// Connections handled at once; more are closed at once. sccache: num_cpus * 8.
+    /// Connections handled at once; more wait in the listen backlog until one ends.
+    /// sccache's pool: num_cpus * 8.
     pub max_connections: usize,
 }
 
@@ -385,25 +387,23 @@ impl<B: Backend> HttpServer<B> {
                 .map_err(HttpError::Thread)?;
         }
         log::info!("Server listening for clients on {}", self.bind);
-        let active = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(Slots {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        });
         loop {
+            // Back-pressure as rouille's pool: no accept while every slot is busy.
+            active.acquire(self.max_connections);
             let stream = match listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) => {
+                    active.release();
                     // EMFILE and friends: back off instead of spinning.
                     log::warn!("accepting a connection: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
             };
-            if active.fetch_add(1, Ordering::SeqCst) >= self.max_connections {
-                active.fetch_sub(1, Ordering::SeqCst);
-                log::warn!(
-                    "{} connections already being served: closing a new one",
-                    self.max_connections
-                );
-                continue;
-            }
             let (shared, acceptor, counter) = (
                 Arc::clone(&self.shared),
                 Arc::clone(&acceptor),
@@ -413,13 +413,35 @@ impl<B: Backend> HttpServer<B> {
                 .name("http".into())
                 .spawn(move || {
                     serve_connection(&shared, &acceptor, stream);
-                    counter.fetch_sub(1, Ordering::SeqCst);
+                    counter.release();
                 });
             if let Err(e) = spawned {
-                active.fetch_sub(1, Ordering::SeqCst);
+                active.release();
                 log::warn!("starting a connection thread: {e}");
             }
         }
+    }
+}
+
+/// The connection slots.
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn acquire(&self, max: usize) {
+        let mut n = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n >= max {
+            n = self.freed.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+        *n += 1;
+    }
+
+    fn release(&self) {
+        let mut n = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+        self.freed.notify_one();
     }
 }
 
@@ -433,7 +455,7 @@ fn serve_connection<B: Backend>(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(HEAD_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let Ok(socket) = stream.try_clone() else {
         return;
@@ -462,6 +484,7 @@ fn serve_connection<B: Backend>(
         }
     };
     log::debug!("{peer}: {} {}", head.method, head.path);
+    let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
     if head
         .header("Expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))

@@ -350,3 +350,89 @@ fn an_announced_oversize_upload_is_413() {
         SubmitToolchainResult::Success
     ));
 }
+
+/// The whole HTTP side on a loopback port, over TLS: the certificate, the request reader,
+/// a response the client can read even when the server refused before reading the body.
+#[test]
+fn the_server_speaks_tls_on_its_port() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::io::Read as _;
+    use std::net::TcpStream;
+
+    let h = harness_with(small_config(), UploadLimits::default());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = HttpServer::new(
+        HttpConfig {
+            public_addr: addr,
+            bind_address: None,
+            // Nobody listens there: heartbeats fail (and are retried), requests still work.
+            scheduler_url: "http://127.0.0.1:9/".parse().unwrap(),
+            scheduler_token: "t".into(),
+            max_run_job_header_bytes: DEFAULT_MAX_RUN_JOB_HEADER,
+            max_connections: 2,
+        },
+        h.server.clone(),
+    )
+    .unwrap();
+    let auth = Arc::clone(&http.shared.auth);
+    let pem = http.cert.pem.clone();
+    std::thread::spawn(move || http.start());
+
+    let post = |path: &str, token: &str, announced: u64, body: &[u8]| -> String {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_verify(SslVerifyMode::PEER);
+        b.cert_store_mut()
+            .add_cert(openssl::x509::X509::from_pem(&pem).unwrap())
+            .unwrap();
+        let tcp = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        let mut s = b
+            .build()
+            .configure()
+            .unwrap()
+            .use_server_name_indication(false)
+            .verify_hostname(false)
+            .connect("127.0.0.1", tcp)
+            .unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/octet-stream\r\ncontent-length: {announced}\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        // The request is all sent: a body shorter than announced ends here.
+        s.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let tc = bincode::serialize(&good_toolchain().0).unwrap();
+    let t = auth.mint(JobId(5));
+    let r = post("/api/v1/distserver/assign_job/5", &t, tc.len() as u64, &tc);
+    assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    assert!(r.contains("application/octet-stream"), "{r}");
+    let r = post("/api/v1/distserver/assign_job/5", &t, tc.len() as u64, &tc);
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    // 2^45 announced, a few bytes sent: refused, the server stays up.
+    let r = post("/api/v1/distserver/submit_toolchain/5", &t, 1 << 45, b"abc");
+    assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
+    let r = post("/api/v1/distserver/run_job/5", &t, 1 << 45, &[0, 0, 0, 8]);
+    assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+    let r = post("/api/v1/distserver/run_job/5", &t, 0, b"");
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    // More connections than slots, one after the other: all served.
+    for _ in 0..4 {
+        let r = post("/nowhere", "x", 0, b"");
+        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+    }
+}
