@@ -113,8 +113,8 @@ struct HealthState {
 }
 
 /// The build server's request handlers. Cheap to clone: clones share one server, so the
-/// owner keeps a handle to [`JailServer::drain`] after handing one to sccache's
-/// `http::Server`.
+/// owner keeps a handle to [`JailServer::drain`] after handing one to the HTTP side
+/// ([`super::http::HttpServer`], or sccache's `http::Server` through [`ServerIncoming`]).
 pub struct JailServer<B: Backend> {
     inner: Arc<Inner<B>>,
 }
