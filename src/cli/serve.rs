@@ -1,11 +1,12 @@
 //! `jailbuilder serve`: a drop-in `sccache-dist server` whose builds run in jailbuilder
 //! sandboxes. It registers with a stock sccache-dist scheduler (heartbeats) and serves
-//! clients through sccache's own HTTP server, `sccache::dist::http::Server`.
+//! clients through jailbuilder's implementation of the build server's HTTP side
+//! (`jailbuilder::sccache::http`), wire-compatible with sccache's.
 //!
 //! Signals: SIGTERM and SIGINT start an orderly shutdown: assignments are refused, running
 //! builds get `[builder] shutdown_grace_secs` to finish, the engine destroys every sandbox,
-//! the process exits 0. sccache's HTTP server never returns, so the shutdown runs on a
-//! signal thread that ends the process itself.
+//! the process exits 0. The HTTP server never returns, so the shutdown runs on a signal
+//! thread that ends the process itself.
 //!
 //! Signals are caught with signal-hook's handler + self-pipe, not by blocking them with
 //! sigprocmask and sigwait: a blocked mask is inherited across fork and execve, and the
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use jailbuilder::backend::Backend;
 use jailbuilder::engine::Engine;
+use jailbuilder::sccache::http::{HttpConfig, HttpServer};
 use jailbuilder::sccache::{JailBuilder, JailServer, ServeConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -54,10 +56,11 @@ fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::
     let engine = Arc::new(
         Engine::start(backend, cfg.builder.engine_config()).context("starting the build engine")?,
     );
-    let server = match JailServer::new(
+    let server = match JailServer::with_upload_limits(
         JailBuilder::from_arc(Arc::clone(&engine)),
         &cfg.cache_dir,
         cfg.toolchain_cache_size,
+        cfg.upload_limits(),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -68,18 +71,23 @@ fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::
     if cfg.is_insecure() {
         log::warn!("scheduler_auth is DANGEROUSLY_INSECURE: any client can use this server");
     }
-    let http = sccache::dist::http::Server::new(
-        cfg.public_addr,
-        cfg.bind_address,
-        cfg.scheduler_url.to_url(),
-        cfg.scheduler_token()?,
+    let http = HttpServer::new(
+        HttpConfig {
+            public_addr: cfg.public_addr,
+            bind_address: cfg.bind_address,
+            scheduler_url: cfg.scheduler_url.to_url(),
+            scheduler_token: cfg.scheduler_token()?,
+            max_run_job_header_bytes: cfg.max_run_job_header_bytes,
+            // sccache's pool size.
+            max_connections: sccache::util::num_cpus() * 8,
+        },
         server.clone(),
     );
     let http = match http {
         Ok(h) => h,
         Err(e) => {
             engine.shutdown();
-            return Err(e.context("creating the sccache-dist HTTP server"));
+            return Err(anyhow::Error::new(e).context("creating the build server's HTTP side"));
         }
     };
 
@@ -105,7 +113,7 @@ fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::
     };
     server.drain();
     engine.shutdown();
-    Err(err.context("the sccache-dist HTTP server failed"))
+    Err(anyhow::Error::new(err).context("the build server's HTTP side failed"))
 }
 
 /// Waits for SIGTERM/SIGINT, shuts down in order and ends the process with status 0.

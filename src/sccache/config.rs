@@ -31,6 +31,15 @@ const INSECURE_DIST_SERVER_TOKEN: &str = "dangerously_insecure_server";
 fn default_toolchain_cache_size() -> u64 {
     DEFAULT_TOOLCHAIN_CACHE_SIZE
 }
+fn default_max_toolchain_upload_bytes() -> u64 {
+    super::DEFAULT_MAX_TOOLCHAIN_UPLOAD
+}
+fn default_max_staged_upload_bytes() -> u64 {
+    super::DEFAULT_MAX_STAGED_UPLOADS
+}
+fn default_max_run_job_header_bytes() -> u64 {
+    super::http::DEFAULT_MAX_RUN_JOB_HEADER
+}
 
 /// The whole `jailbuilder serve` file. Unknown keys anywhere are refused, naming the key.
 #[derive(Deserialize)]
@@ -51,6 +60,16 @@ pub struct ServeConfig {
     /// Bytes of toolchain archives kept.
     #[serde(default = "default_toolchain_cache_size")]
     pub toolchain_cache_size: u64,
+    /// jailbuilder's: the largest toolchain upload accepted (bytes; further capped by
+    /// `toolchain_cache_size`). Larger uploads get CannotCache (or 413 if announced).
+    #[serde(default = "default_max_toolchain_upload_bytes")]
+    pub max_toolchain_upload_bytes: u64,
+    /// jailbuilder's: the bytes of all toolchain uploads staged at once.
+    #[serde(default = "default_max_staged_upload_bytes")]
+    pub max_staged_upload_bytes: u64,
+    /// jailbuilder's: the largest run_job header (command, environment, outputs), in bytes.
+    #[serde(default = "default_max_run_job_header_bytes")]
+    pub max_run_job_header_bytes: u64,
     /// The sandbox backend and the engine's policy.
     #[serde(default)]
     pub builder: BuilderConfig,
@@ -74,6 +93,12 @@ impl fmt::Debug for ServeConfig {
             .field("scheduler_auth", &auth)
             .field("cache_dir", &self.cache_dir)
             .field("toolchain_cache_size", &self.toolchain_cache_size)
+            .field(
+                "max_toolchain_upload_bytes",
+                &self.max_toolchain_upload_bytes,
+            )
+            .field("max_staged_upload_bytes", &self.max_staged_upload_bytes)
+            .field("max_run_job_header_bytes", &self.max_run_job_header_bytes)
             .field("builder", &self.builder)
             .field("path", &self.path)
             .finish()
@@ -154,6 +179,24 @@ impl ServeConfig {
         if self.toolchain_cache_size == 0 {
             return Err(self.invalid("toolchain_cache_size", "must be at least 1"));
         }
+        for (key, v) in [
+            (
+                "max_toolchain_upload_bytes",
+                self.max_toolchain_upload_bytes,
+            ),
+            ("max_staged_upload_bytes", self.max_staged_upload_bytes),
+            ("max_run_job_header_bytes", self.max_run_job_header_bytes),
+        ] {
+            if v == 0 {
+                return Err(self.invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_run_job_header_bytes > u64::from(u32::MAX) {
+            return Err(self.invalid(
+                "max_run_job_header_bytes",
+                "cannot exceed 4294967295 (the header length is a u32)",
+            ));
+        }
         if !self.cache_dir.is_absolute() {
             return Err(self.invalid("cache_dir", "must be an absolute path"));
         }
@@ -192,6 +235,14 @@ impl ServeConfig {
                 }
                 Ok(token.clone())
             }
+        }
+    }
+
+    /// The upload budgets of `[max_toolchain_upload_bytes, max_staged_upload_bytes]`.
+    pub fn upload_limits(&self) -> super::UploadLimits {
+        super::UploadLimits {
+            per_upload: self.max_toolchain_upload_bytes,
+            staged_total: self.max_staged_upload_bytes,
         }
     }
 

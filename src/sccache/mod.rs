@@ -4,7 +4,10 @@
 //!   piece an embedder plugs into sccache-dist's own server.
 //! - [`JailServer`] implements [`sccache::dist::ServerIncoming`] around a [`JailBuilder`]
 //!   and the toolchain cache, with the semantics of `sccache-dist server`, plus draining
-//!   and health: what `jailbuilder serve` hands to `sccache::dist::http::Server`.
+//!   and health, upload budgets and toolchain-id validation.
+//! - [`http`]: the build server's HTTP side of sccache's dist protocol (TLS, job tokens,
+//!   bounded decoding, heartbeats): what `jailbuilder serve` runs the [`JailServer`] behind,
+//!   in place of `sccache::dist::http::Server`.
 //! - [`ServeConfig`] is `jailbuilder serve`'s configuration file: `sccache-dist server`'s
 //!   keys with a `[builder]` section ([`crate::config::BuilderConfig`]) in place of its
 //!   builder types.
@@ -17,11 +20,15 @@
 
 mod builder;
 mod config;
+pub mod http;
 mod server;
 
 pub use builder::{JailBuilder, JobError, SccacheOutputs};
 pub use config::{ServeConfig, ServeConfigError, DEFAULT_TOOLCHAIN_CACHE_SIZE};
-pub use server::{JailServer, ServerError, UNCLAIMED_JOB_TIMEOUT, UNHEALTHY_PROBE_INTERVAL};
+pub use server::{
+    JailServer, ServerError, UploadLimits, DEFAULT_MAX_STAGED_UPLOADS,
+    DEFAULT_MAX_TOOLCHAIN_UPLOAD, UNCLAIMED_JOB_TIMEOUT, UNHEALTHY_PROBE_INTERVAL,
+};
 
 #[cfg(test)]
 mod tests;

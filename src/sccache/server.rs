@@ -12,7 +12,13 @@
 //!   has no health field, so a refused assignment is how the scheduler learns (it marks
 //!   the server as erroring and prefers others for five minutes; the client compiles
 //!   locally). While unhealthy, one assignment per [`UNHEALTHY_PROBE_INTERVAL`] is still
-//!   accepted so that a recovered backend can prove itself.
+//!   accepted so that a recovered backend can prove itself;
+//! - every toolchain id is validated ([`ToolchainId::new`]) before any cache or file-system
+//!   call: sccache's `TcCache` stores an archive at `<cache>/tc/<id[0]>/<id>`;
+//! - uploads have budgets ([`UploadLimits`]): one upload at most `per_upload` bytes (and
+//!   never more than the cache), all uploads being staged at once at most `staged_total`
+//!   bytes; an upload that would exceed either is refused (`CannotCache`) and its staging
+//!   file removed.
 
 use std::collections::HashMap;
 use std::fs;
@@ -28,13 +34,35 @@ use sccache::dist::{
 };
 
 use super::builder::JailBuilder;
-use crate::backend::Backend;
+use crate::backend::{Backend, ToolchainId};
 
 /// Assignments not claimed by a client within this time are forgotten (the scheduler gives
 /// up on them after at most 300 s).
 pub const UNCLAIMED_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// While the engine is unhealthy, one assignment per interval is accepted as a probe.
 pub const UNHEALTHY_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default [`UploadLimits::per_upload`]: 2 GiB.
+pub const DEFAULT_MAX_TOOLCHAIN_UPLOAD: u64 = 2 << 30;
+/// Default [`UploadLimits::staged_total`]: 4 GiB.
+pub const DEFAULT_MAX_STAGED_UPLOADS: u64 = 4 << 30;
+
+/// The budgets of toolchain uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// One upload's bytes (further capped by the toolchain cache size).
+    pub per_upload: u64,
+    /// The bytes of all uploads staged at the same time.
+    pub staged_total: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            per_upload: DEFAULT_MAX_TOOLCHAIN_UPLOAD,
+            staged_total: DEFAULT_MAX_STAGED_UPLOADS,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -59,12 +87,17 @@ pub enum ServerError {
 struct Assigned {
     toolchain: Toolchain,
     at: Instant,
+    /// The scheduler knows the job as Ready (not Pending).
+    ready: bool,
 }
 
 struct Inner<B: Backend> {
     builder: JailBuilder<B>,
     cache: Mutex<TcCache>,
     cache_size: u64,
+    uploads: UploadLimits,
+    /// Bytes reserved by uploads being staged now.
+    staged: Mutex<u64>,
     incoming: PathBuf,
     jobs: Mutex<HashMap<JobId, Assigned>>,
     draining: AtomicBool,
@@ -80,8 +113,8 @@ struct HealthState {
 }
 
 /// The build server's request handlers. Cheap to clone: clones share one server, so the
-/// owner keeps a handle to [`JailServer::drain`] after handing one to sccache's
-/// `http::Server`.
+/// owner keeps a handle to [`JailServer::drain`] after handing one to the HTTP side
+/// ([`super::http::HttpServer`], or sccache's `http::Server` through [`ServerIncoming`]).
 pub struct JailServer<B: Backend> {
     inner: Arc<Inner<B>>,
 }
@@ -148,6 +181,21 @@ impl<B: Backend> JailServer<B> {
         cache_dir: &Path,
         toolchain_cache_size: u64,
     ) -> Result<Self, ServerError> {
+        Self::with_upload_limits(
+            builder,
+            cache_dir,
+            toolchain_cache_size,
+            UploadLimits::default(),
+        )
+    }
+
+    /// [`JailServer::new`] with upload budgets.
+    pub fn with_upload_limits(
+        builder: JailBuilder<B>,
+        cache_dir: &Path,
+        toolchain_cache_size: u64,
+        uploads: UploadLimits,
+    ) -> Result<Self, ServerError> {
         let tc_dir = cache_dir.join("tc");
         let cache =
             TcCache::new(&tc_dir, toolchain_cache_size).map_err(|e| ServerError::Cache {
@@ -168,6 +216,8 @@ impl<B: Backend> JailServer<B> {
                 builder,
                 cache: Mutex::new(cache),
                 cache_size: toolchain_cache_size,
+                uploads,
+                staged: Mutex::new(0),
                 incoming,
                 jobs: Mutex::new(HashMap::new()),
                 draining: AtomicBool::new(false),
@@ -198,6 +248,16 @@ impl<B: Backend> JailServer<B> {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The largest toolchain upload accepted: the per-upload budget, at most the cache.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.inner.uploads.per_upload.min(self.inner.cache_size)
+    }
+
+    /// Bytes of uploads being staged now.
+    pub fn staged_upload_bytes(&self) -> u64 {
+        *lock(&self.inner.staged)
     }
 
     /// Jobs assigned and not yet run.
@@ -270,6 +330,8 @@ impl<B: Backend> JailServer<B> {
         toolchain: Toolchain,
     ) -> Result<AssignJobResult, ServerError> {
         let _busy = Busy::enter(&self.inner);
+        // Before the cache sees it: the id is a file name there.
+        ToolchainId::new(toolchain.archive_id.as_str()).map_err(super::JobError::from)?;
         if let Err(e) = self.admit() {
             log::info!("job {job}: assignment refused: {e}");
             return Err(e);
@@ -285,7 +347,14 @@ impl<B: Backend> JailServer<B> {
                 }
                 keep
             });
-            let previous = jobs.insert(job, Assigned { toolchain, at: now });
+            let previous = jobs.insert(
+                job,
+                Assigned {
+                    toolchain,
+                    at: now,
+                    ready: !need_toolchain,
+                },
+            );
             if previous.is_some() {
                 log::warn!("job {job} was assigned again (scheduler restart?); replacing it");
             }
@@ -312,10 +381,14 @@ impl<B: Backend> JailServer<B> {
     ) -> Result<SubmitToolchainResult, ServerError> {
         let _busy = Busy::enter(&self.inner);
         update_state(requester, job, JobState::Ready)?;
-        let toolchain = match lock(&self.inner.jobs).get(&job) {
-            Some(a) => a.toolchain.clone(),
+        let toolchain = match lock(&self.inner.jobs).get_mut(&job) {
+            Some(a) => {
+                a.ready = true;
+                a.toolchain.clone()
+            }
             None => return Ok(SubmitToolchainResult::JobNotFound),
         };
+        ToolchainId::new(toolchain.archive_id.as_str()).map_err(super::JobError::from)?;
         if lock(&self.inner.cache).contains_toolchain(&toolchain) {
             return Ok(SubmitToolchainResult::Success);
         }
@@ -324,7 +397,11 @@ impl<B: Backend> JailServer<B> {
             .inner
             .incoming
             .join(format!("{job}-{}", uuid::Uuid::new_v4().simple()));
-        let received = receive(archive, &staging, self.inner.cache_size);
+        let mut budget = Reservation {
+            inner: &self.inner,
+            held: 0,
+        };
+        let received = receive(archive, &staging, self.max_upload_bytes(), &mut budget);
         let result = match received {
             Err(e) => {
                 log::warn!(
@@ -372,6 +449,8 @@ impl<B: Backend> JailServer<B> {
                 log::warn!("removing {}: {e}", staging.display());
             }
         }
+        // Released only now that the staging file is gone.
+        drop(budget);
         Ok(result)
     }
 
@@ -412,19 +491,91 @@ impl<B: Backend> JailServer<B> {
         update_state(requester, job, JobState::Complete)?;
         result
     }
+
+    /// A job whose run_job request was refused before it ran (a bad body): forgets it and
+    /// tells the scheduler it is over (Ready if it was Pending, Started, Complete), so that
+    /// its slot there is freed at once rather than after the scheduler's unclaimed-job
+    /// timeout. Failures are logged.
+    pub fn abandon_job(&self, requester: &dyn ServerOutgoing, job: JobId) {
+        let Some(a) = lock(&self.inner.jobs).remove(&job) else {
+            return;
+        };
+        let mut states = vec![JobState::Started, JobState::Complete];
+        if !a.ready {
+            states.insert(0, JobState::Ready);
+        }
+        for state in states {
+            if let Err(e) = update_state(requester, job, state) {
+                log::warn!("job {job}: abandoning: {e}");
+                return;
+            }
+        }
+        log::info!("job {job}: abandoned (bad run_job request)");
+    }
 }
 
-/// Copies at most `limit` bytes of `from` into a new file at `path`; more is an error.
-fn receive(from: &mut dyn Read, path: &Path, limit: u64) -> io::Result<()> {
+/// Bytes reserved from the staged-upload budget by one upload; released on drop.
+struct Reservation<'a, B: Backend> {
+    inner: &'a Inner<B>,
+    held: u64,
+}
+
+impl<B: Backend> Reservation<'_, B> {
+    /// Reserves `n` more bytes, or fails without reserving any.
+    fn grow(&mut self, n: u64) -> io::Result<()> {
+        let limit = self.inner.uploads.staged_total;
+        let mut staged = lock(&self.inner.staged);
+        let after = staged.saturating_add(n);
+        if after > limit {
+            return Err(io::Error::other(format!(
+                "the uploads being received would exceed the staged-upload budget \
+                 (max_staged_upload_bytes = {limit})"
+            )));
+        }
+        *staged = after;
+        self.held += n;
+        Ok(())
+    }
+}
+
+impl<B: Backend> Drop for Reservation<'_, B> {
+    fn drop(&mut self) {
+        let mut staged = lock(&self.inner.staged);
+        *staged = staged.saturating_sub(self.held);
+    }
+}
+
+/// Copies at most `limit` bytes of `from` into a new file at `path`, each chunk reserved
+/// from `budget` before it is written; more than `limit`, or an exhausted budget, is an
+/// error.
+fn receive<B: Backend>(
+    from: &mut dyn Read,
+    path: &Path,
+    limit: u64,
+    budget: &mut Reservation<'_, B>,
+) -> io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)?;
-    let n = io::copy(&mut from.take(limit.saturating_add(1)), &mut file)?;
-    if n > limit {
-        return Err(io::Error::other(format!(
-            "larger than the toolchain cache ({limit} bytes)"
-        )));
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        total += n as u64;
+        if total > limit {
+            return Err(io::Error::other(format!(
+                "larger than the largest upload accepted ({limit} bytes: \
+                 max_toolchain_upload_bytes, at most toolchain_cache_size)"
+            )));
+        }
+        budget.grow(n as u64)?;
+        file.write_all(&buf[..n])?;
     }
     file.flush()
 }

@@ -22,7 +22,7 @@ use crate::exec::PreparedCommand;
 /// The test backend's "compiler": concatenates its input arguments (relative to cwd) into
 /// `-o` output; `--fail`, `--signal`, `--timeout`, `--backend-fail` and `--env` do what they
 /// say.
-fn fake_compiler(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
+pub(crate) fn fake_compiler(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
     let spec = cmd.spec();
     let cwd = root.join(spec.cwd.trim_start_matches('/'));
     let (mut out, mut data) = (None, Vec::new());
@@ -59,7 +59,7 @@ fn gz(data: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();
@@ -72,18 +72,18 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// A toolchain archive and its sccache id (the BLAKE3 digest sccache uses).
-fn toolchain(archive: Vec<u8>) -> (Toolchain, Vec<u8>) {
+pub(crate) fn toolchain(archive: Vec<u8>) -> (Toolchain, Vec<u8>) {
     let archive_id = sccache::util::Digest::reader_sync(archive.as_slice()).unwrap();
     (Toolchain { archive_id }, archive)
 }
 
-fn good_toolchain() -> (Toolchain, Vec<u8>) {
+pub(crate) fn good_toolchain() -> (Toolchain, Vec<u8>) {
     toolchain(gz(&tar_of(&[("usr/bin/cc", b"cc")])))
 }
 
 /// Records the job states the server reports to the "scheduler".
 #[derive(Default)]
-struct Scheduler(Mutex<Vec<(JobId, JobState)>>);
+pub(crate) struct Scheduler(pub(crate) Mutex<Vec<(JobId, JobState)>>);
 
 impl ServerOutgoing for Scheduler {
     fn do_update_job_state(
@@ -97,7 +97,7 @@ impl ServerOutgoing for Scheduler {
 }
 
 impl Scheduler {
-    fn take(&self) -> Vec<JobState> {
+    pub(crate) fn take(&self) -> Vec<JobState> {
         std::mem::take(&mut *self.0.lock().unwrap())
             .into_iter()
             .map(|(_, s)| s)
@@ -105,18 +105,27 @@ impl Scheduler {
     }
 }
 
-struct Harness {
-    server: JailServer<TestBackend>,
-    sched: Scheduler,
-    _tmp: tempfile::TempDir,
+pub(crate) struct Harness {
+    pub(crate) server: JailServer<TestBackend>,
+    pub(crate) sched: Scheduler,
+    pub(crate) _tmp: tempfile::TempDir,
 }
 
 fn harness(config: EngineConfig) -> Harness {
+    harness_with(config, UploadLimits::default())
+}
+
+pub(crate) fn harness_with(config: EngineConfig, uploads: UploadLimits) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let (backend, _) = TestBackend::new(tmp.path().join("backend"), fake_compiler);
     let engine = Engine::start(backend, config).unwrap();
-    let server =
-        JailServer::new(JailBuilder::new(engine), &tmp.path().join("cache"), 1 << 20).unwrap();
+    let server = JailServer::with_upload_limits(
+        JailBuilder::new(engine),
+        &tmp.path().join("cache"),
+        1 << 20,
+        uploads,
+    )
+    .unwrap();
     Harness {
         server,
         sched: Scheduler::default(),
@@ -124,7 +133,7 @@ fn harness(config: EngineConfig) -> Harness {
     }
 }
 
-fn small_config() -> EngineConfig {
+pub(crate) fn small_config() -> EngineConfig {
     EngineConfig {
         max_containers: 2,
         max_containers_per_toolchain: 2,
@@ -139,7 +148,7 @@ fn small_config() -> EngineConfig {
     }
 }
 
-fn cc(args: &[&str]) -> CompileCommand {
+pub(crate) fn cc(args: &[&str]) -> CompileCommand {
     CompileCommand {
         executable: "/usr/bin/cc".into(),
         arguments: args.iter().map(|s| s.to_string()).collect(),
@@ -193,7 +202,7 @@ impl Harness {
     }
 }
 
-fn complete(r: Result<RunJobResult, ServerError>) -> sccache::dist::JobComplete {
+pub(crate) fn complete(r: Result<RunJobResult, ServerError>) -> sccache::dist::JobComplete {
     match r {
         Ok(RunJobResult::Complete(c)) => c,
         Ok(RunJobResult::JobNotFound) => panic!("job not found"),
@@ -437,6 +446,198 @@ fn bad_requests_are_job_errors_never_panics() {
     assert!(h.server.builder().engine().is_healthy());
     h.assign(6, &tc);
     assert_eq!(complete(h.run(6, cc(&[]), &[], &[])).output.code, 0);
+}
+
+/// Ids that would be file names outside the cache (or panic sccache's `TcCache`, which
+/// slices the id's first byte).
+const BAD_IDS: [&str; 4] = ["/etc/x", "../x", "", "\u{e9}\u{2026}"];
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn invalid_toolchain_ids_are_refused_at_every_entry() {
+    let h = harness(small_config());
+    let cache = h._tmp.path().join("cache");
+    let before = listing(&cache);
+    for (i, id) in BAD_IDS.iter().enumerate() {
+        let tc = Toolchain {
+            archive_id: id.to_string(),
+        };
+        let job = JobId(100 + i as u64);
+        // JailServer::assign_job (the HTTP side and embedders).
+        let e = h.server.assign_job(job, tc.clone()).err().expect("refused");
+        assert!(
+            matches!(&e, ServerError::Job(JobError::ToolchainId(_))),
+            "{id:?}: {e}"
+        );
+        // Never assigned, so no upload and no run for it.
+        let s = h
+            .server
+            .submit_toolchain(&h.sched, job, &mut &b"data"[..])
+            .unwrap();
+        assert!(matches!(s, SubmitToolchainResult::JobNotFound), "{id:?}");
+        // JailBuilder::build (the library).
+        let e = h
+            .server
+            .builder()
+            .build(
+                Some(job),
+                &tc,
+                cc(&[]),
+                vec![],
+                &mut &tar_of(&[])[..],
+                h.server.toolchain_cache(),
+            )
+            .err()
+            .expect("refused");
+        assert!(matches!(e, JobError::ToolchainId(_)), "{id:?}: {e}");
+        // BuilderIncoming::run_build is build() behind sccache's InputsReader, whose
+        // constructor is private to sccache.
+    }
+    assert_eq!(listing(&cache), before, "nothing created in the cache dir");
+    assert!(!Path::new("/etc/x").exists());
+    assert!(!h._tmp.path().join("x").exists() && !cache.join("x").exists());
+}
+
+/// A reader that yields `first` bytes, then waits for a signal, then ends.
+struct Gate {
+    first: Vec<u8>,
+    gate: std::sync::mpsc::Receiver<()>,
+    started: std::sync::mpsc::Sender<()>,
+}
+
+impl Read for Gate {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.first.is_empty() {
+            let n = buf.len().min(self.first.len());
+            buf[..n].copy_from_slice(&self.first[..n]);
+            self.first.drain(..n);
+            return Ok(n);
+        }
+        let _ = self.started.send(());
+        let _ = self.gate.recv();
+        Ok(0)
+    }
+}
+
+#[test]
+fn uploads_have_a_per_upload_cap_and_a_shared_budget() {
+    let h = harness_with(
+        small_config(),
+        UploadLimits {
+            per_upload: 1000,
+            staged_total: 1500,
+        },
+    );
+    let incoming = h._tmp.path().join("cache/incoming");
+    assert_eq!(h.server.max_upload_bytes(), 1000);
+    // A valid archive (its digest matches) of 900 bytes.
+    let body: Vec<u8> = (0..900u32).map(|i| (i * 7 % 251) as u8).collect();
+    let b = toolchain(body);
+    // One upload over the per-upload cap.
+    let big = toolchain(vec![1u8; 1001]);
+    h.server.assign_job(JobId(1), big.0.clone()).unwrap();
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(1), &mut big.1.as_slice())
+        .unwrap();
+    assert!(matches!(s, SubmitToolchainResult::CannotCache));
+    assert_eq!(fs::read_dir(&incoming).unwrap().count(), 0);
+    assert_eq!(h.server.staged_upload_bytes(), 0);
+
+    // Upload A holds 700 bytes of the budget while B (900) arrives: B is refused.
+    h.server.assign_job(JobId(2), good_toolchain().0).unwrap();
+    h.server.assign_job(JobId(3), b.0.clone()).unwrap();
+    let (open, gate) = std::sync::mpsc::channel();
+    let (started, waiting) = std::sync::mpsc::channel();
+    let server = h.server.clone();
+    let a = std::thread::spawn(move || {
+        let sched = Scheduler::default();
+        let mut r = Gate {
+            first: vec![0u8; 700],
+            gate,
+            started,
+        };
+        server.submit_toolchain(&sched, JobId(2), &mut r).unwrap()
+    });
+    waiting.recv().unwrap();
+    assert_eq!(h.server.staged_upload_bytes(), 700);
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(3), &mut b.1.as_slice())
+        .unwrap();
+    assert!(matches!(s, SubmitToolchainResult::CannotCache));
+    assert_eq!(h.server.staged_upload_bytes(), 700, "B's share released");
+    assert_eq!(fs::read_dir(&incoming).unwrap().count(), 1, "only A's file");
+    open.send(()).unwrap();
+    // A's bytes do not match its id: CannotCache, and the budget is free again.
+    assert!(matches!(
+        a.join().unwrap(),
+        SubmitToolchainResult::CannotCache
+    ));
+    assert_eq!(h.server.staged_upload_bytes(), 0);
+    assert_eq!(fs::read_dir(&incoming).unwrap().count(), 0);
+    // Now B fits.
+    let s = h
+        .server
+        .submit_toolchain(&h.sched, JobId(3), &mut b.1.as_slice())
+        .unwrap();
+    assert!(matches!(s, SubmitToolchainResult::Success));
+}
+
+#[test]
+fn upload_limit_keys_parse_and_validate() {
+    let cfg = parse(EXAMPLE).unwrap();
+    assert_eq!(cfg.upload_limits(), UploadLimits::default());
+    assert_eq!(
+        cfg.max_run_job_header_bytes,
+        http::DEFAULT_MAX_RUN_JOB_HEADER
+    );
+    let cfg = parse(&EXAMPLE.replace(
+        "cache_dir",
+        "max_toolchain_upload_bytes = 10\nmax_staged_upload_bytes = 20\n\
+         max_run_job_header_bytes = 30\ncache_dir",
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.upload_limits(),
+        UploadLimits {
+            per_upload: 10,
+            staged_total: 20
+        }
+    );
+    assert_eq!(cfg.max_run_job_header_bytes, 30);
+    for bad in [
+        "max_toolchain_upload_bytes = 0",
+        "max_staged_upload_bytes = 0",
+        "max_run_job_header_bytes = 0",
+        "max_run_job_header_bytes = 4294967296",
+    ] {
+        let e = parse(&EXAMPLE.replace("cache_dir", &format!("{bad}\ncache_dir"))).expect_err(bad);
+        assert!(
+            e.to_string().contains(bad.split(' ').next().unwrap()),
+            "{e}"
+        );
+    }
 }
 
 #[test]
