@@ -22,8 +22,10 @@
 //! `exec` clones one child straight into a new pid namespace (`clone(CLONE_NEWPID)`). It
 //! joins the container's pinned net/ipc/uts namespaces and its mount namespace (pivoted
 //! into the root when the container was made or reset, so the per-exec cost does not grow
-//! with the host's mount table), unshares a private copy of the latter, mounts /proc, drops
-//! privileges and execs the compiler as pid 1 (see the `child` module). When it exits the
+//! with the host's mount table), unshares a private copy of the latter and a cgroup
+//! namespace, leaves the server's session (no controlling terminal), mounts /proc (pid
+//! directories only), drops privileges, installs the seccomp filter and execs the compiler
+//! as pid 1 (see the `child` and `seccomp` modules). When it exits the
 //! kernel kills every process left in its pid namespace before the server's wait returns,
 //! so nothing outlives a compile.
 
@@ -31,6 +33,7 @@ mod cgroup;
 mod child;
 mod error;
 mod probe;
+mod seccomp;
 mod sys;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -106,6 +109,8 @@ pub struct LinuxBackend {
     next_container: AtomicU64,
     skel_lock: Mutex<()>,
     limit_mechanism: LimitMechanism,
+    /// Compiled once: every exec's child installs it (see the `seccomp` module).
+    seccomp: seccomp::Filters,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -338,6 +343,7 @@ impl LinuxBackend {
     /// instance on the same state directory fails here with [`LinuxError::Locked`].
     pub fn new(config: LinuxConfig) -> Result<Self, LinuxError> {
         check_privileges()?;
+        let seccomp = seccomp::Filters::build().map_err(LinuxError::Seccomp)?;
         let state_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| LinuxError::StateDir { path, source }
@@ -436,6 +442,7 @@ impl LinuxBackend {
             dev_null,
             next_container: AtomicU64::new(1),
             skel_lock: Mutex::new(()),
+            seccomp,
         };
         for d in [backend.images_dir(), backend.containers_dir()] {
             DirBuilder::new()
@@ -699,6 +706,7 @@ impl LinuxBackend {
                 (libc::RLIMIT_NOFILE, limits.max_open_files),
                 (libc::RLIMIT_FSIZE, limits.max_file_bytes),
             ],
+            seccomp: self.seccomp.programs(),
         };
 
         // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2), here
