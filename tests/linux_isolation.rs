@@ -165,16 +165,6 @@ fn a_job_started_from_a_terminal_cannot_reach_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "run failed: {stdout}\n{stderr}");
     eprintln!("probe tty:\n{stdout}");
-    let r = results(&stdout);
-    // No controlling terminal: /dev/tty is "no such device or address" (tty(4)).
-    assert_eq!(r.get("open").map(String::as_str), Some("ENXIO"), "{stdout}");
-    // stdio is /dev/null and pipes; no other terminal device is there.
-    for fd in 0..=2 {
-        assert_eq!(r[&format!("tiocsti_fd{fd}")], "ENOTTY", "{stdout}");
-    }
-    for dev in ["console", "tty0", "tty1", "ptmx", "pts/0"] {
-        assert_ne!(r[&format!("open_{dev}")], "ok", "{dev} reachable: {stdout}");
-    }
     // Nothing was written to the terminal, nothing pushed into its input (with echo on,
     // an injected byte would also come back on the master).
     let echoed = drain(&pty.master, Duration::from_millis(300));
@@ -188,6 +178,16 @@ fn a_job_started_from_a_terminal_cannot_reach_it() {
     let r = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::FIONREAD, &mut pending) };
     assert_eq!(r, 0);
     assert_eq!(pending, 0, "bytes were injected into the terminal's input");
+    let r = results(&stdout);
+    // No controlling terminal: /dev/tty is "no such device or address" (tty(4)).
+    assert_eq!(r.get("open").map(String::as_str), Some("ENXIO"), "{stdout}");
+    // stdio is /dev/null and pipes; no other terminal device is there.
+    for fd in 0..=2 {
+        assert_eq!(r[&format!("tiocsti_fd{fd}")], "ENOTTY", "{stdout}");
+    }
+    for dev in ["console", "tty0", "tty1", "ptmx", "pts/0"] {
+        assert_ne!(r[&format!("open_{dev}")], "ok", "{dev} reachable: {stdout}");
+    }
 }
 
 #[test]
@@ -288,6 +288,46 @@ fn the_cgroup_path_shows_nothing_of_the_host() {
     for line in s.lines() {
         assert!(line.ends_with(":/"), "host cgroup path: {line} in {s}");
     }
+}
+
+#[test]
+fn dev_holds_only_the_skeleton_nodes() {
+    require_root!();
+    // A base_dir tree with a /dev of its own (a distribution's: console, ttys) and a
+    // toolchain with one: neither shows through the skeleton's /dev.
+    let base = tempfile::tempdir().unwrap();
+    let dev = base.path().join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    nix::sys::stat::mknod(
+        &dev.join("console"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(5, 1),
+    )
+    .unwrap();
+    std::fs::write(dev.join("from-base"), b"x").unwrap();
+    let base_dir = base.path().to_path_buf();
+    let f = fixture_with(|_| {}, move |lc| lc.base_dir = Some(base_dir));
+    let tc = toolchain_with(&[dir("dev", 0o755), file("dev/from-toolchain", 0o644, b"x")]);
+    let o = f
+        .build_tc(
+            "busybox-dev",
+            &tc,
+            &tar(&[]),
+            spec(&["ls", "-a", "/dev"]),
+            &[],
+        )
+        .unwrap();
+    let s = stdout(&o);
+    let names: Vec<&str> = s.split_whitespace().collect();
+    assert_eq!(
+        names,
+        [
+            ".", "..", "fd", "full", "null", "random", "stderr", "stdin", "stdout", "tty",
+            "urandom", "zero"
+        ],
+        "{s}"
+    );
 }
 
 /// Packages the host's cc with `jailbuilder toolchain` (as tests/cli_run.rs does).

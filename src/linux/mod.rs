@@ -485,6 +485,12 @@ impl LinuxBackend {
         let _guard = self.skel_lock.lock().unwrap_or_else(|p| p.into_inner());
         let skel = self.skel_dir();
         if skel.is_dir() {
+            // A skeleton of an earlier version lacks the opaque mark: set it now, on a
+            // directory no container of this instance uses yet (the first call comes
+            // before any); later calls find it set.
+            let dev = skel.join("dev");
+            sys::set_overlay_opaque(&dev)
+                .map_err(|source| LinuxError::Skel { path: dev, source })?;
             return Ok(skel);
         }
         let new = self.state.join("skel.new");
@@ -504,6 +510,11 @@ impl LinuxBackend {
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(err(&p))?;
         }
         let dev = new.join("dev");
+        // /dev is exactly the skeleton's: an opaque directory hides the lower layers' /dev
+        // (overlayfs: "trusted.overlay.opaque"), so neither a toolchain nor a base_dir tree
+        // (a distribution's /dev/console, ttys, disks) adds device nodes or symlinks there.
+        // Of terminals only /dev/tty remains, which without a controlling terminal is ENXIO.
+        sys::set_overlay_opaque(&dev).map_err(err(&dev))?;
         for (name, major, minor) in [
             ("null", 1, 3),
             ("zero", 1, 5),
