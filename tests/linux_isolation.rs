@@ -278,6 +278,27 @@ fn proc_holds_only_the_sandbox_pids() {
 }
 
 #[test]
+fn compilers_still_see_the_cpus_and_memory() {
+    let bin = require_probe!();
+    let f = fixture();
+    // /proc/stat and /proc/cpuinfo are gone (subset=pid): glibc counts the CPUs in the
+    // affinity mask instead, which is what this process has too.
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity(2) fills it.
+    let host = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set)
+    };
+    let r = run_probe(&f, bin, "info");
+    assert_eq!(r["get_nprocs"], host.to_string(), "{r:?}");
+    assert_eq!(r["nprocessors_onln"], host.to_string(), "{r:?}");
+    assert_eq!(r["phys_pages_known"], "yes", "{r:?}");
+}
+
+#[test]
 fn the_cgroup_path_shows_nothing_of_the_host() {
     require_root!();
     let f = fixture();

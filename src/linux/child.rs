@@ -191,9 +191,10 @@ fn exec_in_sandbox(p: &ChildPlan) -> ! {
     // interrupts, sched_debug...), which are the kernel's, not the job's, and a large
     // read (and for root, write) surface. What a compiler reads is under /proc/self
     // (exe, maps, fd, cgroup, mountinfo for Rust's available_parallelism). What goes:
-    // /proc/cpuinfo and /proc/stat, /proc/meminfo. glibc's get_nprocs falls back from
-    // /sys (absent here anyway) and /proc/stat to sched_getaffinity (getsysstats.c), which
-    // nproc and make -j use anyway; GCC's -march=native on x86_64 uses cpuid, not
+    // /proc/cpuinfo, /proc/stat, /proc/meminfo, and the symlinks /proc/mounts and
+    // /proc/net (/proc/self/mounts and /proc/self/net remain). glibc's get_nprocs falls
+    // back from /sys (absent here anyway) and /proc/stat to sched_getaffinity
+    // (sysdeps/unix/sysv/linux/getsysstats.c), which nproc and make -j use anyway; GCC's -march=native on x86_64 uses cpuid, not
     // /proc/cpuinfo (gcc/config/i386/driver-i386.cc), and only aarch64's -mcpu=native reads
     // it (it then keeps the default CPU), which in a distributed build names the build
     // server's CPU anyway; physical memory comes from sysinfo(2) (sysconf(_SC_PHYS_PAGES)).

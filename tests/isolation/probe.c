@@ -4,6 +4,7 @@
  *
  *   probe tty       the controlling terminal: open /dev/tty, write to it, TIOCSTI into it
  *   probe syscalls  each system call the seccomp filter refuses, in a forked child each
+ *   probe info      what compilers ask glibc about the machine (CPUs, memory)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +22,7 @@
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -216,11 +218,20 @@ static int syscalls(void) {
     return 0;
 }
 
+static int info(void) {
+    printf("get_nprocs=%d\n", get_nprocs());
+    printf("nprocessors_onln=%ld\n", sysconf(_SC_NPROCESSORS_ONLN));
+    printf("phys_pages_known=%s\n", sysconf(_SC_PHYS_PAGES) > 0 ? "yes" : "no");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "tty") == 0)
         return tty();
     if (argc == 2 && strcmp(argv[1], "syscalls") == 0)
         return syscalls();
-    fprintf(stderr, "usage: probe tty|syscalls\n");
+    if (argc == 2 && strcmp(argv[1], "info") == 0)
+        return info();
+    fprintf(stderr, "usage: probe tty|syscalls|info\n");
     return 2;
 }
