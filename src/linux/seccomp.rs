@@ -126,16 +126,22 @@ const DENIED: &[libc::c_long] = &[
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-// Classic BPF opcodes (include/uapi/linux/bpf_common.h) and the offset of `nr` in
-// `struct seccomp_data` (include/uapi/linux/seccomp.h), for the x32 prelude.
+// Classic BPF opcodes (include/uapi/linux/bpf_common.h: BPF_LD 0x00, BPF_W 0x00, BPF_ABS
+// 0x20, BPF_JMP 0x05, BPF_JEQ 0x10, BPF_JGE 0x30, BPF_K 0x00, BPF_RET 0x06) and the
+// offset of `nr` in `struct seccomp_data` (include/uapi/linux/seccomp.h), for the x32
+// prelude.
+/// BPF_LD | BPF_W | BPF_ABS
 #[cfg(target_arch = "x86_64")]
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+const BPF_LD_W_ABS: u16 = 0x20;
+/// BPF_JMP | BPF_JEQ | BPF_K
 #[cfg(target_arch = "x86_64")]
-const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10 | 0x00;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+/// BPF_JMP | BPF_JGE | BPF_K
 #[cfg(target_arch = "x86_64")]
-const BPF_JMP_JGE_K: u16 = 0x05 | 0x30 | 0x00;
+const BPF_JMP_JGE_K: u16 = 0x35;
+/// BPF_RET | BPF_K
 #[cfg(target_arch = "x86_64")]
-const BPF_RET_K: u16 = 0x06 | 0x00;
+const BPF_RET_K: u16 = 0x06;
 #[cfg(target_arch = "x86_64")]
 const SECCOMP_DATA_NR_OFFSET: u32 = 0;
 
@@ -304,28 +310,33 @@ mod tests {
     /// of the first that did not.
     fn checks() -> i32 {
         let clone_flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_ulong;
-        // SAFETY (all below): raw system calls with integer or NULL arguments.
         let calls: [(&dyn Fn() -> libc::c_long, i32); 6] = [
             (
+                // SAFETY: a raw system call with integer arguments.
                 &|| unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) },
                 libc::EPERM,
             ),
             (
+                // SAFETY: a raw system call with a NULL pointer and size 0.
                 &|| unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) },
                 libc::ENOSYS,
             ),
             (
+                // SAFETY: a raw system call with integer arguments (fork-like: no stack).
                 &|| unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0, 0, 0, 0) },
                 libc::EPERM,
             ),
             (
+                // SAFETY: socket(2) with integer arguments.
                 &|| unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0).into() },
                 libc::EPERM,
             ),
             (
+                // SAFETY: socket(2) with integer arguments.
                 &|| unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0).into() },
                 0,
             ),
+            // SAFETY: getpid(2) has no arguments.
             (&|| unsafe { libc::syscall(libc::SYS_getpid) }, 0),
         ];
         for (i, (call, want)) in calls.iter().enumerate() {
