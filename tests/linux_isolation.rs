@@ -469,3 +469,17 @@ fn exec_cost_is_printed() {
     backend.destroy_container(container).unwrap();
     backend.destroy_image(image).unwrap();
 }
+
+#[test]
+fn doctor_reports_the_seccomp_filter_and_the_cgroup_namespace() {
+    require_root!();
+    let items = jailbuilder::linux::probe();
+    for name in ["seccomp filter", "cgroup namespace"] {
+        let it = items
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no {name}: {items:?}"));
+        assert!(it.ok, "{it:?}");
+        eprintln!("{name}: {}", it.detail);
+    }
+}

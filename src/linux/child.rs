@@ -186,20 +186,22 @@ fn reset_signals() {
 /// The rest of the child, in its namespaces: /proc, cwd, identity, limits, execve.
 fn exec_in_sandbox(p: &ChildPlan) -> ! {
     // A new proc of this pid namespace, so only the sandbox's own processes appear, with
-    // `subset=pid` (proc(5), Linux 5.8): nothing but the pid directories and self /
-    // thread-self, so none of the host-wide files (/proc/sys, kallsyms, keys, stat,
-    // interrupts, sched_debug...), which are the kernel's, not the job's, and a large
-    // read (and for root, write) surface. What a compiler reads is under /proc/self
-    // (exe, maps, fd, cgroup, mountinfo for Rust's available_parallelism). What goes:
-    // /proc/cpuinfo, /proc/stat, /proc/meminfo, and the symlinks /proc/mounts and
-    // /proc/net (/proc/self/mounts and /proc/self/net remain). glibc's get_nprocs falls
-    // back from /sys (absent here anyway) and /proc/stat to sched_getaffinity
-    // (sysdeps/unix/sysv/linux/getsysstats.c), which nproc and make -j use anyway; GCC's -march=native on x86_64 uses cpuid, not
-    // /proc/cpuinfo (gcc/config/i386/driver-i386.cc), and only aarch64's -mcpu=native reads
-    // it (it then keeps the default CPU), which in a distributed build names the build
-    // server's CPU anyway; physical memory comes from sysinfo(2) (sysconf(_SC_PHYS_PAGES)).
-    // `hidepid=invisible` also hides processes the reader may not ptrace: all of the
-    // sandbox's run as one uid, so this only matters if one becomes non-dumpable.
+    // `subset=pid` (proc(5); Linux 5.8, and close_range already needs 5.9): nothing but
+    // the pid directories and self / thread-self, so none of the host-wide files
+    // (/proc/sys, kallsyms, keys, stat, interrupts, sched_debug...), which are the
+    // kernel's, not the job's, and a large read (and for root, write) surface. What a
+    // compiler reads is under /proc/self (exe, maps, fd, cgroup, mountinfo for Rust's
+    // available_parallelism). What goes: /proc/cpuinfo, /proc/stat, /proc/meminfo, and
+    // the symlinks /proc/mounts and /proc/net (/proc/self/mounts and /proc/self/net
+    // remain). glibc's get_nprocs falls back from /sys (absent here anyway) and /proc/stat
+    // to sched_getaffinity (sysdeps/unix/sysv/linux/getsysstats.c), which nproc and
+    // make -j use anyway; physical memory comes from sysinfo(2) (_SC_PHYS_PAGES). GCC's
+    // -march=native uses cpuid on x86_64 (gcc/config/i386/driver-i386.cc); only aarch64's
+    // -mcpu=native reads /proc/cpuinfo, and without it "ignores the option" (keeps the
+    // default CPU, driver-aarch64.cc), while in a distributed build "native" would name
+    // the build server's CPU, not the client's, anyway. `hidepid=invisible` also hides
+    // processes the reader may not ptrace: the sandbox's all run as one uid, so this only
+    // matters once one is non-dumpable.
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
