@@ -10,9 +10,9 @@
 //!
 //! - [`Filters::eperm`]: default allow; the listed system calls fail with EPERM.
 //! - [`Filters::enosys`]: default allow; clone3 fails with ENOSYS. clone3's flags live in a
-//!   `struct clone_args` in memory, which a seccomp filter cannot read (seccomp(2): "the
-//!   filter sees only the system call number and arguments"), so it cannot tell a plain
-//!   thread from a new namespace; ENOSYS is what glibc (>= 2.34, clone3 in
+//!   `struct clone_args` in memory, which a seccomp filter cannot read (it sees the call's
+//!   number and raw arguments, `struct seccomp_data`, and cannot follow pointers), so it
+//!   cannot tell a plain thread from a new namespace; ENOSYS is what glibc (>= 2.34, clone3 in
 //!   `sysdeps/unix/sysv/linux/clone-internal.c`) treats as "old kernel" and falls back to
 //!   clone(2), whose flags argument the EPERM filter does check. On x86_64 this filter also
 //!   refuses every x32 system call (`__X32_SYSCALL_BIT`): those share AUDIT_ARCH_X86_64 with
@@ -23,10 +23,11 @@
 //! (i386 `int 0x80` on x86_64, AArch32 on aarch64) kills the process, since its numbers
 //! mean other calls. Compilers are 64-bit programs.
 //!
-//! When several filters are installed the kernel runs all of them and the most severe
-//! action wins (seccomp(2), "the return value ... is the first-seen action value of highest
-//! precedence"); both are default-allow and they deny disjoint sets, so their order does not
-//! matter.
+//! When several filters are installed the kernel runs all of them and the action of
+//! highest precedence wins (seccomp(2), and seccomp_run_filters in kernel/seccomp.c);
+//! both are default-allow and deny disjoint sets, so their order does not matter. The
+//! default-allow calls cost next to nothing: the kernel caches "always allowed" per system
+//! call number and skips the filter for them (seccomp_cache_check_allow, Linux 5.11).
 
 use std::collections::BTreeMap;
 use std::os::raw::c_ulong;
@@ -203,8 +204,9 @@ impl Filters {
             .collect::<Result<Vec<_>, _>>()?;
         eperm.insert(libc::SYS_clone, clone_rules);
         // socket(AF_NETLINK, ...): netlink is the interface to routing, nf_tables, audit,
-        // uevents, xfrm... A compile needs files and, at most, local sockets; glibc's
-        // getaddrinfo uses netlink only for AI_ADDRCONFIG, and falls back when it fails.
+        // uevents, xfrm... A compile needs files and, at most, local sockets (the network
+        // namespace has only lo); the one netlink user in glibc, getaddrinfo asking for the
+        // local addresses (check_pf.c), assumes both IPv4 and IPv6 when it cannot ask.
         eperm.insert(
             libc::SYS_socket,
             vec![SeccompRule::new(vec![condition(
