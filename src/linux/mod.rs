@@ -7,7 +7,8 @@
 //! lock                  flock(2)ed by the live instance for its whole life
 //! images/<id>/          an unpacked toolchain: a read-only overlay lower layer
 //! staging/<id>/         a toolchain being unpacked (renamed to images/<id> when complete)
-//! skel/                 shared lower layer: /dev nodes (null zero full random urandom tty),
+//! skel/                 shared lower layer: /dev nodes (null zero full random urandom tty;
+//!                       /dev is opaque, nothing of the layers below shows there),
 //!                       empty /proc, /tmp (1777): per-container reset needs no mknod
 //! containers/c<n>/tmp/  per-container tmpfs holding upper/ and work/
 //! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
