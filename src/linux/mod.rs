@@ -55,6 +55,7 @@ use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
 pub use probe::{probe, ProbeItem};
+pub use seccomp::SeccompError;
 
 /// Where state lives unless configured otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jailbuilder";

@@ -35,8 +35,8 @@ use std::os::raw::c_ulong;
 use crate::exec::{errno, SetupStep};
 
 use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 /// Why the filter could not be built.
@@ -223,36 +223,40 @@ impl Filters {
         })
     }
 
-    /// Adds the x32 prelude to the ENOSYS program (x86_64 only).
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    /// Adds the x32 prelude to the ENOSYS program.
+    #[cfg(target_arch = "x86_64")]
     fn finish(mut self) -> Result<Filters, SeccompError> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // seccompiler's program begins: load arch; jeq AUDIT_ARCH_X86_64 +1; ret KILL.
-            // The prelude goes right after that check, where its jump lands; every jump of
-            // the rest is relative and stays inside the rest, so inserting is safe.
-            let arch_check_ok = self.enosys.len() > 3
-                && self.enosys[0].code == BPF_LD_W_ABS
-                && self.enosys[1].code == BPF_JMP_JEQ_K
-                && self.enosys[1].jt == 1
-                && self.enosys[2].code == BPF_RET_K
-                && self.enosys[2].k == libc::SECCOMP_RET_KILL_PROCESS;
-            if !arch_check_ok {
-                return Err(SeccompError::UnexpectedLayout);
-            }
-            let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-            let prelude = [
-                insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET),
-                insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
-                insn(
-                    BPF_RET_K,
-                    0,
-                    0,
-                    libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-                ),
-            ];
-            self.enosys.splice(3..3, prelude);
+        use seccompiler::sock_filter;
+        // seccompiler's program begins: load arch; jeq AUDIT_ARCH_X86_64 +1; ret KILL.
+        // The prelude goes right after that check, where its jump lands; every jump of
+        // the rest is relative and stays inside the rest, so inserting is safe.
+        let arch_check_ok = self.enosys.len() > 3
+            && self.enosys[0].code == BPF_LD_W_ABS
+            && self.enosys[1].code == BPF_JMP_JEQ_K
+            && self.enosys[1].jt == 1
+            && self.enosys[2].code == BPF_RET_K
+            && self.enosys[2].k == libc::SECCOMP_RET_KILL_PROCESS;
+        if !arch_check_ok {
+            return Err(SeccompError::UnexpectedLayout);
         }
+        let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+        let prelude = [
+            insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET),
+            insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+            insn(
+                BPF_RET_K,
+                0,
+                0,
+                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+            ),
+        ];
+        self.enosys.splice(3..3, prelude);
+        Ok(self)
+    }
+
+    /// aarch64 has no second ABI with the same audit arch: nothing to add.
+    #[cfg(target_arch = "aarch64")]
+    fn finish(self) -> Result<Filters, SeccompError> {
         Ok(self)
     }
 
