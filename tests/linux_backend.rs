@@ -211,7 +211,7 @@ fn network_is_unreachable_and_only_lo_exists() {
     let f = fixture();
     let img = image(&f.backend);
     let c = f.backend.create_container(&img).unwrap();
-    let o = sh(&f.backend, &c, "cat /proc/net/dev");
+    let o = sh(&f.backend, &c, "cat /proc/self/net/dev");
     let ifaces: Vec<String> = stdout(&o)
         .lines()
         .skip(2)

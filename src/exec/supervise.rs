@@ -38,12 +38,16 @@ pub enum SetupStep {
     Wait,
     /// Joining the container's cgroup (writing to its cgroup.procs).
     Cgroup,
-    /// setsid(2): a new session, without a controlling terminal.
+    /// Leaving the server's session (setsid(2)), and so its controlling terminal.
     Setsid,
+    /// prctl(PR_SET_NO_NEW_PRIVS).
+    NoNewPrivs,
+    /// Installing the seccomp filter (seccomp(2) SECCOMP_SET_MODE_FILTER).
+    Seccomp,
 }
 
 impl SetupStep {
-    const ALL: [SetupStep; 21] = [
+    const ALL: [SetupStep; 23] = [
         SetupStep::Dup2,
         SetupStep::CloseFds,
         SetupStep::JailAttach,
@@ -65,6 +69,8 @@ impl SetupStep {
         SetupStep::Wait,
         SetupStep::Cgroup,
         SetupStep::Setsid,
+        SetupStep::NoNewPrivs,
+        SetupStep::Seccomp,
     ];
 
     fn from_u32(v: u32) -> Option<SetupStep> {

@@ -10,7 +10,8 @@
 //! dies with the server (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the
 //! container's net/ipc/uts namespaces and its mount namespace (pivoted into the container
 //! root when the container was made, so joining it is the chroot), unshares a private copy
-//! of the latter, mounts /proc, drops to the build user, sets rlimits and execs the
+//! of the latter (and a cgroup namespace), leaves the server's session, mounts /proc,
+//! drops to the build user, sets rlimits, installs the seccomp filter and execs the
 //! compiler. When the compiler (pid 1) exits, the kernel kills every other process of its
 //! pid namespace before the server's wait returns. (It used to fork twice: A, then B.)
 
@@ -50,6 +51,9 @@ pub(super) struct ChildPlan {
     pub gid: libc::gid_t,
     /// Limits to set (soft = hard); a value of 0 means "leave as is".
     pub rlimits: [(RlimitResource, u64); 4],
+    /// The seccomp programs, installed (after setting no_new_privs) as the last step
+    /// before execve; they point into the backend's [`super::seccomp::Filters`].
+    pub seccomp: [libc::sock_fprog; 2],
 }
 
 fn exit(code: c_int) -> ! {
@@ -133,10 +137,27 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
 
     reset_signals();
 
+    // A session of its own, with no controlling terminal: otherwise a job started from an
+    // operator's terminal (`jailbuilder run`, a server in the foreground) could open
+    // /dev/tty, which is the caller's controlling terminal (tty(4)), read what is typed and
+    // push keystrokes into the operator's shell with TIOCSTI (ioctl_tty(2)). After setsid
+    // opening /dev/tty fails with ENXIO. Being a session leader, the job would acquire any
+    // terminal it opened without O_NOCTTY (tty_open_proc_set_tty in drivers/tty/tty_io.c), but
+    // none is reachable: the skeleton's /dev/tty is the only tty node, device nodes cannot
+    // come from a toolchain archive (refused on unpack) nor be made (mknod needs
+    // CAP_MKNOD), no devpts is mounted, and stdio is /dev/null and pipes. pid 1 of a new
+    // pid namespace is not a process group leader (its group is the server's), so setsid
+    // cannot fail with EPERM.
+    // SAFETY: setsid(2) takes no arguments.
+    let r = unsafe { libc::syscall(libc::SYS_setsid) };
+    check(ERR_FD, SetupStep::Setsid, r);
+
     // A private copy of the container's mount namespace (one mount, all private) for this
-    // command's /proc.
+    // command's /proc, and a cgroup namespace rooted at the cgroup joined above (or the
+    // server's, without cgroup limits): /proc/self/cgroup then shows "0::/", not the host's
+    // cgroup paths (cgroup_namespaces(7)).
     // SAFETY: unshare(2) with integer flags; this process is single-threaded.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP) };
     check(ERR_FD, SetupStep::Unshare, r as c_long);
     exec_in_sandbox(p)
 }
@@ -164,6 +185,23 @@ fn reset_signals() {
 
 /// The rest of the child, in its namespaces: /proc, cwd, identity, limits, execve.
 fn exec_in_sandbox(p: &ChildPlan) -> ! {
+    // A new proc of this pid namespace, so only the sandbox's own processes appear, with
+    // `subset=pid` (proc(5); Linux 5.8, and close_range already needs 5.9): nothing but
+    // the pid directories and self / thread-self, so none of the host-wide files
+    // (/proc/sys, kallsyms, keys, stat, interrupts, sched_debug...), which are the
+    // kernel's, not the job's, and a large read (and for root, write) surface. What a
+    // compiler reads is under /proc/self (exe, maps, fd, cgroup, mountinfo for Rust's
+    // available_parallelism). What goes: /proc/cpuinfo, /proc/stat, /proc/meminfo, and
+    // the symlinks /proc/mounts and /proc/net (/proc/self/mounts and /proc/self/net
+    // remain). glibc's get_nprocs falls back from /sys (absent here anyway) and /proc/stat
+    // to sched_getaffinity (sysdeps/unix/sysv/linux/getsysstats.c), which nproc and
+    // make -j use anyway; physical memory comes from sysinfo(2) (_SC_PHYS_PAGES). GCC's
+    // -march=native uses cpuid on x86_64 (gcc/config/i386/driver-i386.cc); only aarch64's
+    // -mcpu=native reads /proc/cpuinfo, and without it "ignores the option" (keeps the
+    // default CPU, driver-aarch64.cc), while in a distributed build "native" would name
+    // the build server's CPU, not the client's, anyway. `hidepid=invisible` also hides
+    // processes the reader may not ptrace: the sandbox's all run as one uid, so this only
+    // matters once one is non-dumpable.
     // SAFETY: mount(2) of a new proc (of this pid namespace) with static strings; /proc
     // resolves inside the container root, where the skeleton layer makes it a directory.
     let r = unsafe {
@@ -172,7 +210,7 @@ fn exec_in_sandbox(p: &ChildPlan) -> ! {
             c"/proc".as_ptr(),
             c"proc".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
+            c"subset=pid,hidepid=invisible".as_ptr().cast(),
         )
     };
     check(ERR_FD, SetupStep::MountProc, r as c_long);
@@ -223,6 +261,21 @@ fn exec_in_sandbox(p: &ChildPlan) -> ! {
         // SAFETY: setrlimit(2) with a valid pointer to a local struct.
         let r = unsafe { libc::setrlimit(resource, &lim) };
         check(ERR_FD, SetupStep::Rlimit, r as c_long);
+    }
+    // No core dumps, and no raising the limit again: with a piped core_pattern
+    // (core(5) "|program") a crash would run a host helper on the job's memory image.
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit(2) with a valid pointer to a local struct.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    check(ERR_FD, SetupStep::Rlimit, r as c_long);
+
+    // Last: no_new_privs and the seccomp filter (see the seccomp module), so the set-up
+    // above needs none of what it refuses.
+    if let Err((step, e)) = super::seccomp::install(&p.seccomp) {
+        child_fail(ERR_FD, step, e)
     }
 
     // SAFETY: execve(2) with NUL-terminated strings and NULL-terminated arrays prepared

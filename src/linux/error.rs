@@ -158,6 +158,9 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    /// The seccomp filter could not be built (another architecture than x86_64/aarch64).
+    #[error("building the sandbox's seccomp filter")]
+    Seccomp(#[source] super::seccomp::SeccompError),
     #[error("{count} process(es) of the sandbox {root} still alive after SIGKILL")]
     Kill { root: PathBuf, count: usize },
 }

@@ -7,7 +7,8 @@
 //! lock                  flock(2)ed by the live instance for its whole life
 //! images/<id>/          an unpacked toolchain: a read-only overlay lower layer
 //! staging/<id>/         a toolchain being unpacked (renamed to images/<id> when complete)
-//! skel/                 shared lower layer: /dev nodes (null zero full random urandom tty),
+//! skel/                 shared lower layer: /dev nodes (null zero full random urandom tty;
+//!                       /dev is opaque, nothing of the layers below shows there),
 //!                       empty /proc, /tmp (1777): per-container reset needs no mknod
 //! containers/c<n>/tmp/  per-container tmpfs holding upper/ and work/
 //! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
@@ -22,8 +23,10 @@
 //! `exec` clones one child straight into a new pid namespace (`clone(CLONE_NEWPID)`). It
 //! joins the container's pinned net/ipc/uts namespaces and its mount namespace (pivoted
 //! into the root when the container was made or reset, so the per-exec cost does not grow
-//! with the host's mount table), unshares a private copy of the latter, mounts /proc, drops
-//! privileges and execs the compiler as pid 1 (see the `child` module). When it exits the
+//! with the host's mount table), unshares a private copy of the latter and a cgroup
+//! namespace, leaves the server's session (no controlling terminal), mounts /proc (pid
+//! directories only), drops privileges, installs the seccomp filter and execs the compiler
+//! as pid 1 (see the `child` and `seccomp` modules). When it exits the
 //! kernel kills every process left in its pid namespace before the server's wait returns,
 //! so nothing outlives a compile.
 
@@ -31,6 +34,7 @@ mod cgroup;
 mod child;
 mod error;
 mod probe;
+mod seccomp;
 mod sys;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -51,6 +55,7 @@ use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
 pub use probe::{probe, ProbeItem};
+pub use seccomp::SeccompError;
 
 /// Where state lives unless configured otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jailbuilder";
@@ -106,6 +111,8 @@ pub struct LinuxBackend {
     next_container: AtomicU64,
     skel_lock: Mutex<()>,
     limit_mechanism: LimitMechanism,
+    /// Compiled once: every exec's child installs it (see the `seccomp` module).
+    seccomp: seccomp::Filters,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -338,6 +345,7 @@ impl LinuxBackend {
     /// instance on the same state directory fails here with [`LinuxError::Locked`].
     pub fn new(config: LinuxConfig) -> Result<Self, LinuxError> {
         check_privileges()?;
+        let seccomp = seccomp::Filters::build().map_err(LinuxError::Seccomp)?;
         let state_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| LinuxError::StateDir { path, source }
@@ -436,6 +444,7 @@ impl LinuxBackend {
             dev_null,
             next_container: AtomicU64::new(1),
             skel_lock: Mutex::new(()),
+            seccomp,
         };
         for d in [backend.images_dir(), backend.containers_dir()] {
             DirBuilder::new()
@@ -478,6 +487,12 @@ impl LinuxBackend {
         let _guard = self.skel_lock.lock().unwrap_or_else(|p| p.into_inner());
         let skel = self.skel_dir();
         if skel.is_dir() {
+            // A skeleton of an earlier version lacks the opaque mark: set it now, on a
+            // directory no container of this instance uses yet (the first call comes
+            // before any); later calls find it set.
+            let dev = skel.join("dev");
+            sys::set_overlay_opaque(&dev)
+                .map_err(|source| LinuxError::Skel { path: dev, source })?;
             return Ok(skel);
         }
         let new = self.state.join("skel.new");
@@ -497,6 +512,11 @@ impl LinuxBackend {
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(err(&p))?;
         }
         let dev = new.join("dev");
+        // /dev is exactly the skeleton's: an opaque directory hides the lower layers' /dev
+        // (overlayfs: "trusted.overlay.opaque"), so neither a toolchain nor a base_dir tree
+        // (a distribution's /dev/console, ttys, disks) adds device nodes or symlinks there.
+        // Of terminals only /dev/tty remains, which without a controlling terminal is ENXIO.
+        sys::set_overlay_opaque(&dev).map_err(err(&dev))?;
         for (name, major, minor) in [
             ("null", 1, 3),
             ("zero", 1, 5),
@@ -699,6 +719,7 @@ impl LinuxBackend {
                 (libc::RLIMIT_NOFILE, limits.max_open_files),
                 (libc::RLIMIT_FSIZE, limits.max_file_bytes),
             ],
+            seccomp: self.seccomp.programs(),
         };
 
         // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2), here

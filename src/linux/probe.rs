@@ -103,6 +103,7 @@ pub fn probe() -> Vec<ProbeItem> {
             "mnt",
         ),
         ("pid namespace", CloneFlags::CLONE_NEWPID, "pid"),
+        ("cgroup namespace", CloneFlags::CLONE_NEWCGROUP, "cgroup"),
     ] {
         let present = fs::symlink_metadata(format!("/proc/self/ns/{file}")).is_ok();
         let r = if present {
@@ -204,6 +205,20 @@ pub fn probe() -> Vec<ProbeItem> {
             false,
             format!("{} (needs Linux 5.9+)", std::io::Error::last_os_error()),
         )
+    });
+
+    items.push(match super::seccomp::Filters::build() {
+        Ok(f) => item(
+            "seccomp filter",
+            true,
+            format!(
+                "{} + {} BPF instructions for {}",
+                f.eperm.len(),
+                f.enosys.len(),
+                std::env::consts::ARCH
+            ),
+        ),
+        Err(e) => item("seccomp filter", false, e.to_string()),
     });
     items
 }

@@ -32,6 +32,52 @@ pub(super) fn mount_tmpfs(path: &Path, size: u64) -> io::Result<()> {
     .map_err(io)
 }
 
+/// Marks the directory `path` of a lower layer opaque (`trusted.overlay.opaque` = "y"):
+/// overlayfs then shows only its entries, not those of the same directory in the layers
+/// beneath (Documentation/filesystems/overlayfs.rst, "whiteouts and opaque directories").
+/// Does nothing when the mark is there already; a filesystem without xattrs (EOPNOTSUPP)
+/// is logged and tolerated: the lower layers' /dev then shows through, as before.
+pub(super) fn set_overlay_opaque(path: &Path) -> io::Result<()> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut value = [0u8; 2];
+    // SAFETY: lgetxattr(2) with NUL-terminated strings and a live buffer of that length.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if n == 1 && value[0] == b'y' {
+        return Ok(());
+    }
+    // SAFETY: lsetxattr(2) with NUL-terminated name and path and a 1-byte value, all live.
+    let r = unsafe {
+        libc::lsetxattr(
+            cpath.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            log::warn!(
+                "{}: no extended attributes here, so the skeleton's /dev cannot be made \
+                 opaque: lower layers' /dev entries stay visible in sandboxes",
+                path.display()
+            );
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// True when `path` can appear in overlayfs' comma/colon separated options unescaped.
 pub(super) fn overlay_safe(path: &Path) -> bool {
     !path

@@ -1,0 +1,399 @@
+//! The seccomp filter of every sandboxed command: what a compiler never needs is refused, so
+//! that a hostile job cannot reach the kernel code behind it (new user namespaces and the
+//! mounts they allow, keyrings, eBPF, io_uring, netlink and nf_tables, ptrace, modules...).
+//!
+//! Built once per backend with `seccompiler` (rust-vmm / firecracker's BPF compiler) into
+//! two classic-BPF programs; the child only installs them, as its last step before execve,
+//! with raw `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER)` calls on
+//! this memory (async-signal-safe: no allocation). Two programs because a seccompiler
+//! filter has one match action, and clone3 needs another errno than the rest:
+//!
+//! - [`Filters::eperm`]: default allow; the listed system calls fail with EPERM.
+//! - [`Filters::enosys`]: default allow; clone3 fails with ENOSYS. clone3's flags live in a
+//!   `struct clone_args` in memory, which a seccomp filter cannot read (it sees the call's
+//!   number and raw arguments, `struct seccomp_data`, and cannot follow pointers), so it
+//!   cannot tell a plain thread from a new namespace; ENOSYS is what glibc (>= 2.34, clone3 in
+//!   `sysdeps/unix/sysv/linux/clone-internal.c`) treats as "old kernel" and falls back to
+//!   clone(2), whose flags argument the EPERM filter does check. On x86_64 this filter also
+//!   refuses every x32 system call (`__X32_SYSCALL_BIT`): those share AUDIT_ARCH_X86_64 with
+//!   the native calls but have other numbers, so a default-allow filter keyed on native
+//!   numbers would let `x32 unshare` through on a kernel built with CONFIG_X86_X32_ABI.
+//!
+//! Both programs start with seccompiler's architecture check: a system call of another ABI
+//! (i386 `int 0x80` on x86_64, AArch32 on aarch64) kills the process, since its numbers
+//! mean other calls. Compilers are 64-bit programs.
+//!
+//! When several filters are installed the kernel runs all of them and the action of
+//! highest precedence wins (seccomp(2), and seccomp_run_filters in kernel/seccomp.c);
+//! both are default-allow and deny disjoint sets, so their order does not matter. The
+//! default-allow calls cost next to nothing: the kernel caches "always allowed" per system
+//! call number and skips the filter for them (seccomp_cache_check_allow, Linux 5.11).
+
+use std::collections::BTreeMap;
+use std::os::raw::c_ulong;
+
+use crate::exec::{errno, SetupStep};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Why the filter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error(
+        "no seccomp filter for architecture {arch}: the Linux backend supports x86_64 and \
+         aarch64"
+    )]
+    UnsupportedArch { arch: &'static str },
+    #[error("compiling the seccomp filter")]
+    Compile(#[source] seccompiler::BackendError),
+    #[error("seccompiler's program does not start with the expected architecture check")]
+    UnexpectedLayout,
+}
+
+/// The compiled programs, kept by the backend for its whole life: every child's
+/// `sock_fprog` points into them.
+pub(super) struct Filters {
+    pub eperm: BpfProgram,
+    pub enosys: BpfProgram,
+}
+
+/// The CLONE_NEW* flags clone(2) can carry in its flags argument: a new namespace of any
+/// kind (a user namespace gives CAP_SYS_ADMIN over new mount namespaces, hence mounts).
+/// CLONE_NEWTIME (0x80) is missing: in clone(2) that bit is part of the exit signal
+/// (CSIGNAL), the kernel accepts it only from clone3 and unshare (kernel/fork.c).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const CLONE_NEW_FLAGS: [libc::c_int; 7] = [
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWCGROUP,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+];
+
+/// System calls refused outright with EPERM. None is needed to compile, link or run a build
+/// tool; each opens kernel surface a hostile job has no business with.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const DENIED: &[libc::c_long] = &[
+    // Namespaces: no unshare at all (a compiler never calls it; unshare(CLONE_NEWUSER)
+    // grants CAP_SYS_ADMIN over new mount/net namespaces), no joining one.
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    // Mounts, old and new API (the latter works on fds, so blocking mount(2) alone is not
+    // enough), and root changes.
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    // Kernel keyrings: shared per uid across the host, not namespaced by our namespaces.
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    // eBPF, io_uring, perf events, userfaultfd: large attack surface, frequent CVEs.
+    libc::SYS_bpf,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    // Other processes' memory.
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    // The kernel itself (these need capabilities a job lacks; refused here regardless).
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+];
+
+/// `x32` system calls are the native x86_64 numbers with this bit set
+/// (arch/x86/include/uapi/asm/unistd.h).
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+// Classic BPF opcodes (include/uapi/linux/bpf_common.h: BPF_LD 0x00, BPF_W 0x00, BPF_ABS
+// 0x20, BPF_JMP 0x05, BPF_JEQ 0x10, BPF_JGE 0x30, BPF_K 0x00, BPF_RET 0x06) and the
+// offset of `nr` in `struct seccomp_data` (include/uapi/linux/seccomp.h), for the x32
+// prelude.
+/// BPF_LD | BPF_W | BPF_ABS
+#[cfg(target_arch = "x86_64")]
+const BPF_LD_W_ABS: u16 = 0x20;
+/// BPF_JMP | BPF_JEQ | BPF_K
+#[cfg(target_arch = "x86_64")]
+const BPF_JMP_JEQ_K: u16 = 0x15;
+/// BPF_JMP | BPF_JGE | BPF_K
+#[cfg(target_arch = "x86_64")]
+const BPF_JMP_JGE_K: u16 = 0x35;
+/// BPF_RET | BPF_K
+#[cfg(target_arch = "x86_64")]
+const BPF_RET_K: u16 = 0x06;
+#[cfg(target_arch = "x86_64")]
+const SECCOMP_DATA_NR_OFFSET: u32 = 0;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn condition(
+    arg: u8,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: i32,
+    arch: TargetArch,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch,
+    )?;
+    filter.try_into()
+}
+
+impl Filters {
+    /// Compiles both programs for the architecture this binary runs on.
+    pub(super) fn build() -> Result<Filters, SeccompError> {
+        let arch = std::env::consts::ARCH;
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            let target =
+                TargetArch::try_from(arch).map_err(|_| SeccompError::UnsupportedArch { arch })?;
+            Self::build_for(target)
+                .map_err(SeccompError::Compile)?
+                .finish()
+        }
+        // The system call lists below are written for these two; another architecture
+        // gets no silently partial filter.
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        Err(SeccompError::UnsupportedArch { arch })
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn build_for(arch: TargetArch) -> Result<Filters, seccompiler::BackendError> {
+        let mut eperm: BTreeMap<i64, Vec<SeccompRule>> =
+            DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+        // clone(2): flags is argument 0 on both architectures (aarch64 is CLONE_BACKWARDS:
+        // only tls and child_tid swap places). One rule per flag: rules of a chain are
+        // alternatives, and "any of these bits set" is not one masked comparison.
+        let clone_rules = CLONE_NEW_FLAGS
+            .iter()
+            .map(|f| {
+                let f = *f as u32 as u64;
+                SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(f), f)?])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        eperm.insert(libc::SYS_clone, clone_rules);
+        // socket(AF_NETLINK, ...): netlink is the interface to routing, nf_tables, audit,
+        // uevents, xfrm... A compile needs files and, at most, local sockets (the network
+        // namespace has only lo); the one netlink user in glibc, getaddrinfo asking for the
+        // local addresses (check_pf.c), assumes both IPv4 and IPv6 when it cannot ask.
+        eperm.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![condition(
+                0,
+                SeccompCmpOp::Eq,
+                libc::AF_NETLINK as u64,
+            )?])?],
+        );
+        let enosys: BTreeMap<i64, Vec<SeccompRule>> =
+            [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+        Ok(Filters {
+            eperm: compile(eperm, libc::EPERM, arch)?,
+            enosys: compile(enosys, libc::ENOSYS, arch)?,
+        })
+    }
+
+    /// Adds the x32 prelude to the ENOSYS program.
+    #[cfg(target_arch = "x86_64")]
+    fn finish(mut self) -> Result<Filters, SeccompError> {
+        use seccompiler::sock_filter;
+        // seccompiler's program begins: load arch; jeq AUDIT_ARCH_X86_64 +1; ret KILL.
+        // The prelude goes right after that check, where its jump lands; every jump of
+        // the rest is relative and stays inside the rest, so inserting is safe.
+        let arch_check_ok = self.enosys.len() > 3
+            && self.enosys[0].code == BPF_LD_W_ABS
+            && self.enosys[1].code == BPF_JMP_JEQ_K
+            && self.enosys[1].jt == 1
+            && self.enosys[2].code == BPF_RET_K
+            && self.enosys[2].k == libc::SECCOMP_RET_KILL_PROCESS;
+        if !arch_check_ok {
+            return Err(SeccompError::UnexpectedLayout);
+        }
+        let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+        let prelude = [
+            insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET),
+            insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+            insn(
+                BPF_RET_K,
+                0,
+                0,
+                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+            ),
+        ];
+        self.enosys.splice(3..3, prelude);
+        Ok(self)
+    }
+
+    /// aarch64 has no second ABI with the same audit arch: nothing to add.
+    #[cfg(target_arch = "aarch64")]
+    fn finish(self) -> Result<Filters, SeccompError> {
+        Ok(self)
+    }
+
+    /// The `sock_fprog`s to hand to seccomp(2), pointing into `self`.
+    pub(super) fn programs(&self) -> [libc::sock_fprog; 2] {
+        [&self.eperm, &self.enosys].map(|p| libc::sock_fprog {
+            len: p.len() as libc::c_ushort,
+            // seccompiler's sock_filter is #[repr(C)] with the kernel's layout
+            // (include/uapi/linux/filter.h), like libc's; the kernel only reads it.
+            filter: p.as_ptr() as *mut libc::sock_filter,
+        })
+    }
+}
+
+/// Sets no_new_privs and installs `programs`. Async-signal-safe (raw system calls on memory
+/// prepared before fork): the child's last step before execve. No_new_privs comes first:
+/// an unprivileged process may install a filter only with it set (seccomp(2)), and it
+/// makes execve refuse to grant privileges (set-user-ID bits, file capabilities) that the
+/// filter's owner did not have (prctl(2) PR_SET_NO_NEW_PRIVS).
+pub(super) fn install(programs: &[libc::sock_fprog; 2]) -> Result<(), (SetupStep, i32)> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, 0, 0, 0) } != 0 {
+        return Err((SetupStep::NoNewPrivs, errno()));
+    }
+    for p in programs {
+        // SAFETY: seccomp(2) copies the program the sock_fprog points to (alive in the
+        // backend, shared by fork) and never writes to it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER as c_ulong,
+                0 as c_ulong,
+                p as *const libc::sock_fprog,
+            )
+        };
+        if r != 0 {
+            return Err((SetupStep::Seccomp, errno()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// errno after a raw system call that must fail, or 0 if it succeeded.
+    fn failed(r: libc::c_long) -> i32 {
+        if r < 0 {
+            errno()
+        } else {
+            0
+        }
+    }
+
+    /// In the filtered child: 0 when every call got the expected result, else the number
+    /// of the first that did not.
+    fn checks() -> i32 {
+        let clone_flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_ulong;
+        let calls: [(&dyn Fn() -> libc::c_long, i32); 6] = [
+            (
+                // SAFETY: a raw system call with integer arguments.
+                &|| unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) },
+                libc::EPERM,
+            ),
+            (
+                // SAFETY: a raw system call with a NULL pointer and size 0.
+                &|| unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) },
+                libc::ENOSYS,
+            ),
+            (
+                // SAFETY: a raw system call with integer arguments (fork-like: no stack).
+                &|| unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0, 0, 0, 0) },
+                libc::EPERM,
+            ),
+            (
+                // SAFETY: socket(2) with integer arguments.
+                &|| unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0).into() },
+                libc::EPERM,
+            ),
+            (
+                // SAFETY: socket(2) with integer arguments.
+                &|| unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0).into() },
+                0,
+            ),
+            // SAFETY: getpid(2) has no arguments.
+            (&|| unsafe { libc::syscall(libc::SYS_getpid) }, 0),
+        ];
+        for (i, (call, want)) in calls.iter().enumerate() {
+            let r = call();
+            if r == 0 && want != &0 {
+                // A clone that went through: the new process must not run the checks.
+                // SAFETY: _exit(2).
+                unsafe { libc::_exit(99) };
+            }
+            if failed(r) != *want {
+                return i as i32 + 1;
+            }
+        }
+        0
+    }
+
+    #[test]
+    fn a_filtered_child_is_refused_what_it_should_be() {
+        let f = Filters::build().unwrap();
+        let programs = f.programs();
+        // SAFETY: fork(2) in a threaded test binary: the child makes raw system calls on
+        // memory prepared before the fork and leaves with _exit(2).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = match install(&programs) {
+                Err(_) => 100,
+                Ok(()) => checks(),
+            };
+            // SAFETY: _exit(2) from the forked child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child with a valid status pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "failed check (see the child's codes)"
+        );
+    }
+
+    #[test]
+    fn builds_for_this_architecture() {
+        let f = Filters::build().unwrap();
+        assert!(f.eperm.len() > DENIED.len());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(f.enosys[4].k, X32_SYSCALL_BIT);
+        for p in f.programs() {
+            assert!(p.len > 0 && (p.len as usize) < 4096);
+        }
+    }
+}
