@@ -2,8 +2,8 @@
 //! (The FreeBSD orchestration has its own fake kernel; this one isolates the engine.)
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};

@@ -23,9 +23,9 @@ mod tests_engine;
 #[cfg(test)]
 mod tests_faults;
 #[cfg(test)]
-mod tests_sandbox;
-#[cfg(test)]
 mod tests_fidelity;
+#[cfg(test)]
+mod tests_sandbox;
 
 pub use backend::{
     FreeBsdBackend, FreeBsdConfig, FreeBsdContainer, FreeBsdError, FreeBsdImage, JailLimits, Step,
