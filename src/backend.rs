@@ -8,7 +8,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::exec::{CancelToken, PreparedCommand};
 
@@ -154,7 +154,11 @@ pub struct ExecOutcome {
 /// - `reset` kills every process in the container and returns its filesystem to the state
 ///   `create_container` left. A container whose reset failed must be destroyed.
 /// - `remove_leftovers` is called once at start-up, before anything else: it takes the
-///   instance lock and removes whatever an earlier crashed instance left behind.
+///   instance lock and removes whatever an earlier (crashed or stopped) instance left
+///   behind but complete images: every container, every partial, foreign or
+///   other-version image.
+/// - `existing_images` is called once, right after: the complete images an earlier
+///   instance kept, which the engine adopts (or destroys, beyond its bounds).
 pub trait Backend: Send + Sync + 'static {
     type Image: Send + Sync + 'static;
     type Container: Send + 'static;
@@ -172,6 +176,12 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     fn remove_leftovers(&self) -> Result<CleanupReport, Self::Error>;
+
+    /// The complete images an earlier instance left (each checked by its completeness
+    /// marker), for the engine to adopt. A backend that keeps none returns none.
+    fn existing_images(&self) -> Result<Vec<ExistingImage<Self::Image>>, Self::Error> {
+        Ok(Vec::new())
+    }
 
     fn create_image(
         &self,
@@ -204,6 +214,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes everything this backend instance created (images, containers, its state);
     /// `jailbuilder clean`. Valid without `remove_leftovers` first.
     fn clean_all(&self) -> Result<CleanupReport, Self::Error>;
+}
+
+/// A complete image an earlier instance left, found at start-up.
+#[derive(Debug)]
+pub struct ExistingImage<I> {
+    pub id: ToolchainId,
+    pub image: I,
+    /// When it was last used (its marker's mtime): the engine keeps the most recent ones
+    /// within `max_images`.
+    pub last_used: SystemTime,
 }
 
 /// What a clean-up found and removed, for logs and `jailbuilder clean`.

@@ -63,6 +63,11 @@ pub struct BuilderConfig {
     pub max_containers_per_toolchain: usize,
     pub warm_per_toolchain: usize,
     pub max_images: usize,
+    /// Keep toolchain images across restarts (default true): a restarted server adopts
+    /// the complete images the last one left (the `max_images` most recently used) instead
+    /// of unpacking each toolchain again. False: every image is removed at start and at
+    /// shutdown. `jailbuilder clean` removes them either way.
+    pub keep_images: bool,
     pub recycler_threads: usize,
     pub unhealthy_after: u32,
     pub shutdown_grace_secs: u64,
@@ -120,6 +125,7 @@ impl Default for BuilderConfig {
             max_containers_per_toolchain: e.max_containers_per_toolchain,
             warm_per_toolchain: e.warm_per_toolchain,
             max_images: e.max_images,
+            keep_images: e.keep_images,
             recycler_threads: e.recycler_threads,
             unhealthy_after: e.unhealthy_after,
             shutdown_grace_secs: e.shutdown_grace.as_secs(),
@@ -237,6 +243,7 @@ impl BuilderConfig {
             max_containers_per_toolchain: self.max_containers_per_toolchain,
             warm_per_toolchain: self.warm_per_toolchain,
             max_images: self.max_images,
+            keep_images: self.keep_images,
             recycler_threads: self.recycler_threads,
             build_user_base: BuildUser {
                 uid: self.build_uid_base,

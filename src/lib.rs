@@ -20,6 +20,7 @@ pub mod config;
 pub mod engine;
 pub mod exec;
 pub mod freebsd;
+pub mod image_marker;
 pub mod native;
 pub mod toolchain;
 pub mod untrusted;

@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub unhealthy_after: u32,
     /// How long `shutdown` waits for running builds before killing them.
     pub shutdown_grace: Duration,
+    /// Keep toolchain images across restarts: shutdown leaves them in place and start
+    /// adopts those an earlier instance left complete (the most recently used
+    /// `max_images`). False: start and shutdown destroy every image, as before.
+    pub keep_images: bool,
 }
 
 impl EngineConfig {
@@ -100,6 +104,7 @@ impl Default for EngineConfig {
             max_outputs_total_bytes: 1 << 30,
             unhealthy_after: 5,
             shutdown_grace: Duration::from_secs(30),
+            keep_images: true,
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct EngineStats {
     pub builds_failed: u64,
     pub images_created: u64,
     pub images_evicted: u64,
+    /// Images an earlier instance left that this one adopted at start.
+    pub images_adopted: u64,
     pub containers_created: u64,
     pub containers_reset: u64,
     pub containers_destroyed: u64,
@@ -134,7 +141,9 @@ pub(crate) struct Health {
 
 impl<B: Backend> Engine<B> {
     /// Starts the engine: removes what an earlier instance left behind (the backend's
-    /// `remove_leftovers`, which also takes the instance lock), then starts the recycler.
+    /// `remove_leftovers`, which also takes the instance lock), starts the recycler, and
+    /// adopts the complete images the earlier instance kept (`existing_images`; with
+    /// `keep_images` false they are destroyed instead).
     pub fn start(backend: B, config: EngineConfig) -> Result<Self, BuildError> {
         let last = config.slots() - 1;
         if config.build_user(last).is_none() {
@@ -156,9 +165,16 @@ impl<B: Backend> Engine<B> {
         for line in &report.removed {
             log::info!("removed leftover of an earlier run: {line}");
         }
-        Ok(Engine {
-            pool: Pool::start(backend, config),
-        })
+        let existing = backend
+            .existing_images()
+            .map_err(|e| BuildError::Backend {
+                step: "listing kept images",
+                backend: backend.kind(),
+                source: Box::new(e),
+            })?;
+        let pool = Pool::start(backend, config);
+        pool.adopt(existing);
+        Ok(Engine { pool })
     }
 
     pub fn backend(&self) -> &B {
@@ -190,7 +206,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Stops taking builds, waits up to `shutdown_grace` for running ones, then destroys
-    /// every container and image. Idempotent.
+    /// every container, and every image unless `keep_images`. Idempotent.
     pub fn shutdown(&self) {
         self.pool.shutdown();
     }

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::build::ToolchainSource;
 use super::{BuildError, EngineConfig, EngineStats, Health};
-use crate::backend::{Backend, ToolchainId};
+use crate::backend::{Backend, ExistingImage, ToolchainId};
 use crate::exec::CancelToken;
 
 /// How long shutdown waits for cancelled builds to hand their containers back.
@@ -74,6 +74,7 @@ enum Job<B: Backend> {
 struct Counters {
     images_created: AtomicU64,
     images_evicted: AtomicU64,
+    images_adopted: AtomicU64,
     containers_created: AtomicU64,
     containers_reset: AtomicU64,
     containers_destroyed: AtomicU64,
@@ -153,6 +154,45 @@ impl<B: Backend> Pool<B> {
         }
         *pool.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
         pool
+    }
+
+    /// Takes over the images an earlier instance kept (start-up, before any build): the
+    /// `max_images` most recently used become ready images, in their order of last use;
+    /// the rest are destroyed (all of them without `keep_images`).
+    pub(crate) fn adopt(&self, mut images: Vec<ExistingImage<B::Image>>) {
+        images.sort_by_key(|i| std::cmp::Reverse(i.last_used));
+        let keep = if self.config.keep_images {
+            self.config.max_images
+        } else {
+            0
+        };
+        let doomed = images.split_off(keep.min(images.len()));
+        for old in doomed {
+            let why = if self.config.keep_images {
+                "beyond max_images"
+            } else {
+                "keep_images is off"
+            };
+            log::info!("destroying kept toolchain image {} ({why})", old.id);
+            if let Err(e) = self.backend.destroy_image(old.image) {
+                self.record_failure();
+                log::error!("destroying kept toolchain image {} failed: {e}", old.id);
+            }
+        }
+        let mut st = self.lock();
+        for old in images.into_iter().rev() {
+            st.clock += 1;
+            log::info!("adopted toolchain image {} kept by an earlier run", old.id);
+            let slot = Slot {
+                image: ImageState::Ready(Arc::new(old.image)),
+                ready: Vec::new(),
+                alive: 0,
+                users: 0,
+                last_used: st.clock,
+            };
+            st.images.insert(old.id, slot);
+            self.counters.images_adopted.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State<B>> {
@@ -639,7 +679,16 @@ impl<B: Backend> Pool<B> {
         drop(st);
         for (id, slot) in slots {
             if let ImageState::Ready(image) = slot.image {
-                self.run_job(Job::DestroyImage(id, image, slot.ready));
+                if self.config.keep_images {
+                    // The next start adopts the image: only its containers go.
+                    for c in slot.ready {
+                        let n = c.slot;
+                        self.destroy(c);
+                        self.forget_container(None, false, n);
+                    }
+                } else {
+                    self.run_job(Job::DestroyImage(id, image, slot.ready));
+                }
             }
         }
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -668,6 +717,7 @@ impl<B: Backend> Pool<B> {
             builds_failed: self.health.builds_failed.load(Ordering::Relaxed),
             images_created: c.images_created.load(Ordering::Relaxed),
             images_evicted: c.images_evicted.load(Ordering::Relaxed),
+            images_adopted: c.images_adopted.load(Ordering::Relaxed),
             containers_created: c.containers_created.load(Ordering::Relaxed),
             containers_reset: c.containers_reset.load(Ordering::Relaxed),
             containers_destroyed: c.containers_destroyed.load(Ordering::Relaxed),

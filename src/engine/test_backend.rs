@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 
 use crate::backend::{
-    Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits,
+    ToolchainId,
 };
 use crate::exec::{CancelToken, PreparedCommand};
 use crate::untrusted::{self, RootDir};
@@ -116,6 +117,26 @@ impl Backend for TestBackend {
     fn remove_leftovers(&self) -> Result<CleanupReport, TestError> {
         self.step("remove_leftovers", String::new())?;
         Ok(CleanupReport::default())
+    }
+
+    /// Every image directory an earlier backend on the same directory left, last used at
+    /// the directory's mtime (tests set it).
+    fn existing_images(&self) -> Result<Vec<ExistingImage<PathBuf>>, TestError> {
+        self.step("existing_images", String::new())?;
+        let Ok(entries) = fs::read_dir(self.dir.join("images")) else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        for e in entries.flatten() {
+            let id = ToolchainId::new(e.file_name().to_string_lossy()).unwrap();
+            let last_used = e.metadata().unwrap().modified().unwrap();
+            found.push(ExistingImage {
+                id,
+                image: e.path(),
+                last_used,
+            });
+        }
+        Ok(found)
     }
 
     fn create_image(

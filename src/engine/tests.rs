@@ -578,7 +578,10 @@ fn idle_images_are_evicted_least_recently_used_first() {
 
 #[test]
 fn shutdown_destroys_every_container_and_image() {
-    let h = harness(config());
+    let h = harness(EngineConfig {
+        keep_images: false,
+        ..config()
+    });
     for tc in ["tc1", "tc2"] {
         h.build(tc, &[], &["-o", "o"], &["o"]).unwrap();
     }
@@ -587,6 +590,95 @@ fn shutdown_destroys_every_container_and_image() {
     assert_eq!(h.count("destroy_image"), 2);
     let err = h.build("tc1", &[], &[], &[]).unwrap_err();
     assert!(matches!(err, BuildError::ShuttingDown));
+}
+
+/// Stops `h`'s engine and starts a new one with `config` on the same backend directory.
+fn restart(h: Harness, config: EngineConfig) -> Harness {
+    let Harness {
+        engine, tc, _tmp, ..
+    } = h;
+    drop(engine);
+    let (backend, shared) = TestBackend::new(_tmp.path().to_path_buf(), fake_cc);
+    Harness {
+        engine: Engine::start(backend, config).unwrap(),
+        shared,
+        tc,
+        _tmp,
+    }
+}
+
+/// Sets when image `tc` of the test backend was last used.
+fn set_last_used(h: &Harness, tc: &str, secs_ago: u64) {
+    let dir = h._tmp.path().join("images").join(tc);
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    fs::File::open(dir).unwrap().set_modified(t).unwrap();
+}
+
+#[test]
+fn shutdown_keeps_images_and_a_restart_adopts_the_most_recent_within_max_images() {
+    let h = harness(config());
+    for tc in ["tc1", "tc2", "tc3"] {
+        h.build(tc, &[], &["-o", "o"], &["o"]).unwrap();
+    }
+    h.engine.shutdown();
+    assert_eq!(h.shared.alive.load(Ordering::SeqCst), 0, "containers go");
+    assert_eq!(h.count("destroy_image"), 0, "images stay");
+    for (tc, ago) in [("tc1", 300), ("tc2", 100), ("tc3", 200)] {
+        set_last_used(&h, tc, ago);
+    }
+
+    let h = restart(
+        h,
+        EngineConfig {
+            max_images: 2,
+            ..config()
+        },
+    );
+    let s = h.engine.stats();
+    assert_eq!((s.images_adopted, s.images, s.images_created), (2, 2, 0));
+    // The least recently used one is beyond the bound.
+    let destroyed: Vec<String> = h
+        .shared
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.starts_with("destroy_image"))
+        .cloned()
+        .collect();
+    assert_eq!(destroyed, ["destroy_image tc1"]);
+    // Adopted images serve builds without being created again.
+    let out = h.build("tc2", &[("work/a", b"A")], &["a", "-o", "o"], &["o"]);
+    assert_eq!(out.unwrap().outputs[0].data, b"A");
+    h.build("tc3", &[], &["-o", "o"], &["o"]).unwrap();
+    assert_eq!(h.count("create_image"), 0);
+    h.engine.wait_idle(); // an image with a container being reset is not idle
+    // The destroyed one is created again, and the bound evicts the least recently used
+    // adopted image (tc2: tc3 was used since).
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    h.engine.wait_idle();
+    assert_eq!(h.count("create_image"), 1);
+    let s = h.engine.stats();
+    assert_eq!((s.images, s.images_evicted), (2, 1));
+    assert_eq!(h.shared.calls.lock().unwrap().last().unwrap(), "destroy_image tc2");
+}
+
+#[test]
+fn without_keep_images_a_restart_destroys_what_an_earlier_run_kept() {
+    let h = harness(config());
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    drop(std::mem::replace(&mut *h.shared.calls.lock().unwrap(), Vec::new()));
+    let h = restart(
+        h,
+        EngineConfig {
+            keep_images: false,
+            ..config()
+        },
+    );
+    assert_eq!(h.count("destroy_image"), 1);
+    assert_eq!(h.engine.stats().images_adopted, 0);
+    h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
+    assert_eq!(h.count("create_image"), 1);
 }
 
 fn tar_with_mode(files: &[(&str, &[u8], u32)]) -> Vec<u8> {

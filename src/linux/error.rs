@@ -55,6 +55,18 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    #[error("flushing image {path} to disk (syncfs): {source}")]
+    SyncImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the completeness marker of image {path}: {source}")]
+    MarkImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("opening image directory {path}: {source}")]
     OpenImageRoot {
         path: PathBuf,

@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! lock                  flock(2)ed by the live instance for its whole life
-//! images/<id>/          an unpacked toolchain: a read-only overlay lower layer
+//! images/<id>/root/     an unpacked toolchain: a read-only overlay lower layer
+//! images/<id>/.jailbuilder-image  its completeness marker (crate::image_marker), outside
+//!                       the layer; kept across restarts, adopted at start when valid
 //! staging/<id>/         a toolchain being unpacked (renamed to images/<id> when complete)
 //! skel/                 shared lower layer: /dev nodes (null zero full random urandom tty;
 //!                       /dev is opaque, nothing of the layers below shows there),
@@ -15,6 +17,11 @@
 //! containers/c<n>/ns/{net,ipc,uts,mnt}  bind mounts pinning the container's namespaces;
 //!                       mnt is already pivoted into root/ and holds only the overlay
 //! ```
+//!
+//! An image is published complete: unpacked in staging/, flushed (syncfs(2)), marked (the
+//! marker fsync'd and renamed into place), then renamed into images/. A restarted instance
+//! adopts every images/<id> whose marker of this format names <id>, and removes anything
+//! else there (a pre-marker layout, a foreign or other-version one).
 //!
 //! The skeleton is the *top* lower layer (not the bottom): the toolchain archive is
 //! untrusted, and with skel on top it cannot replace /dev/null with a file or turn /proc
@@ -47,8 +54,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::{
-    Backend, BuildUser, CleanupReport, ExecOutcome, ExitStatus, Limits, ToolchainId,
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits,
+    ToolchainId,
 };
+use crate::image_marker;
 use crate::exec::{supervise_cancellable, CancelToken, PreparedCommand, SpawnedChild};
 use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 
@@ -116,10 +125,13 @@ pub struct LinuxBackend {
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
-/// [`Backend::destroy_image`] stays on disk until the next start-up's `remove_leftovers`.
+/// [`Backend::destroy_image`] stays on disk, and the next start adopts it.
 #[derive(Debug)]
 pub struct LinuxImage {
     id: ToolchainId,
+    /// `images/<id>`: the marker and the layer.
+    top: PathBuf,
+    /// `images/<id>/root`: the overlay lower layer.
     dir: PathBuf,
 }
 
@@ -128,9 +140,23 @@ impl LinuxImage {
         &self.id
     }
 
+    /// The image's lower layer (the unpacked toolchain).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// `images/<id>`, holding the layer (`root/`) and the marker.
+    pub fn image_dir(&self) -> &Path {
+        &self.top
+    }
+}
+
+/// What the start-up scan of `images/` found.
+#[derive(Default)]
+struct ImageScan {
+    valid: Vec<(ToolchainId, PathBuf, std::time::SystemTime)>,
+    /// Entries to remove, and why.
+    invalid: Vec<(PathBuf, String)>,
 }
 
 /// A container: a tmpfs-backed overlay root plus pinned net/ipc/uts namespaces. Dropping it
@@ -325,6 +351,18 @@ fn remove_tree_if_exists(path: &Path) -> Result<bool, LinuxError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// Removes a tree, or a file or symlink (never followed), if it exists.
+fn remove_any_if_exists(path: &Path) -> Result<bool, LinuxError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(m) if !m.is_dir() => {
+            remove_file_if_exists(path)?;
+            Ok(true)
+        }
+        _ => remove_tree_if_exists(path),
     }
 }
 
@@ -551,9 +589,55 @@ impl LinuxBackend {
         Ok(skel)
     }
 
-    /// Unmounts everything beneath the state directory and removes containers, staging
-    /// and images (and the skeleton with `skel`). The lock file stays: it is held.
-    fn clean(&self, skel: bool) -> Result<CleanupReport, LinuxError> {
+    /// Sorts the entries of `images/`: complete images of this format (a valid toolchain
+    /// id naming a directory holding `root/` and a marker for that id), and the rest.
+    fn scan_images(&self) -> Result<ImageScan, LinuxError> {
+        let dir = self.images_dir();
+        let mut scan = ImageScan::default();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
+            Err(source) => return Err(LinuxError::StateDir { path: dir, source }),
+        };
+        for e in entries {
+            let e = e.map_err(|source| LinuxError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = e.path();
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(|n| ToolchainId::new(n).ok()) else {
+                scan.invalid
+                    .push((path, "not named after a toolchain id".into()));
+                continue;
+            };
+            let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            if !is_dir {
+                scan.invalid.push((path, "not a directory".into()));
+                continue;
+            }
+            let verdict = image_marker::read(&path, id.as_str()).and_then(|mtime| {
+                let root_ok = fs::symlink_metadata(path.join("root")).is_ok_and(|m| m.is_dir());
+                if root_ok {
+                    Ok(mtime)
+                } else {
+                    Err(image_marker::Rejected::Layout("no root/ directory"))
+                }
+            });
+            match verdict {
+                Ok(mtime) => scan.valid.push((id, path, mtime)),
+                Err(why) => scan.invalid.push((path, why.to_string())),
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Unmounts everything beneath the state directory and removes containers and
+    /// staging; with `all` every image and the skeleton too, else only images that are not
+    /// complete images of this format (each logged with the reason). The lock file stays:
+    /// it is held.
+    fn clean(&self, all: bool) -> Result<CleanupReport, LinuxError> {
+        let skel = all;
         let mut report = CleanupReport::default();
         for m in sys::unmount_all_beneath(&self.state)? {
             report.push(format!("mount {}", m.display()));
@@ -590,11 +674,20 @@ impl LinuxBackend {
         if remove_tree_if_exists(&self.staging_dir())? {
             report.push(format!("staging {}", self.staging_dir().display()));
         }
-        if let Ok(entries) = fs::read_dir(self.images_dir()) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if remove_tree_if_exists(&p)? {
-                    report.push(format!("image {}", p.display()));
+        if all {
+            if let Ok(entries) = fs::read_dir(self.images_dir()) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if remove_any_if_exists(&p)? {
+                        report.push(format!("image {}", p.display()));
+                    }
+                }
+            }
+        } else {
+            for (p, why) in self.scan_images()?.invalid {
+                log::warn!("removing {}: {why}", p.display());
+                if remove_any_if_exists(&p)? {
+                    report.push(format!("image {} ({why})", p.display()));
                 }
             }
         }
@@ -610,6 +703,44 @@ impl LinuxBackend {
             }
         }
         Ok(report)
+    }
+
+    /// Unpacks the toolchain into `layer`, flushes it to disk and writes the marker into
+    /// `stage` (the marker last: it vouches for content already durable).
+    fn fill_image(
+        &self,
+        id: &ToolchainId,
+        toolchain_tar_gz: &mut dyn Read,
+        stage: &Path,
+        layer: &Path,
+    ) -> Result<(), LinuxError> {
+        let root = RootDir::open(layer).map_err(|source| LinuxError::OpenImageRoot {
+            path: layer.to_path_buf(),
+            source,
+        })?;
+        let stats = unpack_tar_gz(toolchain_tar_gz, &root, &self.image_limits).map_err(
+            |source| LinuxError::Unpack {
+                id: id.to_string(),
+                path: layer.to_path_buf(),
+                source,
+            },
+        )?;
+        // syncfs(2): one call writes back every dirty inode and page of the filesystem
+        // holding the state directory (all of the image's files are there) and, since
+        // Linux 5.8, reports writeback errors; cheaper than an fsync per unpacked file.
+        let sync_err = |source| LinuxError::SyncImage {
+            path: layer.to_path_buf(),
+            source,
+        };
+        let fd = File::open(layer).map_err(sync_err)?;
+        // SAFETY: syncfs(2) on a descriptor we own.
+        if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
+            return Err(sync_err(io::Error::last_os_error()));
+        }
+        image_marker::write(stage, id, &stats).map_err(|source| LinuxError::MarkImage {
+            path: stage.to_path_buf(),
+            source,
+        })
     }
 
     fn make_container(&self, c: &mut LinuxContainer) -> Result<(), LinuxError> {
@@ -832,14 +963,35 @@ impl Backend for LinuxBackend {
         error.is_job_error()
     }
 
-    /// Removes what a crashed instance left: every mount beneath the state directory
-    /// (deepest first), container directories, half-unpacked images, and unpacked images
-    /// too: the engine keeps no record of images across restarts and re-creates each from
-    /// the toolchain archive sccache sends, and a kept image would have to be trusted to be
-    /// complete and from a compatible version. The skeleton layer is kept (rebuilt if
-    /// missing). The instance lock is already held (taken by [`LinuxBackend::new`]).
+    /// Removes what an earlier instance left: every mount beneath the state directory
+    /// (deepest first), container directories and cgroups, half-unpacked images
+    /// (staging/), and every entry of images/ that is not a complete image of this format
+    /// (see [`image_marker`]). Complete images stay, for [`Backend::existing_images`]. The
+    /// skeleton layer is kept (rebuilt if missing). The instance lock is already held
+    /// (taken by [`LinuxBackend::new`]).
     fn remove_leftovers(&self) -> Result<CleanupReport, LinuxError> {
         self.clean(false)
+    }
+
+    /// The complete images in images/ (after `remove_leftovers`, nothing else is there).
+    fn existing_images(&self) -> Result<Vec<ExistingImage<LinuxImage>>, LinuxError> {
+        let scan = self.scan_images()?;
+        for (p, why) in &scan.invalid {
+            log::warn!("not adopting {}: {why}", p.display());
+        }
+        Ok(scan
+            .valid
+            .into_iter()
+            .map(|(id, top, last_used)| ExistingImage {
+                image: LinuxImage {
+                    id: id.clone(),
+                    dir: top.join("root"),
+                    top,
+                },
+                id,
+                last_used,
+            })
+            .collect())
     }
 
     fn create_image(
@@ -865,28 +1017,18 @@ impl Backend for LinuxBackend {
             })?;
         let stage = staging.join(id.as_str());
         remove_tree_if_exists(&stage)?;
-        DirBuilder::new()
-            .mode(0o755)
-            .create(&stage)
-            .map_err(|source| LinuxError::CreateImage {
-                path: stage.clone(),
-                source,
-            })?;
-        let unpacked = RootDir::open(&stage)
-            .map_err(|source| LinuxError::OpenImageRoot {
-                path: stage.clone(),
-                source,
-            })
-            .and_then(|root| {
-                unpack_tar_gz(toolchain_tar_gz, &root, &self.image_limits).map_err(|source| {
-                    LinuxError::Unpack {
-                        id: id.to_string(),
-                        path: stage.clone(),
-                        source,
-                    }
-                })
-            });
-        if let Err(e) = unpacked {
+        let layer = stage.join("root");
+        for (d, mode) in [(&stage, 0o700), (&layer, 0o755)] {
+            DirBuilder::new()
+                .mode(mode)
+                .create(d)
+                .map_err(|source| LinuxError::CreateImage {
+                    path: d.clone(),
+                    source,
+                })?;
+        }
+        let made = self.fill_image(id, toolchain_tar_gz, &stage, &layer);
+        if let Err(e) = made {
             if let Err(e2) = remove_tree_if_exists(&stage) {
                 log::warn!("removing failed image: {e2}");
             }
@@ -896,14 +1038,26 @@ impl Backend for LinuxBackend {
             path: dir.clone(),
             source,
         })?;
+        // The rename is durable once images/ is (fsync(2) of the directory); a crash before
+        // that loses the image, not its completeness.
+        if let Err(e) = File::open(self.images_dir()).and_then(|d| d.sync_all()) {
+            log::warn!("fsync of {}: {e}", self.images_dir().display());
+        }
         Ok(LinuxImage {
             id: id.clone(),
-            dir,
+            dir: dir.join("root"),
+            top: dir,
         })
     }
 
     fn destroy_image(&self, image: LinuxImage) -> Result<(), LinuxError> {
-        remove_tree_if_exists(&image.dir)?;
+        // The marker goes first: a crash half-way leaves an unmarked directory, removed at
+        // the next start, never a marked partial one.
+        image_marker::remove(&image.top).map_err(|source| LinuxError::Remove {
+            path: image.top.join(image_marker::FILE),
+            source,
+        })?;
+        remove_tree_if_exists(&image.top)?;
         Ok(())
     }
 
@@ -913,6 +1067,8 @@ impl Backend for LinuxBackend {
         let name = format!("c{n}");
         let dir = self.containers_dir().join(&name);
         let root = dir.join("root");
+        // The marker's mtime records the image's last use, for the start-up bound.
+        image_marker::touch(&image.top);
         let mut lowers = vec![skel, image.dir.clone()];
         lowers.extend(self.base.clone());
         let mut c = LinuxContainer {
