@@ -59,7 +59,10 @@ impl std::fmt::Display for Rejected {
             Rejected::NotAFile => write!(f, "marker is not a small regular file"),
             Rejected::Foreign => write!(f, "marker is not a jailbuilder image marker"),
             Rejected::Version(v) => {
-                write!(f, "image format version {v:?}, this version reads {VERSION}")
+                write!(
+                    f,
+                    "image format version {v:?}, this version reads {VERSION}"
+                )
             }
             Rejected::WrongId(id) => write!(f, "marker names toolchain {id:?}"),
             Rejected::Layout(what) => f.write_str(what),

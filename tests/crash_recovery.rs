@@ -111,9 +111,19 @@ fn a_killed_instance_leaves_nothing_the_next_one_does_not_remove() {
         "sandbox processes outlived the server: {:?}",
         processes_in(&namespaces)
     );
-    // What a crash leaves: mounts, namespace pins, the container's directories.
+    // What a crash leaves: mounts, namespace pins, the container's directories; and the
+    // complete image, which the next instance adopts.
     assert_eq!(mounts_beneath(&state), mounts_before);
     assert!(std::fs::read_dir(state.join("containers")).unwrap().count() > 0);
+    let images = || -> Vec<(PathBuf, u64)> {
+        std::fs::read_dir(state.join("images"))
+            .unwrap()
+            .flatten()
+            .map(|e| (e.path(), e.metadata().unwrap().ino()))
+            .collect()
+    };
+    let image_before = images();
+    assert_eq!(image_before.len(), 1, "{image_before:?}");
 
     // A new instance on the same state directory cleans up and serves.
     let out = run_cmd(
@@ -132,14 +142,14 @@ fn a_killed_instance_leaves_nothing_the_next_one_does_not_remove() {
     assert_eq!(mounts_beneath(&state), Vec::<String>::new());
     assert!(processes_in(&namespaces).is_empty());
     assert!(sandboxed().is_empty());
-    for sub in ["containers", "images"] {
-        let left: Vec<_> = std::fs::read_dir(state.join(sub))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(left.is_empty(), "{sub}: {left:?}");
-    }
+    let left: Vec<_> = std::fs::read_dir(state.join("containers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "containers: {left:?}");
+    // The image was adopted (the same directory), not unpacked again.
+    assert_eq!(images(), image_before);
     let mut entries: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .flatten()

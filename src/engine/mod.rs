@@ -165,13 +165,11 @@ impl<B: Backend> Engine<B> {
         for line in &report.removed {
             log::info!("removed leftover of an earlier run: {line}");
         }
-        let existing = backend
-            .existing_images()
-            .map_err(|e| BuildError::Backend {
-                step: "listing kept images",
-                backend: backend.kind(),
-                source: Box::new(e),
-            })?;
+        let existing = backend.existing_images().map_err(|e| BuildError::Backend {
+            step: "listing kept images",
+            backend: backend.kind(),
+            source: Box::new(e),
+        })?;
         let pool = Pool::start(backend, config);
         pool.adopt(existing);
         Ok(Engine { pool })

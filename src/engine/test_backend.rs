@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 
 use crate::backend::{
-    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits,
-    ToolchainId,
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits, ToolchainId,
 };
 use crate::exec::{CancelToken, PreparedCommand};
 use crate::untrusted::{self, RootDir};

@@ -653,21 +653,27 @@ fn shutdown_keeps_images_and_a_restart_adopts_the_most_recent_within_max_images(
     h.build("tc3", &[], &["-o", "o"], &["o"]).unwrap();
     assert_eq!(h.count("create_image"), 0);
     h.engine.wait_idle(); // an image with a container being reset is not idle
-    // The destroyed one is created again, and the bound evicts the least recently used
-    // adopted image (tc2: tc3 was used since).
+                          // The destroyed one is created again, and the bound evicts the least recently used
+                          // adopted image (tc2: tc3 was used since).
     h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
     h.engine.wait_idle();
     assert_eq!(h.count("create_image"), 1);
     let s = h.engine.stats();
     assert_eq!((s.images, s.images_evicted), (2, 1));
-    assert_eq!(h.shared.calls.lock().unwrap().last().unwrap(), "destroy_image tc2");
+    assert_eq!(
+        h.shared.calls.lock().unwrap().last().unwrap(),
+        "destroy_image tc2"
+    );
 }
 
 #[test]
 fn without_keep_images_a_restart_destroys_what_an_earlier_run_kept() {
     let h = harness(config());
     h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
-    drop(std::mem::replace(&mut *h.shared.calls.lock().unwrap(), Vec::new()));
+    drop(std::mem::replace(
+        &mut *h.shared.calls.lock().unwrap(),
+        Vec::new(),
+    ));
     let h = restart(
         h,
         EngineConfig {

@@ -54,11 +54,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::{
-    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits,
-    ToolchainId,
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits, ToolchainId,
 };
-use crate::image_marker;
 use crate::exec::{supervise_cancellable, CancelToken, PreparedCommand, SpawnedChild};
+use crate::image_marker;
 use crate::untrusted::{unpack_tar_gz, RootDir, UnpackLimits};
 
 pub use cgroup::LimitMechanism;
@@ -718,13 +717,14 @@ impl LinuxBackend {
             path: layer.to_path_buf(),
             source,
         })?;
-        let stats = unpack_tar_gz(toolchain_tar_gz, &root, &self.image_limits).map_err(
-            |source| LinuxError::Unpack {
-                id: id.to_string(),
-                path: layer.to_path_buf(),
-                source,
-            },
-        )?;
+        let stats =
+            unpack_tar_gz(toolchain_tar_gz, &root, &self.image_limits).map_err(|source| {
+                LinuxError::Unpack {
+                    id: id.to_string(),
+                    path: layer.to_path_buf(),
+                    source,
+                }
+            })?;
         // syncfs(2): one call writes back every dirty inode and page of the filesystem
         // holding the state directory (all of the image's files are there) and, since
         // Linux 5.8, reports writeback errors; cheaper than an fsync per unpacked file.
