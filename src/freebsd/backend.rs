@@ -11,9 +11,17 @@
 //! so the mount root's entries are the journal that leftover clean-up reads (libzfs_core
 //! has no call to list datasets).
 //!
-//! Images are not kept across restarts: the engine's image index lives in memory, clients
-//! re-send a toolchain the server does not have, and a dataset a crash left half-unpacked
-//! must not be mistaken for an image. `remove_leftovers` removes all of them.
+//! Images are kept across restarts. An image is complete once its `@image` snapshot exists
+//! and, written after it, the marker `<mount_root>/i-<toolchain>/.jailbuilder-image`
+//! ([`crate::image_marker`]) names it. The marker lives in the (unmounted) mount point on
+//! the mount root's filesystem, not in the dataset: libzfs_core has no call that reads a
+//! property back (libzfs_core.h has lzc_exists, lzc_get_holds, lzc_get_bookmarks, no
+//! property getter; `zfs get` goes through libzfs's ZFS_IOC_OBJSET_STATS), and a marker
+//! inside the dataset could come from the toolchain archive. `remove_leftovers` destroys
+//! every container and every image dataset that is not complete (no snapshot, no marker,
+//! a marker of another version or naming another toolchain, or still mounted: a crash
+//! mid-unpack); `existing_images` hands the complete ones to the engine. A destroyed image
+//! loses its marker first, so a crash half-way leaves an incomplete one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -22,12 +30,15 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
+use crate::backend::{
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, Limits, ToolchainId,
+};
 use crate::exec::{CancelToken, ExecError, PreparedCommand};
+use crate::image_marker;
 use crate::untrusted::{self, BeneathError, RootDir, UnpackError, UnpackLimits};
 
 use super::kernel::{prop, ExecPlan, JailParams, Kernel, KernelError, ZfsProp};
@@ -149,6 +160,10 @@ pub enum Step {
     ImageDevDir,
     ImageUnmount,
     ImageSnapshot,
+    /// Writing the image's completeness marker.
+    ImageMark,
+    /// Reading the mount root for kept images.
+    ListImages,
     ContainerClone,
     ContainerSnapshot,
     ContainerMount,
@@ -661,13 +676,14 @@ impl<K: Kernel> FreeBsdBackend<K> {
         k.mount_zfs(&inner.dataset, &inner.dir)
             .map_err(kerr(Step::ImageMount, inner.dataset.clone()))?;
         undo.mounted = true;
+        let stats;
         {
             let root = RootDir::open(&inner.dir).map_err(|source| FreeBsdError::Beneath {
                 step: Step::ImageUnpack,
                 what: inner.dataset.clone(),
                 source,
             })?;
-            untrusted::unpack_tar_gz(tar_gz, &root, &self.config.unpack_limits).map_err(
+            stats = untrusted::unpack_tar_gz(tar_gz, &root, &self.config.unpack_limits).map_err(
                 |source| FreeBsdError::Unpack {
                     id: inner.id.to_string(),
                     source,
@@ -688,6 +704,11 @@ impl<K: Kernel> FreeBsdBackend<K> {
         undo.mounted = false;
         k.zfs_snapshot(std::slice::from_ref(&inner.snapshot))
             .map_err(kerr(Step::ImageSnapshot, inner.snapshot.clone()))?;
+        undo.snapshot = true;
+        // Last: lzc_snapshot returned, so the snapshot is on disk (it waits for its txg to
+        // sync, dsl_sync_task); the marker vouches for it. In the unmounted mount point.
+        image_marker::write(&inner.dir, &inner.id, &stats)
+            .map_err(ioerr(Step::ImageMark, &inner.dir))?;
         Ok(())
     }
 
@@ -696,6 +717,12 @@ impl<K: Kernel> FreeBsdBackend<K> {
         let k = &self.kernel;
         if undo.mounted {
             warn_err(k.unmount(&inner.dir, true));
+        }
+        if let Err(e) = image_marker::remove(&inner.dir) {
+            log::warn!("clean-up after a failure: {e}");
+        }
+        if undo.snapshot {
+            warn_err(k.zfs_destroy_snaps(std::slice::from_ref(&inner.snapshot), false));
         }
         if undo.dataset {
             warn_err(k.zfs_destroy(&inner.dataset));
@@ -829,6 +856,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
 
     fn destroy_image_dataset(&self, image: &ImageInner) -> Result<()> {
         let k = &self.kernel;
+        image_marker::remove(&image.dir).map_err(ioerr(Step::RemoveDir, &image.dir))?;
         k.zfs_destroy_snaps(std::slice::from_ref(&image.snapshot), false)
             .map_err(kerr(Step::DestroySnapshot, image.snapshot.clone()))?;
         k.zfs_destroy(&image.dataset)
@@ -841,10 +869,10 @@ impl<K: Kernel> FreeBsdBackend<K> {
     }
 
     /// Removes every jail rooted under the mount root and every image and container
-    /// dataset the mount root's journal names: containers (clones) before images (their
-    /// origins); in each, devfs before the filesystem, unmount before destroy, snapshot
-    /// before its filesystem. Needs the lock.
-    fn sweep(&self, report: &mut CleanupReport) -> Result<()> {
+    /// dataset the mount root's journal names, but (with `keep_images`) complete images:
+    /// containers (clones) before images (their origins); in each, devfs before the
+    /// filesystem, unmount before destroy, snapshot before its filesystem. Needs the lock.
+    fn sweep(&self, report: &mut CleanupReport, keep_images: bool) -> Result<()> {
         let k = &self.kernel;
         let mount_root = &self.config.mount_root;
         for jail in k.jail_list().map_err(kerr(Step::ListJails, "all jails"))? {
@@ -877,6 +905,25 @@ impl<K: Kernel> FreeBsdBackend<K> {
         }
         containers.sort();
         images.sort();
+        if keep_images {
+            let mut doomed = Vec::new();
+            for leaf in images {
+                // A mounted image is one a crash left mid-unpack (an image is mounted only
+                // then); unmounted first, so the marker read is the mount point's own.
+                let was_mounted = self.unmount_leaf(&leaf, report)?;
+                match self.complete_image(&leaf) {
+                    Ok(_) if !was_mounted => {}
+                    Ok(_) => doomed.push((leaf, "mounted (unpack interrupted)".to_string())),
+                    Err(why) => doomed.push((leaf, why)),
+                }
+            }
+            images = Vec::new();
+            for (leaf, why) in doomed {
+                log::warn!("removing image {leaf}: {why}");
+                report.push(format!("image {leaf} ({why})"));
+                images.push(leaf);
+            }
+        }
         for (leaf, snap) in containers
             .iter()
             .map(|l| (l, CLEAN_SNAP))
@@ -885,6 +932,52 @@ impl<K: Kernel> FreeBsdBackend<K> {
             self.sweep_one(leaf, snap, report)?;
         }
         Ok(())
+    }
+
+    /// Unmounts devfs and the dataset at `<mount_root>/<leaf>`, whichever is mounted;
+    /// true when something was.
+    fn unmount_leaf(&self, leaf: &str, report: &mut CleanupReport) -> Result<bool> {
+        let dir = self.config.mount_root.join(leaf);
+        let mut any = false;
+        // unmount(2) follows symlinks: only a real directory is unmounted (no jail runs
+        // now, so nothing can swap it between the check and the call).
+        for (path, what) in [(dir.join("dev"), "devfs"), (dir.clone(), "mount")] {
+            let is_dir = fs::symlink_metadata(&path)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            if !is_dir {
+                continue;
+            }
+            match self.kernel.unmount(&path, true) {
+                Ok(()) => {
+                    report.push(format!("{what} {}", path.display()));
+                    any = true;
+                }
+                Err(e) if e.errno() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(kerr(Step::Unmount, path.display().to_string())(e)),
+            }
+        }
+        Ok(any)
+    }
+
+    /// The toolchain and last use of the image journalled as `leaf` when it is complete:
+    /// its dataset and `@image` snapshot exist and its marker (this format) names it.
+    fn complete_image(&self, leaf: &str) -> std::result::Result<(ToolchainId, SystemTime), String> {
+        let id = leaf
+            .strip_prefix("i-")
+            .and_then(|id| ToolchainId::new(id).ok())
+            .ok_or_else(|| "not named after a toolchain id".to_string())?;
+        let dataset = format!("{}/{leaf}", self.config.dataset_root);
+        if !self.kernel.zfs_exists(&dataset) {
+            return Err(format!("no dataset {dataset}"));
+        }
+        let snapshot = format!("{dataset}@{IMAGE_SNAP}");
+        if !self.kernel.zfs_exists(&snapshot) {
+            return Err(format!("no snapshot {snapshot} (partial image)"));
+        }
+        let dir = self.config.mount_root.join(leaf);
+        let last_used = image_marker::read(&dir, id.as_str()).map_err(|why| why.to_string())?;
+        Ok((id, last_used))
     }
 
     fn sweep_one(&self, leaf: &str, snap: &str, report: &mut CleanupReport) -> Result<()> {
@@ -898,21 +991,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
                 report.push(format!("rctl rules of jail {jail}"));
             }
         }
-        // unmount(2) follows symlinks: only a real directory is unmounted (no jail runs
-        // now, so nothing can swap it between the check and the call).
-        for (path, what) in [(dir.join("dev"), "devfs"), (dir.clone(), "mount")] {
-            let is_dir = fs::symlink_metadata(&path)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-            if !is_dir {
-                continue;
-            }
-            match k.unmount(&path, true) {
-                Ok(()) => report.push(format!("{what} {}", path.display())),
-                Err(e) if e.errno() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(kerr(Step::Unmount, path.display().to_string())(e)),
-            }
-        }
+        self.unmount_leaf(leaf, report)?;
         if k.zfs_exists(&snapshot) {
             k.zfs_destroy_snaps(std::slice::from_ref(&snapshot), false)
                 .map_err(kerr(Step::DestroySnapshot, snapshot.clone()))?;
@@ -923,6 +1002,7 @@ impl<K: Kernel> FreeBsdBackend<K> {
                 .map_err(kerr(Step::Destroy, dataset.clone()))?;
             report.push(format!("dataset {dataset}"));
         }
+        image_marker::remove(&dir).map_err(ioerr(Step::RemoveDir, &dir))?;
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -975,6 +1055,7 @@ struct ImageUndo {
     dir: bool,
     dataset: bool,
     mounted: bool,
+    snapshot: bool,
 }
 
 fn warn_err<T>(r: std::result::Result<T, KernelError>) {
@@ -1010,8 +1091,52 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
         self.acquire_lock()?;
         self.ensure_dataset_root()?;
         let mut report = CleanupReport::default();
-        self.sweep(&mut report)?;
+        self.sweep(&mut report, true)?;
         Ok(report)
+    }
+
+    /// The complete images the mount root's journal names (after `remove_leftovers`,
+    /// nothing else is there).
+    fn existing_images(&self) -> Result<Vec<ExistingImage<FreeBsdImage>>> {
+        self.require_lock()?;
+        let root = &self.config.mount_root;
+        let mut found = Vec::new();
+        for entry in fs::read_dir(root).map_err(ioerr(Step::ListImages, root))? {
+            let entry = entry.map_err(ioerr(Step::ListImages, root))?;
+            let Some(leaf) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !leaf.starts_with("i-") || !valid_component(&leaf) {
+                continue;
+            }
+            let (id, last_used) = match self.complete_image(&leaf) {
+                Ok(found) => found,
+                Err(why) => {
+                    log::warn!("not adopting image {leaf}: {why}");
+                    continue;
+                }
+            };
+            let dataset = format!("{}/{leaf}", self.config.dataset_root);
+            let inner = ImageInner {
+                id: id.clone(),
+                snapshot: format!("{dataset}@{IMAGE_SNAP}"),
+                dataset,
+                dir: root.join(&leaf),
+                state: Mutex::new(ImageState {
+                    containers: 0,
+                    retired: false,
+                }),
+            };
+            found.push(ExistingImage {
+                id,
+                image: FreeBsdImage {
+                    inner: Arc::new(inner),
+                },
+                last_used,
+            });
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
     }
 
     fn create_image(&self, id: &ToolchainId, tar_gz: &mut dyn Read) -> Result<FreeBsdImage> {
@@ -1042,6 +1167,8 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
 
     fn destroy_image(&self, image: FreeBsdImage) -> Result<()> {
         let inner = image.inner;
+        // Unmarked first: a crash from here on leaves an image the next start destroys.
+        image_marker::remove(&inner.dir).map_err(ioerr(Step::RemoveDir, &inner.dir))?;
         {
             let mut st = inner.state();
             if st.containers > 0 {
@@ -1068,6 +1195,8 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
             }
             st.containers += 1;
         }
+        // The marker's mtime records the image's last use, for the start-up bound.
+        image_marker::touch(&image.inner.dir);
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let leaf = format!("c-{}-{n}", self.instance);
         let dataset = format!("{}/{leaf}", self.config.dataset_root);
@@ -1151,7 +1280,7 @@ impl<K: Kernel> Backend for FreeBsdBackend<K> {
     fn clean_all(&self) -> Result<CleanupReport> {
         self.acquire_lock()?;
         let mut report = CleanupReport::default();
-        self.sweep(&mut report)?;
+        self.sweep(&mut report, false)?;
         Ok(report)
     }
 }

@@ -25,6 +25,8 @@ mod tests_faults;
 #[cfg(test)]
 mod tests_fidelity;
 #[cfg(test)]
+mod tests_restart;
+#[cfg(test)]
 mod tests_sandbox;
 
 pub use backend::{

@@ -457,11 +457,14 @@ fn leftovers_of_a_dead_instance_are_removed_in_a_legal_order() {
     })
     .unwrap();
     assert_eq!(fake.live_jails().len(), 3);
+    // tc1 as if the crash came before its marker was written: incomplete, destroyed;
+    // tc2 is complete and stays.
+    std::fs::remove_file(fake.base().join("mnt/i-tc1/.jailbuilder-image")).unwrap();
     fake.take_calls();
 
     let b = backend_on(&fake);
     let report = b.remove_leftovers().unwrap();
-    assert_only_images_except_other(&fake);
+    assert_only_images_except_other(&fake, &["tc2"]);
     let calls = fake.take_calls();
     // Clones go before their origin snapshot.
     let last_container = calls
@@ -473,7 +476,11 @@ fn leftovers_of_a_dead_instance_are_removed_in_a_legal_order() {
         .position(|c| c == "destroy_snaps pool/jb/i-tc1@image")
         .unwrap();
     assert!(last_container < image_snap, "{calls:?}");
-    assert!(report.removed.iter().any(|r| r == "dataset pool/jb/i-tc2"));
+    assert!(report.removed.iter().any(|r| r == "dataset pool/jb/i-tc1"));
+    assert!(
+        !report.removed.iter().any(|r| r.contains("i-tc2")),
+        "{report:?}"
+    );
     assert_eq!(
         report
             .removed
@@ -489,9 +496,15 @@ fn leftovers_of_a_dead_instance_are_removed_in_a_legal_order() {
     b.destroy_container(c).unwrap();
 }
 
-fn assert_only_images_except_other(fake: &FakeKernel) {
-    assert_eq!(fake.datasets(), ["pool", "pool/jb"]);
-    assert_eq!(fake.snapshots(), Vec::<String>::new());
+fn assert_only_images_except_other(fake: &FakeKernel, images: &[&str]) {
+    let mut want = vec!["pool".to_string(), "pool/jb".to_string()];
+    want.extend(images.iter().map(|i| format!("pool/jb/i-{i}")));
+    assert_eq!(fake.datasets(), want);
+    let snaps: Vec<String> = images
+        .iter()
+        .map(|i| format!("pool/jb/i-{i}@image"))
+        .collect();
+    assert_eq!(fake.snapshots(), snaps);
     assert_eq!(fake.mounts(), vec![]);
     let live: Vec<String> = fake
         .live_jails()
@@ -499,7 +512,9 @@ fn assert_only_images_except_other(fake: &FakeKernel) {
         .map(|j| j.params.name)
         .collect();
     assert_eq!(live, ["other"]);
-    assert_eq!(entries(&fake.base().join("mnt")), [".jailbuilder.lock"]);
+    let mut dirs = vec![".jailbuilder.lock".to_string()];
+    dirs.extend(images.iter().map(|i| format!("i-{i}")));
+    assert_eq!(entries(&fake.base().join("mnt")), dirs);
 }
 
 #[test]

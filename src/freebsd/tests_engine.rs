@@ -207,14 +207,13 @@ fn kernel_failures_make_the_builder_unhealthy_until_it_recovers() {
 }
 
 #[test]
-fn shutdown_leaves_no_dataset_mount_or_jail() {
+fn shutdown_leaves_no_container_mount_or_jail_and_keeps_the_image() {
     let s = setup(2);
     s.build("/usr/bin/cc", b"x").unwrap();
     s.engine.shutdown();
-    assert_eq!(
-        s.fake.datasets(),
-        vec!["pool".to_string(), "pool/jb".to_string()]
-    );
+    // keep_images (the default): the image stays for the next start.
+    assert_eq!(s.fake.datasets(), ["pool", "pool/jb", "pool/jb/i-tc1"]);
+    assert_eq!(s.fake.snapshots(), ["pool/jb/i-tc1@image"]);
     assert!(s.fake.mounts().is_empty(), "{:?}", s.fake.mounts());
     assert!(s.fake.live_jails().is_empty());
 }

@@ -73,7 +73,12 @@ fn engine(fake: &Arc<FakeKernel>, warm: usize) -> Engine<Fb> {
 }
 
 fn engine_max(fake: &Arc<FakeKernel>, warm: usize, max: usize) -> Engine<Fb> {
+    engine_with(fake, warm, max, true)
+}
+
+fn engine_with(fake: &Arc<FakeKernel>, warm: usize, max: usize, keep_images: bool) -> Engine<Fb> {
     let cfg = EngineConfig {
+        keep_images,
         max_containers: max,
         max_containers_per_toolchain: max,
         warm_per_toolchain: warm,
@@ -104,15 +109,25 @@ fn build(e: &Engine<Fb>, tc: &[u8]) -> Result<crate::engine::BuildOutcome, Build
     })
 }
 
-/// After shutdown and a new instance's start-up clean-up: nothing of ours is left.
+/// After shutdown and a new instance's start-up clean-up: nothing of ours is left but
+/// complete images (dataset and `@image`), which the new instance adopts.
 fn assert_clean(fake: &Arc<FakeKernel>, e: Engine<Fb>) {
     e.shutdown();
     drop(e);
     fake.clear_faults();
     let b = backend(fake);
     b.remove_leftovers().unwrap();
-    assert_eq!(fake.datasets(), ["pool", "pool/jb"]);
-    assert_eq!(fake.snapshots(), Vec::<String>::new());
+    let kept: Vec<String> = b
+        .existing_images()
+        .unwrap()
+        .iter()
+        .map(|i| i.image.dataset().to_string())
+        .collect();
+    let mut datasets = vec!["pool".to_string(), "pool/jb".to_string()];
+    datasets.extend(kept.iter().cloned());
+    assert_eq!(fake.datasets(), datasets);
+    let snaps: Vec<String> = kept.iter().map(|d| format!("{d}@image")).collect();
+    assert_eq!(fake.snapshots(), snaps);
     assert_eq!(fake.mounts(), vec![]);
     assert_eq!(fake.live_jails(), vec![]);
     assert_eq!(fake.rctl_rules(), Vec::<String>::new());
@@ -232,11 +247,12 @@ fn a_failed_destroy_is_logged_and_cleaned_up_at_the_next_start() {
         "destroy pool/jb/i-",
     ] {
         let fake = fake();
-        let e = engine(&fake, 1);
+        // Images are destroyed at shutdown only without keep_images.
+        let e = engine_with(&fake, 1, 2, !pattern.contains("/i-"));
         build(&e, &tc).unwrap();
         e.wait_idle();
         fake.fail_on(pattern, 0, libc::EIO);
-        e.shutdown(); // destroys every container and image; some of it fails
+        e.shutdown(); // destroys every container (and image); some of it fails
         assert!(
             fake.calls().iter().any(|c| c.contains("injected")),
             "{pattern}: never hit"

@@ -204,7 +204,8 @@ fn leftover_jails_under_a_symlinked_mount_root_are_swept() {
         "{report:?}"
     );
     assert_eq!(fake.live_jails(), vec![]);
-    assert_eq!(fake.datasets(), ["pool", "pool/jb"]);
+    // The container is gone; the complete image stays for adoption.
+    assert_eq!(fake.datasets(), ["pool", "pool/jb", "pool/jb/i-tc1"]);
 }
 
 #[test]
