@@ -614,6 +614,14 @@ fn set_last_used(h: &Harness, tc: &str, secs_ago: u64) {
     fs::File::open(dir).unwrap().set_modified(t).unwrap();
 }
 
+fn destroyed_images(h: &Harness) -> Vec<String> {
+    let calls = h.shared.calls.lock().unwrap().clone();
+    calls
+        .into_iter()
+        .filter(|c| c.starts_with("destroy_image"))
+        .collect()
+}
+
 #[test]
 fn shutdown_keeps_images_and_a_restart_adopts_the_most_recent_within_max_images() {
     let h = harness(config());
@@ -637,16 +645,7 @@ fn shutdown_keeps_images_and_a_restart_adopts_the_most_recent_within_max_images(
     let s = h.engine.stats();
     assert_eq!((s.images_adopted, s.images, s.images_created), (2, 2, 0));
     // The least recently used one is beyond the bound.
-    let destroyed: Vec<String> = h
-        .shared
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|c| c.starts_with("destroy_image"))
-        .cloned()
-        .collect();
-    assert_eq!(destroyed, ["destroy_image tc1"]);
+    assert_eq!(destroyed_images(&h), ["destroy_image tc1"]);
     // Adopted images serve builds without being created again.
     let out = h.build("tc2", &[("work/a", b"A")], &["a", "-o", "o"], &["o"]);
     assert_eq!(out.unwrap().outputs[0].data, b"A");
@@ -661,8 +660,8 @@ fn shutdown_keeps_images_and_a_restart_adopts_the_most_recent_within_max_images(
     let s = h.engine.stats();
     assert_eq!((s.images, s.images_evicted), (2, 1));
     assert_eq!(
-        h.shared.calls.lock().unwrap().last().unwrap(),
-        "destroy_image tc2"
+        destroyed_images(&h),
+        ["destroy_image tc1", "destroy_image tc2"]
     );
 }
 
@@ -670,10 +669,7 @@ fn shutdown_keeps_images_and_a_restart_adopts_the_most_recent_within_max_images(
 fn without_keep_images_a_restart_destroys_what_an_earlier_run_kept() {
     let h = harness(config());
     h.build("tc1", &[], &["-o", "o"], &["o"]).unwrap();
-    drop(std::mem::replace(
-        &mut *h.shared.calls.lock().unwrap(),
-        Vec::new(),
-    ));
+    std::mem::take(&mut *h.shared.calls.lock().unwrap());
     let h = restart(
         h,
         EngineConfig {
