@@ -7,7 +7,8 @@
 //!   destroys) its own child dataset `<root>/t<pid>-<test>-<n>`;
 //! - `JAILBUILDER_BASE_SNAPSHOT` (tests that run programs in a jail): a snapshot of an
 //!   extracted FreeBSD base (base.txz), so /bin/sh and /usr/bin/cc exist in the jails;
-//! - `JAILBUILDER_BUILD_UID` (optional, default 65534): the uid and gid builds run as.
+//! - `JAILBUILDER_BUILD_UID` (optional, default 1879048192): the first uid and gid of the
+//!   per-slot build id range.
 //!
 //! When something is missing a test prints "SKIP: <reason>" and passes, unless
 //! `JAILBUILDER_CI=1` or `JAILBUILDER_FREEBSD_REQUIRED=1` (then it fails). vagrant/run.sh
@@ -125,7 +126,7 @@ mod real {
                 .trim()
                 .parse::<u32>()
                 .unwrap_or_else(|e| panic!("JAILBUILDER_BUILD_UID={v:?}: {e}")),
-            None => 65534,
+            None => jailbuilder::engine::DEFAULT_BUILD_ID_BASE,
         };
         assert_ne!(uid, 0, "JAILBUILDER_BUILD_UID must not be root");
         Ok(Env {

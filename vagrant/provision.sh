@@ -14,7 +14,7 @@
 #                        (default: the first disk with no partition table
 #                        and not in a pool; if none, a file-backed pool)
 #   JB_POOL_FILE_SIZE    size of the file vdev if no spare disk (default 20G)
-#   JAILBUILDER_BUILD_UID  uid of the compile user        (default 65532)
+#   JAILBUILDER_BUILD_UID  first uid/gid of the per-slot build range (default 1879048192)
 #   JB_SRC               where the repo is synced  (default /home/vagrant/jailbuilder)
 #
 # Output: /var/db/jailbuilder/env, a file of VAR=value lines that run.sh
@@ -32,8 +32,7 @@ POOL=${JB_POOL:-jbpool}
 POOL_FILE_DIR=/var/jailbuilder
 POOL_FILE="$POOL_FILE_DIR/pool.img"
 POOL_FILE_SIZE=${JB_POOL_FILE_SIZE:-20G}
-BUILD_UID=${JAILBUILDER_BUILD_UID:-65532}
-BUILD_USER=jbbuild
+BUILD_UID=${JAILBUILDER_BUILD_UID:-1879048192}
 JB_ROOT="$POOL/jailbuilder"
 BASE_DS="$JB_ROOT/base"
 TEST_DS="$JB_ROOT/test"
@@ -209,16 +208,13 @@ if [ "$RACCT_NOW" != 1 ]; then
 	warn "kern.racct.enable=0 until the next boot (run.sh reboots the VM once)"
 fi
 
-# ---------------------------------------------------------------- build user
-if ! pw groupshow "$BUILD_USER" >/dev/null 2>&1; then
-	pw groupadd "$BUILD_USER" -g "$BUILD_UID"
+# ---------------------------------------------------------------- build ids
+# Each container slot runs its builds as its own uid/gid, BUILD_UID + slot (config keys
+# build_uid_base/build_gid_base): no account is needed, and none may use the range
+# (`jailbuilder doctor` checks the passwd and group files).
+if awk -F: -v lo="$BUILD_UID" -v hi="$((BUILD_UID + 4096))" '$3 >= lo && $3 < hi { found = 1 } END { exit !found }' /etc/passwd /etc/group; then
+	die "an account or group uses an id in $BUILD_UID..$((BUILD_UID + 4095)), the build id range"
 fi
-if ! pw usershow "$BUILD_USER" >/dev/null 2>&1; then
-	pw useradd "$BUILD_USER" -u "$BUILD_UID" -g "$BUILD_USER" \
-		-c 'jailbuilder compile user' -d /nonexistent -s /usr/sbin/nologin
-fi
-[ "$(id -u "$BUILD_USER")" = "$BUILD_UID" ] ||
-	die "user $BUILD_USER exists with uid $(id -u "$BUILD_USER"), expected $BUILD_UID"
 
 # ---------------------------------------------------------------- pot
 # As sccache's docs/DistributedFreeBSD.md: pot on the pool, then the
