@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::build::ToolchainSource;
 use super::{BuildError, EngineConfig, EngineStats, Health};
@@ -373,6 +373,15 @@ impl<B: Backend> Pool<B> {
         let max = self.config.max_containers.max(1);
         let max_tc = self.config.max_containers_per_toolchain.max(1);
         let mut st = self.lock();
+        let mut waiting: Option<Instant> = None;
+        let waited = |since: Option<Instant>| {
+            if let Some(t) = since {
+                log::debug!(
+                    "toolchain {id}: got a container after waiting {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        };
         loop {
             if st.shutting_down {
                 return Err(BuildError::ShuttingDown);
@@ -395,6 +404,7 @@ impl<B: Backend> Pool<B> {
                 }
                 drop(st);
                 self.dispatch(jobs);
+                waited(waiting);
                 return Ok(container);
             }
             if total_alive < max && slot.alive < max_tc {
@@ -402,6 +412,7 @@ impl<B: Backend> Pool<B> {
                 let n = Self::reserve(&mut st);
                 st.lent += 1;
                 drop(st);
+                waited(waiting);
                 return match self.backend.create_container(image) {
                     Ok(c) => {
                         self.counters
@@ -428,6 +439,10 @@ impl<B: Backend> Pool<B> {
                     st = self.lock();
                     continue;
                 }
+            }
+            if waiting.is_none() {
+                waiting = Some(Instant::now());
+                log_wait(id, total_alive, max, max_tc);
             }
             st = self.wait(st);
         }
@@ -678,3 +693,22 @@ impl<B: Backend> Pool<B> {
         }
     }
 }
+
+/// Says, at most every [`WAIT_LOG_INTERVAL`], that a build waits for a container: the pool
+/// is at its bound (`max_containers` or `max_containers_per_toolchain`), so the scheduler
+/// sends more jobs than the pool holds, or images are being built.
+fn log_wait(id: &ToolchainId, alive: usize, max: usize, max_tc: usize) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|t| t.elapsed() < WAIT_LOG_INTERVAL) {
+        return;
+    }
+    *last = Some(Instant::now());
+    log::info!(
+        "toolchain {id}: a build waits for a container ({alive} of max_containers = {max} \
+         alive, at most {max_tc} per toolchain); further waits are logged at debug for {} s",
+        WAIT_LOG_INTERVAL.as_secs()
+    );
+}
+
+const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
