@@ -18,6 +18,7 @@
 pub mod backend;
 pub mod config;
 pub mod engine;
+pub mod error_chain;
 pub mod exec;
 pub mod freebsd;
 pub mod native;
