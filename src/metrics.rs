@@ -107,13 +107,7 @@ impl Collector for SnapshotCollector {
             "refused",
             self.0.server.as_ref().map_or(0, |v| v.assignments_refused),
         ));
-        labelled_counters(
-            &mut e,
-            "jobs",
-            "Jobs by outcome.",
-            "outcome",
-            &outcomes,
-        )?;
+        labelled_counters(&mut e, "jobs", "Jobs by outcome.", "outcome", &outcomes)?;
 
         {
             let mut m = e.encode_descriptor(

@@ -17,7 +17,11 @@ fn cc(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
     if spec.arguments.iter().any(|a| a == "--fail") {
         return Ok(outcome(ExitStatus::Code(1), b"", b"error"));
     }
-    fs::write(root.join(spec.cwd.trim_start_matches('/')).join("out.o"), b"o").unwrap();
+    fs::write(
+        root.join(spec.cwd.trim_start_matches('/')).join("out.o"),
+        b"o",
+    )
+    .unwrap();
     Ok(outcome(ExitStatus::Code(0), b"", b""))
 }
 
@@ -107,7 +111,10 @@ fn jobs_phases_pool_and_health_are_rendered() {
     let f = Fixture::new(4);
     assert!(f.build("tc1", &[], "out.o"));
     assert!(f.build("tc1", &[], "out.o"));
-    assert!(f.build("tc1", &["--fail"], "out.o"), "compile failures return");
+    assert!(
+        f.build("tc1", &["--fail"], "out.o"),
+        "compile failures return"
+    );
     assert!(!f.build("tc1", &[], "../escape.o"), "a bad output path");
     f.fault("exec");
     assert!(!f.build("tc1", &[], "out.o"), "a backend failure");
@@ -131,7 +138,10 @@ fn jobs_phases_pool_and_health_are_rendered() {
         ("shutting_down", 0),
         ("refused", 2),
     ] {
-        has_line(&text, &format!("jailbuilder_jobs_total{{outcome=\"{outcome}\"}} {n}"));
+        has_line(
+            &text,
+            &format!("jailbuilder_jobs_total{{outcome=\"{outcome}\"}} {n}"),
+        );
     }
 
     has_line(&text, "# TYPE jailbuilder_build_phase_seconds histogram");
@@ -162,14 +172,26 @@ fn jobs_phases_pool_and_health_are_rendered() {
     let t = &s.toolchains[0];
     has_line(
         &text,
-        &format!("jailbuilder_pool_containers{{toolchain=\"tc1\",state=\"ready\"}} {}", t.ready),
+        &format!(
+            "jailbuilder_pool_containers{{toolchain=\"tc1\",state=\"ready\"}} {}",
+            t.ready
+        ),
     );
-    has_line(&text, "jailbuilder_pool_containers{toolchain=\"tc1\",state=\"busy\"} 0");
-    has_line(&text, "jailbuilder_pool_containers{toolchain=\"tc1\",state=\"recycling\"} 0");
+    has_line(
+        &text,
+        "jailbuilder_pool_containers{toolchain=\"tc1\",state=\"busy\"} 0",
+    );
+    has_line(
+        &text,
+        "jailbuilder_pool_containers{toolchain=\"tc1\",state=\"recycling\"} 0",
+    );
     assert!(t.ready >= 1);
     has_line(&text, "jailbuilder_pool_images 1");
     has_line(&text, "jailbuilder_images_created_total 1");
-    has_line(&text, "jailbuilder_container_resets_total{result=\"failed\"} 1");
+    has_line(
+        &text,
+        "jailbuilder_container_resets_total{result=\"failed\"} 1",
+    );
     has_line(
         &text,
         &format!(
@@ -178,8 +200,14 @@ fn jobs_phases_pool_and_health_are_rendered() {
         ),
     );
     assert!(s.containers_reset >= 4, "{s:?}");
-    has_line(&text, "jailbuilder_container_destroys_total{result=\"ok\"} 1");
-    has_line(&text, "jailbuilder_container_destroys_total{result=\"failed\"} 0");
+    has_line(
+        &text,
+        "jailbuilder_container_destroys_total{result=\"ok\"} 1",
+    );
+    has_line(
+        &text,
+        "jailbuilder_container_destroys_total{result=\"failed\"} 0",
+    );
     has_line(&text, "# TYPE jailbuilder_healthy gauge");
     has_line(&text, "jailbuilder_healthy 1");
     has_line(&text, "jailbuilder_toolchain_cache_bytes 12345");
@@ -202,7 +230,10 @@ fn an_evicted_toolchain_loses_its_series_and_health_drops_to_zero() {
     assert!(f.build("second", &[], "out.o"));
     let text = f.scrape(None);
     assert!(!text.contains("toolchain=\"first\""), "{text}");
-    has_line(&text, "jailbuilder_pool_containers{toolchain=\"second\",state=\"busy\"} 0");
+    has_line(
+        &text,
+        "jailbuilder_pool_containers{toolchain=\"second\",state=\"busy\"} 0",
+    );
     has_line(&text, "jailbuilder_images_evicted_total 1");
     has_line(&text, "jailbuilder_pool_images 1");
 
