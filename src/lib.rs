@@ -31,6 +31,9 @@ pub mod linux;
 #[cfg(any(target_os = "freebsd", feature = "zfs"))]
 pub mod zfs;
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
+
 #[cfg(feature = "sccache")]
 pub mod sccache;
 

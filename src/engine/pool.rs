@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::build::ToolchainSource;
-use super::{BuildError, EngineConfig, EngineStats, Health};
+use super::{BuildError, EngineConfig, EngineStats, Health, ToolchainPoolStats};
 use crate::backend::{Backend, ToolchainId};
 use crate::exec::CancelToken;
 
@@ -49,6 +49,8 @@ struct Slot<B: Backend> {
     alive: usize,
     /// Builds between `image()` and `release()`: the image must not be evicted under them.
     users: usize,
+    /// Containers of this image lent to builds now.
+    lent: usize,
     last_used: u64,
 }
 
@@ -78,6 +80,7 @@ struct Counters {
     containers_reset: AtomicU64,
     containers_destroyed: AtomicU64,
     reset_failures: AtomicU64,
+    destroy_failures: AtomicU64,
 }
 
 pub(crate) struct Pool<B: Backend> {
@@ -112,6 +115,7 @@ impl<B: Backend> Pool<B> {
                 consecutive_failures: AtomicU32::new(0),
                 builds_ok: AtomicU64::new(0),
                 builds_failed: AtomicU64::new(0),
+                builds: Default::default(),
             },
             state: Mutex::new(State {
                 images: HashMap::new(),
@@ -255,6 +259,7 @@ impl<B: Backend> Pool<B> {
                 ready: Vec::new(),
                 alive: 0,
                 users: 1,
+                lent: 0,
                 last_used: clock,
             },
         );
@@ -392,6 +397,7 @@ impl<B: Backend> Pool<B> {
             };
             if let Some(container) = slot.ready.pop() {
                 let (ready, alive) = (slot.ready.len(), slot.alive);
+                slot.lent += 1;
                 st.lent += 1;
                 let warm = self.prewarm_count(&st, ready, alive).min(1);
                 let mut jobs = Vec::new();
@@ -409,6 +415,7 @@ impl<B: Backend> Pool<B> {
             }
             if total_alive < max && slot.alive < max_tc {
                 slot.alive += 1;
+                slot.lent += 1;
                 let n = Self::reserve(&mut st);
                 st.lent += 1;
                 drop(st);
@@ -479,6 +486,9 @@ impl<B: Backend> Pool<B> {
         }
         if let Some(slot) = id.and_then(|id| st.images.get_mut(id)) {
             slot.alive = slot.alive.saturating_sub(1);
+            if was_lent {
+                slot.lent = slot.lent.saturating_sub(1);
+            }
         }
         drop(st);
         self.changed.notify_all();
@@ -489,6 +499,9 @@ impl<B: Backend> Pool<B> {
         let left = {
             let mut st = self.lock();
             st.lent -= 1;
+            if let Some(slot) = st.images.get_mut(id) {
+                slot.lent = slot.lent.saturating_sub(1);
+            }
             self.send(&mut st, Job::Reset(id.clone(), container))
         };
         if let Some(job) = left {
@@ -508,6 +521,9 @@ impl<B: Backend> Pool<B> {
     fn destroy(&self, c: Held<B::Container>) {
         if let Err(e) = self.backend.destroy_container(c.container) {
             self.record_failure();
+            self.counters
+                .destroy_failures
+                .fetch_add(1, Ordering::Relaxed);
             log::error!("destroying a container failed: {e}");
         }
         self.counters
@@ -678,6 +694,17 @@ impl<B: Backend> Pool<B> {
     pub(crate) fn stats(&self) -> EngineStats {
         let st = self.lock();
         let c = &self.counters;
+        let mut toolchains: Vec<ToolchainPoolStats> = st
+            .images
+            .iter()
+            .map(|(id, s)| ToolchainPoolStats {
+                toolchain: id.clone(),
+                ready: s.ready.len(),
+                busy: s.lent,
+                recycling: s.alive.saturating_sub(s.ready.len() + s.lent),
+            })
+            .collect();
+        toolchains.sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
         EngineStats {
             builds_ok: self.health.builds_ok.load(Ordering::Relaxed),
             builds_failed: self.health.builds_failed.load(Ordering::Relaxed),
@@ -687,9 +714,14 @@ impl<B: Backend> Pool<B> {
             containers_reset: c.containers_reset.load(Ordering::Relaxed),
             containers_destroyed: c.containers_destroyed.load(Ordering::Relaxed),
             reset_failures: c.reset_failures.load(Ordering::Relaxed),
+            destroy_failures: c.destroy_failures.load(Ordering::Relaxed),
             containers_alive: st.alive,
             containers_ready: st.images.values().map(|s| s.ready.len()).sum(),
+            containers_busy: st.lent,
             images: st.images.len(),
+            builds: self.health.builds.snapshot(),
+            toolchains,
+            healthy: false,
         }
     }
 }
