@@ -132,10 +132,15 @@ else
 fi
 zpool list "$POOL"
 
-# datasets: the jailbuilder root, the base image, the tests' scratch root
-for ds in "$JB_ROOT" "$BASE_DS" "$TEST_DS"; do
+# datasets: the jailbuilder root, the base image, the tests' scratch root, and the build
+# area (cargo's target dir and home): the release box's root disk is 8 GB
+# (release/tools/vagrant.conf VMSIZE=8g), too small for Rust, two base.txz and debug +
+# release builds, so they live on the test pool.
+BUILD_DS="$POOL/build"
+for ds in "$JB_ROOT" "$BASE_DS" "$TEST_DS" "$BUILD_DS"; do
 	zfs list -H -o name "$ds" >/dev/null 2>&1 || zfs create -p "$ds"
 done
+BUILD_DIR=$(zfs list -H -o mountpoint "$BUILD_DS")
 BASE_SNAP="$BASE_DS@$REL"
 BASE_MNT=$(zfs list -H -o mountpoint "$BASE_DS")
 
@@ -242,9 +247,15 @@ if ! zfs list -H -o name "$POT_ZFS_ROOT/jails" >/dev/null 2>&1; then
 	fi
 fi
 if [ ! -d "$POT_FS_ROOT/jails/$POT_TEMPLATE" ]; then
-	# pot fetches /tmp/<REL>_base.txz itself unless it is there and matches
-	# the MANIFEST: hand it the tarball we already verified.
-	[ -r "/tmp/${REL}_base.txz" ] || cp "$BASE_TXZ" "/tmp/${REL}_base.txz" 2>/dev/null || true
+	# pot fetches <REL>_base.txz (e.g. 14.3-RELEASE_base.txz) itself unless it is there
+	# and matches the MANIFEST: current pot looks in ${POT_CACHE} (share/pot/common.sh;
+	# pot.default.conf, default /var/cache/pot), older pot in /tmp. Hand both the tarball
+	# we already verified.
+	POT_CACHE=$( . /usr/local/etc/pot/pot.default.conf 2>/dev/null; echo "${POT_CACHE:-/var/cache/pot}")
+	mkdir -p "$POT_CACHE"
+	for d in "$POT_CACHE" /tmp; do
+		[ -r "$d/${REL}_base.txz" ] || cp "$BASE_TXZ" "$d/${REL}_base.txz"
+	done
 	log "pot create -p $POT_TEMPLATE -b $POT_REL"
 	pot create -p "$POT_TEMPLATE" -N alias -i "lo0|127.0.0.2" -t single -b "$POT_REL"
 	pot set-cmd -p "$POT_TEMPLATE" -c /usr/bin/true
@@ -264,6 +275,7 @@ JAILBUILDER_POT_FS_ROOT=$POT_FS_ROOT
 JAILBUILDER_POT_TEMPLATE=$POT_TEMPLATE
 JB_FREEBSD_RELEASE=$REL
 JB_SRC=${JB_SRC:-/home/vagrant/jailbuilder}
+JB_BUILD_DIR=$BUILD_DIR
 EOF
 mv "$ENV_FILE.new" "$ENV_FILE"
 log "wrote $ENV_FILE:"
