@@ -5,6 +5,7 @@
 //! on the host side. `..` is rejected, absolute names are taken relative to the root.
 
 mod beneath;
+mod file_flags;
 mod tar_guard;
 mod unpack;
 

@@ -773,3 +773,52 @@ fn a_toolchain_stays_root_owned() {
         assert_eq!((m.uid(), m.gid()), (0, 0), "{p}");
     }
 }
+
+#[test]
+fn an_immutable_file_under_the_archive_is_replaced() {
+    // FreeBSD's base installs libc.so.7 `schg`: unlink gives EPERM until the flag is
+    // cleared (bsd.lib.mk PRECIOUSLIB). Linux's `chattr +i` is the same rule; the unpack
+    // clears the flag and replaces the file.
+    if skip_unless_root("immutable flag") {
+        return;
+    }
+    let f = fixture();
+    fs::create_dir_all(f.root.join("lib")).unwrap();
+    let lib = f.root.join("lib/libc.so.7");
+    fs::write(&lib, b"base libc").unwrap();
+    let set = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&lib)
+        .output();
+    match set {
+        Ok(o) if o.status.success() => {}
+        other => {
+            assert!(
+                std::env::var_os("JAILBUILDER_CI").is_none(),
+                "chattr +i failed under CI: {other:?}"
+            );
+            println!("SKIP(immutable flag): chattr +i not possible here: {other:?}");
+            return;
+        }
+    }
+    assert!(fs::remove_file(&lib).is_err(), "the flag did not take");
+    let res = unpack(&f, |b| {
+        raw_entry(
+            b,
+            b"lib/libc.so.7",
+            T::Regular,
+            0o444,
+            b"toolchain libc",
+            None,
+        )
+    });
+    let content = fs::read(&lib).unwrap();
+    // Leave nothing immutable behind for the fixture's clean-up, whatever happened.
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&lib)
+        .status();
+    res.unwrap();
+    assert_eq!(content, b"toolchain libc");
+    outside_untouched(&f);
+}

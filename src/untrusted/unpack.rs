@@ -27,6 +27,7 @@ use super::beneath::{
     chown_fd, cstr, fstatat_nofollow, lossy, openat_raw, resolve_dir, split, BeneathError, Create,
     RootDir,
 };
+use super::file_flags;
 use super::tar_guard::{self, ExtensionGuard, ExtensionTooLarge};
 use crate::backend::BuildUser;
 
@@ -309,6 +310,14 @@ fn remove_non_dir(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errn
         Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
             Err(Errno::EISDIR)
         }
-        Ok(_) => nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir),
+        Ok(_) => match nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+            // An immutable or append-only file (FreeBSD's schg libc.so.7 in a base
+            // snapshot): clear its flags, then replace it (file_flags).
+            Err(Errno::EPERM) => {
+                file_flags::clear_unlink_blocking_flags(dir, name)?;
+                nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+            }
+            r => r,
+        },
     }
 }
