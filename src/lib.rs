@@ -18,6 +18,7 @@
 pub mod backend;
 pub mod config;
 pub mod engine;
+pub mod error_chain;
 pub mod exec;
 pub mod freebsd;
 pub mod image_marker;
@@ -30,6 +31,9 @@ pub mod linux;
 
 #[cfg(any(target_os = "freebsd", feature = "zfs"))]
 pub mod zfs;
+
+#[cfg(feature = "metrics")]
+pub mod metrics;
 
 #[cfg(feature = "sccache")]
 pub mod sccache;

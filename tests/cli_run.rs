@@ -214,3 +214,19 @@ fn bad_arguments_get_clear_errors() {
         );
     }
 }
+
+#[test]
+fn an_error_names_each_cause_once() {
+    // The config error carries the io error as its source and in its text; printed as a
+    // chain it would read "...: No such file or directory: No such file or directory".
+    let out = std::process::Command::new(JB)
+        .args(["doctor", "--config", "/nonexistent/jailbuilder.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("jailbuilder: "), "{err}");
+    assert!(err.contains("/nonexistent/jailbuilder.toml"), "{err}");
+    let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    assert_eq!(err.matches(cause.as_str()).count(), 1, "{err}");
+}

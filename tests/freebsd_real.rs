@@ -7,7 +7,8 @@
 //!   destroys) its own child dataset `<root>/t<pid>-<test>-<n>`;
 //! - `JAILBUILDER_BASE_SNAPSHOT` (tests that run programs in a jail): a snapshot of an
 //!   extracted FreeBSD base (base.txz), so /bin/sh and /usr/bin/cc exist in the jails;
-//! - `JAILBUILDER_BUILD_UID` (optional, default 65534): the uid and gid builds run as.
+//! - `JAILBUILDER_BUILD_UID` (optional, default 1879048192): the first uid and gid of the
+//!   per-slot build id range.
 //!
 //! When something is missing a test prints "SKIP: <reason>" and passes, unless
 //! `JAILBUILDER_CI=1` or `JAILBUILDER_FREEBSD_REQUIRED=1` (then it fails). vagrant/run.sh
@@ -125,7 +126,7 @@ mod real {
                 .trim()
                 .parse::<u32>()
                 .unwrap_or_else(|e| panic!("JAILBUILDER_BUILD_UID={v:?}: {e}")),
-            None => 65534,
+            None => jailbuilder::engine::DEFAULT_BUILD_ID_BASE,
         };
         assert_ne!(uid, 0, "JAILBUILDER_BUILD_UID must not be root");
         Ok(Env {
@@ -1639,6 +1640,160 @@ int main(void) {
             .expect("destroy_container of a retired image");
         assert!(!zfs_exists(&snap), "{snap} left");
         assert!(!zfs_exists(&image_ds), "{image_ds} left");
+        s.assert_empty();
+    }
+
+    // ------------------------------------------------------------------ limits
+
+    /// A container of a fresh image on a backend built from `s` with `tune` applied.
+    fn limited_container(
+        s: &mut Scratch,
+        tune: impl FnOnce(&mut FreeBsdConfig),
+    ) -> (Real, FreeBsdImage, FreeBsdContainer) {
+        tune(&mut s.config);
+        let b = s.started();
+        let img = image(&b);
+        let c = b.create_container(&img).expect("create_container");
+        (b, img, c)
+    }
+
+    /// Waits (bounded) until no process is left in jail `jid`.
+    fn assert_jail_emptied(jid: i32, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !processes_in_jail(jid).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_in_jail(jid),
+            vec![],
+            "{what}: processes left in jail {jid}"
+        );
+    }
+
+    #[test]
+    fn a_timeout_kills_every_process_of_the_jail() {
+        let env = setup!(true);
+        let mut s = Scratch::new(&env, "timeout");
+        let (b, img, c) = limited_container(&mut s, |_| {});
+        let jid = c.jid().expect("a jail");
+        let cmd = PreparedCommand::new(spec(
+            "/bin/sh",
+            &["-c", "sleep 1000 & sleep 1000 & sleep 1000"],
+            "/",
+        ))
+        .unwrap();
+        let limits = Limits {
+            timeout: Duration::from_secs(2),
+            ..limits()
+        };
+        let started = Instant::now();
+        let out = b.exec(&c, &cmd, env.user, &limits, None).expect("exec");
+        assert_eq!(out.status, ExitStatus::TimedOut, "{}", describe(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the wait was not bounded"
+        );
+        assert_jail_emptied(jid, "after the timeout");
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
+        s.assert_empty();
+    }
+
+    #[test]
+    fn a_cancelled_exec_kills_the_jail_at_once() {
+        let env = setup!(true);
+        let mut s = Scratch::new(&env, "cancel");
+        let (b, img, c) = limited_container(&mut s, |_| {});
+        let jid = c.jid().expect("a jail");
+        let cmd =
+            PreparedCommand::new(spec("/bin/sh", &["-c", "sleep 1000 & sleep 1000"], "/")).unwrap();
+        let token = Arc::new(jailbuilder::exec::CancelToken::new().expect("cancel pipe"));
+        let t = Arc::clone(&token);
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            t.cancel();
+        });
+        let out = b.exec(&c, &cmd, env.user, &limits(), Some(&token));
+        canceller.join().unwrap();
+        assert!(
+            out.is_err(),
+            "a cancelled exec returned {:?}",
+            out.map(|o| o.status)
+        );
+        assert_jail_emptied(jid, "after the cancel");
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
+        s.assert_empty();
+    }
+
+    fn racct_enabled() -> bool {
+        text(&run(Command::new("sysctl").args(["-n", "kern.racct.enable"])).stdout).trim() == "1"
+    }
+
+    #[test]
+    fn rctl_rules_bound_the_jail_when_racct_is_on() {
+        let env = setup!(true);
+        if !racct_enabled() {
+            // Not a failure even under CI: GENERIC ships RACCT disabled until
+            // kern.racct.enable=1 in loader.conf (vagrant/run.sh reboots once for it).
+            say("SKIP: kern.racct.enable is 0: rctl rules are not used (rlimits are)");
+            return;
+        }
+        let mut s = Scratch::new(&env, "rctl");
+        let (b, img, c) = limited_container(&mut s, |cfg| {
+            cfg.jail_limits = jailbuilder::freebsd::JailLimits {
+                memory_bytes: 256 << 20,
+                max_processes: 16,
+            };
+        });
+        assert!(
+            b.uses_rctl(),
+            "RACCT is on but the backend does not use rctl"
+        );
+        let rules = run_ok(Command::new("rctl").arg(format!("jail:{}", c.jail_name())));
+        assert!(rules.contains("vmemoryuse:deny="), "{rules}");
+        assert!(rules.contains("maxproc:deny="), "{rules}");
+        assert!(
+            !rules.contains("openfiles"),
+            "no jail-wide openfiles rule: {rules}"
+        );
+        // More processes than maxproc allows: some forks fail inside the jail.
+        let out = sh(
+            &b,
+            &env,
+            &c,
+            "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done; wait",
+        );
+        let err = text(&out.stderr).to_lowercase();
+        assert!(
+            err.contains("fork") || err.contains("resource"),
+            "{}",
+            describe(&out)
+        );
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
+        s.assert_empty();
+    }
+
+    #[test]
+    fn the_container_quota_stops_a_compile_that_writes_too_much() {
+        let env = setup!(true);
+        let mut s = Scratch::new(&env, "quota");
+        let (b, img, c) = limited_container(&mut s, |cfg| cfg.container_quota_bytes = 8 << 20);
+        let out = sh(
+            &b,
+            &env,
+            &c,
+            "mkdir -p /tmp/q && dd if=/dev/random of=/tmp/q/big bs=1m count=64",
+        );
+        assert_ne!(out.status, ExitStatus::Code(0), "{}", describe(&out));
+        assert!(
+            text(&out.stderr).to_lowercase().contains("quota"),
+            "EDQUOT expected: {}",
+            describe(&out)
+        );
+        b.destroy_container(c).expect("destroy_container");
+        b.destroy_image(img).expect("destroy_image");
         s.assert_empty();
     }
 }

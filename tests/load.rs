@@ -91,7 +91,7 @@ fn thousands_of_builds_leak_nothing() {
                     }
                     let src = format!("int x{i};\n");
                     let inputs = tar(&[file("work/in.c", 0o644, src.as_bytes())]);
-                    let (args, outputs): (&[&str], Vec<String>) = if i % 2 == 0 {
+                    let (args, outputs): (&[&str], Vec<String>) = if i.is_multiple_of(2) {
                         (&["true"], vec![])
                     } else {
                         (&["cp", "in.c", "out.o"], vec!["out.o".into()])

@@ -1,7 +1,7 @@
 //! Load through `jailbuilder serve` (the engine-only load test is `load.rs`): a stock
 //! `sccache-dist scheduler`, `jailbuilder serve` with a pool of two containers, and a stock
 //! `sccache` client on 127.0.0.1 (the harness is `common::sccache`); many distinct C files
-//! compiled with `sccache gcc -c`, more at once than the pool has containers. Every compile
+//! compiled with `sccache gcc -c`, as many at once as the scheduler assigns. Every compile
 //! must be a distributed compile on our server (no distributed error, so no local
 //! fallback; no failure), and once the load settles the serve process's open descriptors,
 //! threads and child processes, the mounts beneath its state directory and the state
@@ -12,9 +12,9 @@
 //! `JAILBUILDER_SERVE_LOAD_COMPILES` sets the number of compiles (default 300).
 //! `JAILBUILDER_SERVE_LOAD_JOBS` sets the client's parallel compiles; the default is the
 //! most the stock scheduler assigns to one server at once (cores + 1 + cores / 8, cores as
-//! the server sees them): beyond that it answers "Insufficient capacity" and the client
-//! compiles locally, which this test counts as a failure (a `dist_errors`). The pool is
-//! then smaller than that (2 containers; 1 on a single core).
+//! the server announces them: fewer than the host's so that this fits the pool of 2
+//! containers): beyond that it answers "Insufficient capacity" and the client compiles
+//! locally, which this test counts as a failure (a `dist_errors`).
 //!
 //! Needs root, gcc and the stock sccache 0.19.0 binaries; the SKIP / `JAILBUILDER_CI=1`
 //! rules are `sccache_e2e`'s. The waits are hang guards, never speed limits.
@@ -194,16 +194,23 @@ fn serve_under_load_returns_to_its_counts() {
     };
     let started = Instant::now();
     let total = env_usize("JAILBUILDER_SERVE_LOAD_COMPILES").unwrap_or(300);
-    // The stock scheduler's capacity per server (`load_weight` in sccache-dist).
+    // The stock scheduler's capacity per server (`load_weight` in sccache-dist) for the
+    // core count serve announces: lowered so that it fits the pool (heartbeat.rs
+    // `advertised_cpus`).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let capacity = cores + 1 + cores / 8;
+    let pool = 2;
+    let mut announced = cores.max(1);
+    while announced > 1 && announced + 1 + announced / 8 > pool {
+        announced -= 1;
+    }
+    let capacity = announced + 1 + announced / 8;
     let jobs = env_usize("JAILBUILDER_SERVE_LOAD_JOBS").unwrap_or(capacity);
     assert!(
         (2..=capacity).contains(&jobs),
         "JAILBUILDER_SERVE_LOAD_JOBS={jobs}: between 2 and the scheduler's capacity \
-         ({capacity} with {cores} cores) so that no compile falls back to local"
+         ({capacity}: serve announces {announced} of {cores} cores for a pool of {pool}) so \
+         that no compile falls back to local"
     );
-    let pool = (jobs - 1).min(2);
     let mut cluster = Cluster::start(
         &bin,
         &format!(

@@ -14,7 +14,7 @@
 #                        (default: the first disk with no partition table
 #                        and not in a pool; if none, a file-backed pool)
 #   JB_POOL_FILE_SIZE    size of the file vdev if no spare disk (default 20G)
-#   JAILBUILDER_BUILD_UID  uid of the compile user        (default 65532)
+#   JAILBUILDER_BUILD_UID  first uid/gid of the per-slot build range (default 1879048192)
 #   JB_SRC               where the repo is synced  (default /home/vagrant/jailbuilder)
 #
 # Output: /var/db/jailbuilder/env, a file of VAR=value lines that run.sh
@@ -32,8 +32,7 @@ POOL=${JB_POOL:-jbpool}
 POOL_FILE_DIR=/var/jailbuilder
 POOL_FILE="$POOL_FILE_DIR/pool.img"
 POOL_FILE_SIZE=${JB_POOL_FILE_SIZE:-20G}
-BUILD_UID=${JAILBUILDER_BUILD_UID:-65532}
-BUILD_USER=jbbuild
+BUILD_UID=${JAILBUILDER_BUILD_UID:-1879048192}
 JB_ROOT="$POOL/jailbuilder"
 BASE_DS="$JB_ROOT/base"
 TEST_DS="$JB_ROOT/test"
@@ -133,10 +132,15 @@ else
 fi
 zpool list "$POOL"
 
-# datasets: the jailbuilder root, the base image, the tests' scratch root
-for ds in "$JB_ROOT" "$BASE_DS" "$TEST_DS"; do
+# datasets: the jailbuilder root, the base image, the tests' scratch root, and the build
+# area (cargo's target dir and home): the release box's root disk is 8 GB
+# (release/tools/vagrant.conf VMSIZE=8g), too small for Rust, two base.txz and debug +
+# release builds, so they live on the test pool.
+BUILD_DS="$POOL/build"
+for ds in "$JB_ROOT" "$BASE_DS" "$TEST_DS" "$BUILD_DS"; do
 	zfs list -H -o name "$ds" >/dev/null 2>&1 || zfs create -p "$ds"
 done
+BUILD_DIR=$(zfs list -H -o mountpoint "$BUILD_DS")
 BASE_SNAP="$BASE_DS@$REL"
 BASE_MNT=$(zfs list -H -o mountpoint "$BASE_DS")
 
@@ -209,16 +213,13 @@ if [ "$RACCT_NOW" != 1 ]; then
 	warn "kern.racct.enable=0 until the next boot (run.sh reboots the VM once)"
 fi
 
-# ---------------------------------------------------------------- build user
-if ! pw groupshow "$BUILD_USER" >/dev/null 2>&1; then
-	pw groupadd "$BUILD_USER" -g "$BUILD_UID"
+# ---------------------------------------------------------------- build ids
+# Each container slot runs its builds as its own uid/gid, BUILD_UID + slot (config keys
+# build_uid_base/build_gid_base): no account is needed, and none may use the range
+# (`jailbuilder doctor` checks the passwd and group files).
+if awk -F: -v lo="$BUILD_UID" -v hi="$((BUILD_UID + 4096))" '$3 >= lo && $3 < hi { found = 1 } END { exit !found }' /etc/passwd /etc/group; then
+	die "an account or group uses an id in $BUILD_UID..$((BUILD_UID + 4095)), the build id range"
 fi
-if ! pw usershow "$BUILD_USER" >/dev/null 2>&1; then
-	pw useradd "$BUILD_USER" -u "$BUILD_UID" -g "$BUILD_USER" \
-		-c 'jailbuilder compile user' -d /nonexistent -s /usr/sbin/nologin
-fi
-[ "$(id -u "$BUILD_USER")" = "$BUILD_UID" ] ||
-	die "user $BUILD_USER exists with uid $(id -u "$BUILD_USER"), expected $BUILD_UID"
 
 # ---------------------------------------------------------------- pot
 # As sccache's docs/DistributedFreeBSD.md: pot on the pool, then the
@@ -246,9 +247,15 @@ if ! zfs list -H -o name "$POT_ZFS_ROOT/jails" >/dev/null 2>&1; then
 	fi
 fi
 if [ ! -d "$POT_FS_ROOT/jails/$POT_TEMPLATE" ]; then
-	# pot fetches /tmp/<REL>_base.txz itself unless it is there and matches
-	# the MANIFEST: hand it the tarball we already verified.
-	[ -r "/tmp/${REL}_base.txz" ] || cp "$BASE_TXZ" "/tmp/${REL}_base.txz" 2>/dev/null || true
+	# pot fetches <REL>_base.txz (e.g. 14.3-RELEASE_base.txz) itself unless it is there
+	# and matches the MANIFEST: current pot looks in ${POT_CACHE} (share/pot/common.sh;
+	# pot.default.conf, default /var/cache/pot), older pot in /tmp. Hand both the tarball
+	# we already verified.
+	POT_CACHE=$( . /usr/local/etc/pot/pot.default.conf 2>/dev/null; echo "${POT_CACHE:-/var/cache/pot}")
+	mkdir -p "$POT_CACHE"
+	for d in "$POT_CACHE" /tmp; do
+		[ -r "$d/${REL}_base.txz" ] || cp "$BASE_TXZ" "$d/${REL}_base.txz"
+	done
 	log "pot create -p $POT_TEMPLATE -b $POT_REL"
 	pot create -p "$POT_TEMPLATE" -N alias -i "lo0|127.0.0.2" -t single -b "$POT_REL"
 	pot set-cmd -p "$POT_TEMPLATE" -c /usr/bin/true
@@ -268,6 +275,7 @@ JAILBUILDER_POT_FS_ROOT=$POT_FS_ROOT
 JAILBUILDER_POT_TEMPLATE=$POT_TEMPLATE
 JB_FREEBSD_RELEASE=$REL
 JB_SRC=${JB_SRC:-/home/vagrant/jailbuilder}
+JB_BUILD_DIR=$BUILD_DIR
 EOF
 mv "$ENV_FILE.new" "$ENV_FILE"
 log "wrote $ENV_FILE:"

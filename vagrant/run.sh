@@ -142,10 +142,11 @@ set -a
 . /var/db/jailbuilder/env
 set +a
 export PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin
-export CARGO_TARGET_DIR=/var/jailbuilder/target
+# On the test pool's build dataset (provision.sh): the box's root disk is 8 GB.
+export CARGO_TARGET_DIR="$JB_BUILD_DIR/target" CARGO_HOME="$JB_BUILD_DIR/cargo"
 export CARGO_TERM_COLOR=never
 export RUST_BACKTRACE=1
-mkdir -p /var/jailbuilder
+mkdir -p "$CARGO_TARGET_DIR" "$CARGO_HOME"
 cd "$JB_SRC"
 EOF
 

@@ -64,7 +64,9 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("jailbuilder: {e:#}");
+            // Each cause once (library errors often repeat their source in their text).
+            let err: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("jailbuilder: {}", jailbuilder::error_chain::render(err));
             ExitCode::FAILURE
         }
     }

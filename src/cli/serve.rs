@@ -91,6 +91,25 @@ fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::
         }
     };
 
+    if let Some(addr) = cfg.metrics_addr {
+        let bound =
+            jailbuilder::sccache::metrics::start(addr, server.clone(), cfg.cache_dir.join("tc"));
+        match bound {
+            Ok(bound) => log::info!("metrics: http://{bound}/metrics"),
+            Err(e) => {
+                engine.shutdown();
+                return Err(anyhow::Error::new(e).context(format!("serving metrics on {addr}")));
+            }
+        }
+    }
+    {
+        let engine = Arc::downgrade(&engine);
+        jailbuilder::metrics::spawn_summary(jailbuilder::metrics::SUMMARY_INTERVAL, move || {
+            engine.upgrade().map(|e| e.stats())
+        })
+        .context("starting the metrics summary thread")?;
+    }
+
     {
         let server = server.clone();
         let engine = Arc::clone(&engine);

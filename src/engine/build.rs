@@ -278,6 +278,7 @@ impl<B: Backend> Engine<B> {
         let result = self.build_inner(req, encoder, Some(cancel));
         self.pool.finished(id);
         self.pool.record_build(result.is_ok());
+        self.pool.health.builds.record(&result);
         result
     }
 

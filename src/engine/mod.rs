@@ -5,6 +5,7 @@
 mod build;
 mod error;
 mod pool;
+mod stats;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,10 @@ pub use build::{
     OUTPUT_CHUNK_BYTES,
 };
 pub use error::{BoxError, BuildError};
+pub use stats::{
+    BuildStats, JobOutcome, OutcomeCounts, Phase, PhaseHistogram, PHASE_BUCKETS_SECS,
+    PHASE_BUCKET_COUNT,
+};
 
 use crate::backend::{Backend, BuildUser, Limits};
 use crate::untrusted::UnpackLimits;
@@ -122,10 +127,32 @@ pub struct EngineStats {
     pub containers_reset: u64,
     pub containers_destroyed: u64,
     pub reset_failures: u64,
+    /// Containers whose destruction failed (they are counted in `containers_destroyed`).
+    pub destroy_failures: u64,
     /// Containers alive now (busy + ready + recycling + being created).
     pub containers_alive: usize,
     pub containers_ready: usize,
+    /// Containers lent to a running build now.
+    pub containers_busy: usize,
     pub images: usize,
+    /// Jobs by outcome and the phase histograms.
+    pub builds: BuildStats,
+    /// The containers of each toolchain image held now (at most `max_images` entries),
+    /// in toolchain order.
+    pub toolchains: Vec<ToolchainPoolStats>,
+    /// [`Engine::is_healthy`] when the snapshot was taken.
+    pub healthy: bool,
+}
+
+/// One toolchain image's containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolchainPoolStats {
+    pub toolchain: crate::backend::ToolchainId,
+    pub ready: usize,
+    /// Lent to a running build.
+    pub busy: usize,
+    /// Handed back and being reset, or being created.
+    pub recycling: usize,
 }
 
 /// The engine. Share it with `Arc`; dropping it shuts it down (see [`Engine::shutdown`]).
@@ -137,6 +164,7 @@ pub(crate) struct Health {
     consecutive_failures: AtomicU32,
     builds_ok: AtomicU64,
     builds_failed: AtomicU64,
+    builds: stats::BuildRecorder,
 }
 
 impl<B: Backend> Engine<B> {
@@ -193,8 +221,12 @@ impl<B: Backend> Engine<B> {
             < self.pool.config.unhealthy_after
     }
 
+    /// A snapshot of the counters, the phase histograms and the pool (takes the pool's
+    /// bookkeeping lock briefly; never held across a backend call).
     pub fn stats(&self) -> EngineStats {
-        self.pool.stats()
+        let mut s = self.pool.stats();
+        s.healthy = self.is_healthy();
+        s
     }
 
     /// Blocks until the recycler has nothing queued: every container handed back is ready

@@ -17,10 +17,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::build::ToolchainSource;
-use super::{BuildError, EngineConfig, EngineStats, Health};
+use super::{BuildError, EngineConfig, EngineStats, Health, ToolchainPoolStats};
 use crate::backend::{Backend, ExistingImage, ToolchainId};
 use crate::exec::CancelToken;
 
@@ -49,6 +49,8 @@ struct Slot<B: Backend> {
     alive: usize,
     /// Builds between `image()` and `release()`: the image must not be evicted under them.
     users: usize,
+    /// Containers of this image lent to builds now.
+    lent: usize,
     last_used: u64,
 }
 
@@ -79,6 +81,7 @@ struct Counters {
     containers_reset: AtomicU64,
     containers_destroyed: AtomicU64,
     reset_failures: AtomicU64,
+    destroy_failures: AtomicU64,
 }
 
 pub(crate) struct Pool<B: Backend> {
@@ -113,6 +116,7 @@ impl<B: Backend> Pool<B> {
                 consecutive_failures: AtomicU32::new(0),
                 builds_ok: AtomicU64::new(0),
                 builds_failed: AtomicU64::new(0),
+                builds: Default::default(),
             },
             state: Mutex::new(State {
                 images: HashMap::new(),
@@ -295,6 +299,7 @@ impl<B: Backend> Pool<B> {
                 ready: Vec::new(),
                 alive: 0,
                 users: 1,
+                lent: 0,
                 last_used: clock,
             },
         );
@@ -413,6 +418,15 @@ impl<B: Backend> Pool<B> {
         let max = self.config.max_containers.max(1);
         let max_tc = self.config.max_containers_per_toolchain.max(1);
         let mut st = self.lock();
+        let mut waiting: Option<Instant> = None;
+        let waited = |since: Option<Instant>| {
+            if let Some(t) = since {
+                log::debug!(
+                    "toolchain {id}: got a container after waiting {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        };
         loop {
             if st.shutting_down {
                 return Err(BuildError::ShuttingDown);
@@ -423,6 +437,7 @@ impl<B: Backend> Pool<B> {
             };
             if let Some(container) = slot.ready.pop() {
                 let (ready, alive) = (slot.ready.len(), slot.alive);
+                slot.lent += 1;
                 st.lent += 1;
                 let warm = self.prewarm_count(&st, ready, alive).min(1);
                 let mut jobs = Vec::new();
@@ -435,13 +450,16 @@ impl<B: Backend> Pool<B> {
                 }
                 drop(st);
                 self.dispatch(jobs);
+                waited(waiting);
                 return Ok(container);
             }
             if total_alive < max && slot.alive < max_tc {
                 slot.alive += 1;
+                slot.lent += 1;
                 let n = Self::reserve(&mut st);
                 st.lent += 1;
                 drop(st);
+                waited(waiting);
                 return match self.backend.create_container(image) {
                     Ok(c) => {
                         self.counters
@@ -468,6 +486,10 @@ impl<B: Backend> Pool<B> {
                     st = self.lock();
                     continue;
                 }
+            }
+            if waiting.is_none() {
+                waiting = Some(Instant::now());
+                log_wait(id, total_alive, max, max_tc);
             }
             st = self.wait(st);
         }
@@ -504,6 +526,9 @@ impl<B: Backend> Pool<B> {
         }
         if let Some(slot) = id.and_then(|id| st.images.get_mut(id)) {
             slot.alive = slot.alive.saturating_sub(1);
+            if was_lent {
+                slot.lent = slot.lent.saturating_sub(1);
+            }
         }
         drop(st);
         self.changed.notify_all();
@@ -514,6 +539,9 @@ impl<B: Backend> Pool<B> {
         let left = {
             let mut st = self.lock();
             st.lent -= 1;
+            if let Some(slot) = st.images.get_mut(id) {
+                slot.lent = slot.lent.saturating_sub(1);
+            }
             self.send(&mut st, Job::Reset(id.clone(), container))
         };
         if let Some(job) = left {
@@ -533,6 +561,9 @@ impl<B: Backend> Pool<B> {
     fn destroy(&self, c: Held<B::Container>) {
         if let Err(e) = self.backend.destroy_container(c.container) {
             self.record_failure();
+            self.counters
+                .destroy_failures
+                .fetch_add(1, Ordering::Relaxed);
             log::error!("destroying a container failed: {e}");
         }
         self.counters
@@ -712,6 +743,17 @@ impl<B: Backend> Pool<B> {
     pub(crate) fn stats(&self) -> EngineStats {
         let st = self.lock();
         let c = &self.counters;
+        let mut toolchains: Vec<ToolchainPoolStats> = st
+            .images
+            .iter()
+            .map(|(id, s)| ToolchainPoolStats {
+                toolchain: id.clone(),
+                ready: s.ready.len(),
+                busy: s.lent,
+                recycling: s.alive.saturating_sub(s.ready.len() + s.lent),
+            })
+            .collect();
+        toolchains.sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
         EngineStats {
             builds_ok: self.health.builds_ok.load(Ordering::Relaxed),
             builds_failed: self.health.builds_failed.load(Ordering::Relaxed),
@@ -722,9 +764,33 @@ impl<B: Backend> Pool<B> {
             containers_reset: c.containers_reset.load(Ordering::Relaxed),
             containers_destroyed: c.containers_destroyed.load(Ordering::Relaxed),
             reset_failures: c.reset_failures.load(Ordering::Relaxed),
+            destroy_failures: c.destroy_failures.load(Ordering::Relaxed),
             containers_alive: st.alive,
             containers_ready: st.images.values().map(|s| s.ready.len()).sum(),
+            containers_busy: st.lent,
             images: st.images.len(),
+            builds: self.health.builds.snapshot(),
+            toolchains,
+            healthy: false,
         }
     }
 }
+
+/// Says, at most every [`WAIT_LOG_INTERVAL`], that a build waits for a container: the pool
+/// is at its bound (`max_containers` or `max_containers_per_toolchain`), so the scheduler
+/// sends more jobs than the pool holds, or images are being built.
+fn log_wait(id: &ToolchainId, alive: usize, max: usize, max_tc: usize) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|t| t.elapsed() < WAIT_LOG_INTERVAL) {
+        return;
+    }
+    *last = Some(Instant::now());
+    log::info!(
+        "toolchain {id}: a build waits for a container ({alive} of max_containers = {max} \
+         alive, at most {max_tc} per toolchain); further waits are logged at debug for {} s",
+        WAIT_LOG_INTERVAL.as_secs()
+    );
+}
+
+const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -17,6 +17,8 @@ mod real;
 #[cfg(test)]
 mod abi_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_engine;

@@ -4,35 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::test_support::*;
 use super::*;
-use crate::backend::{Backend, BuildUser, ExitStatus, Limits, ToolchainId};
+use crate::backend::{Backend, ExitStatus, Limits, ToolchainId};
 use crate::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
-
-type Fb = FreeBsdBackend<Arc<FakeKernel>>;
-
-const USER: BuildUser = BuildUser {
-    uid: 1000,
-    gid: 1000,
-};
-
-fn toolchain_tar_gz() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for dir in ["usr/", "usr/bin/", "work/"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    let body = b"#!/bin/sh\n";
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o755);
-    h.set_size(body.len() as u64);
-    tar.append_data(&mut h, "usr/bin/cc", &body[..]).unwrap();
-    let gz = tar.into_inner().unwrap();
-    gz.finish().unwrap()
-}
 
 fn config(fake: &FakeKernel) -> FreeBsdConfig {
     FreeBsdConfig {
@@ -60,7 +35,7 @@ fn tc(id: &str) -> ToolchainId {
 }
 
 fn image(b: &Fb, id: &str) -> FreeBsdImage {
-    b.create_image(&tc(id), &mut &toolchain_tar_gz()[..])
+    b.create_image(&tc(id), &mut &toolchain_tar_gz(Some(b"#!/bin/sh\n"))[..])
         .unwrap()
 }
 
@@ -345,7 +320,7 @@ fn failure_at_each_image_step_leaves_nothing() {
     for (pattern, step) in cases {
         let (fake, b) = setup();
         fake.fail_on(pattern, 1, libc::EIO);
-        let e = match b.create_image(&tc("tc1"), &mut &toolchain_tar_gz()[..]) {
+        let e = match b.create_image(&tc("tc1"), &mut &toolchain_tar_gz(Some(b"#!/bin/sh\n"))[..]) {
             Ok(_) => panic!("{pattern}: created"),
             Err(e) => e,
         };
@@ -368,7 +343,7 @@ fn failure_at_each_image_step_leaves_nothing() {
     };
     let b = FreeBsdBackend::new(fake.clone(), cfg).unwrap();
     b.remove_leftovers().unwrap();
-    let e = match b.create_image(&tc("tc1"), &mut &toolchain_tar_gz()[..]) {
+    let e = match b.create_image(&tc("tc1"), &mut &toolchain_tar_gz(Some(b"#!/bin/sh\n"))[..]) {
         Ok(_) => panic!("created"),
         Err(e) => e,
     };

@@ -8,29 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::test_support::*;
 use super::*;
 use crate::backend::{Backend, BuildUser, Limits, ToolchainId};
 use crate::engine::{BuildError, BuildRequest, Engine, EngineConfig};
 use crate::exec::{CancelToken, CommandSpec};
-
-type Fb = FreeBsdBackend<Arc<FakeKernel>>;
-
-fn toolchain_tar_gz() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for dir in ["usr/", "usr/bin/", "work/"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o755);
-    h.set_size(3);
-    tar.append_data(&mut h, "usr/bin/cc", &b"cc\n"[..]).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
-}
 
 const JAIL_LIMITS: JailLimits = JailLimits {
     memory_bytes: 1 << 30,
@@ -135,7 +117,7 @@ fn assert_clean(fake: &Arc<FakeKernel>, e: Engine<Fb>) {
 
 #[test]
 fn a_kernel_call_failing_in_image_container_or_exec_fails_that_build_and_names_the_step() {
-    let tc = toolchain_tar_gz();
+    let tc = toolchain_tar_gz(Some(b"cc\n"));
     let cases = [
         ("create pool/jb/i-", "ImageCreate"),
         ("nmount zfs pool/jb/i-", "ImageMount"),
@@ -183,7 +165,7 @@ fn a_kernel_call_failing_in_image_container_or_exec_fails_that_build_and_names_t
 
 #[test]
 fn a_failed_reset_destroys_the_container_and_the_pool_refills() {
-    let tc = toolchain_tar_gz();
+    let tc = toolchain_tar_gz(Some(b"cc\n"));
     // One container, no pre-warming: after the first build, the next matching call is the
     // reset of the second build's container.
     let cases = [
@@ -238,7 +220,7 @@ fn a_failed_reset_destroys_the_container_and_the_pool_refills() {
 
 #[test]
 fn a_failed_destroy_is_logged_and_cleaned_up_at_the_next_start() {
-    let tc = toolchain_tar_gz();
+    let tc = toolchain_tar_gz(Some(b"cc\n"));
     for pattern in [
         "jail_remove",
         "rctl_remove_rule",
@@ -263,7 +245,7 @@ fn a_failed_destroy_is_logged_and_cleaned_up_at_the_next_start() {
 
 #[test]
 fn jails_get_rctl_rules_and_containers_a_quota_when_racct_is_on() {
-    let tc = toolchain_tar_gz();
+    let tc = toolchain_tar_gz(Some(b"cc\n"));
     let fake = fake();
     let e = engine(&fake, 0);
     let out = build(&e, &tc).unwrap();
@@ -325,7 +307,7 @@ fn a_crash_leaves_rctl_rules_that_the_next_start_removes() {
     let img = b
         .create_image(
             &ToolchainId::new("tc1").unwrap(),
-            &mut &toolchain_tar_gz()[..],
+            &mut &toolchain_tar_gz(Some(b"cc\n"))[..],
         )
         .unwrap();
     let c = b.create_container(&img).unwrap();
@@ -350,13 +332,13 @@ fn a_crash_leaves_rctl_rules_that_the_next_start_removes() {
 fn a_corrupt_toolchain_is_a_toolchain_error_not_a_backend_failure() {
     let fake = fake();
     let e = engine(&fake, 0);
-    let mut tc = toolchain_tar_gz();
+    let mut tc = toolchain_tar_gz(Some(b"cc\n"));
     tc.truncate(tc.len() / 2);
     let err = build(&e, &tc).unwrap_err();
     assert!(matches!(err, BuildError::Toolchain { .. }), "{err}");
     assert!(err.is_client_error());
     // Not cached: the good archive builds the image afterwards.
-    build(&e, &toolchain_tar_gz()).unwrap();
+    build(&e, &toolchain_tar_gz(Some(b"cc\n"))).unwrap();
     assert_clean(&fake, e);
 }
 
@@ -380,7 +362,7 @@ fn a_cancelled_build_kills_the_jail_and_the_container_is_reset() {
         }
     });
     let e = engine(&fake, 0);
-    let tc = toolchain_tar_gz();
+    let tc = toolchain_tar_gz(Some(b"cc\n"));
     build(&e, &tc).unwrap();
     let err = std::thread::scope(|s| {
         let h = s.spawn(|| {

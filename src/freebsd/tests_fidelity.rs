@@ -4,29 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::test_support::*;
 use super::*;
-use crate::backend::{Backend, BuildUser, ExitStatus, Limits, ToolchainId};
+use crate::backend::{Backend, ExitStatus, Limits, ToolchainId};
 use crate::exec::{CommandSpec, PreparedCommand};
-
-type Fb = FreeBsdBackend<Arc<FakeKernel>>;
-
-const USER: BuildUser = BuildUser {
-    uid: 1000,
-    gid: 1000,
-};
-
-fn toolchain_tar_gz() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for dir in ["usr/", "usr/bin/", "work/"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap()
-}
 
 fn config(fake: &FakeKernel) -> FreeBsdConfig {
     FreeBsdConfig {
@@ -51,7 +32,7 @@ fn container_on(
     let img = b
         .create_image(
             &ToolchainId::new("tc1").unwrap(),
-            &mut &toolchain_tar_gz()[..],
+            &mut &toolchain_tar_gz(None)[..],
         )
         .unwrap();
     let c = b.create_container(&img).unwrap();

@@ -3,29 +3,10 @@
 
 use std::sync::Arc;
 
+use super::test_support::*;
 use super::*;
-use crate::backend::{Backend, BuildUser, Limits, ToolchainId};
+use crate::backend::{Backend, Limits, ToolchainId};
 use crate::exec::{CommandSpec, PreparedCommand};
-
-type Fb = FreeBsdBackend<Arc<FakeKernel>>;
-
-const USER: BuildUser = BuildUser {
-    uid: 1000,
-    gid: 1000,
-};
-
-fn toolchain_tar_gz() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for dir in ["usr/", "usr/bin/", "work/"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap()
-}
 
 fn backend(fake: &Arc<FakeKernel>, jail_limits: JailLimits) -> Fb {
     let cfg = FreeBsdConfig {
@@ -61,7 +42,7 @@ fn plan_of_one_exec(fake: &Arc<FakeKernel>, b: &Fb, limits: &Limits) -> ExecPlan
     let img = b
         .create_image(
             &ToolchainId::new("tc").unwrap(),
-            &mut &toolchain_tar_gz()[..],
+            &mut &toolchain_tar_gz(None)[..],
         )
         .unwrap();
     let c = b.create_container(&img).unwrap();
@@ -143,7 +124,7 @@ fn the_jail_is_created_with_exactly_these_parameters() {
     let img = b
         .create_image(
             &ToolchainId::new("tc").unwrap(),
-            &mut &toolchain_tar_gz()[..],
+            &mut &toolchain_tar_gz(None)[..],
         )
         .unwrap();
     let c = b.create_container(&img).unwrap();

@@ -22,6 +22,14 @@ pub enum JobError {
     ToolchainId(#[from] InvalidToolchainId),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The sandbox's own limit ended the compile, which the client (without that limit)
+    /// may well complete: the job fails, so the stock client compiles locally (a 5xx from
+    /// `run_job` makes sccache 0.19 fall back, `compiler.rs` `dist_or_local_compile`)
+    /// instead of reporting a compile error.
+    #[error(
+        "the compile exceeded the build server's {limit}; the client should compile it locally"
+    )]
+    SandboxLimit { limit: String },
 }
 
 impl JobError {
@@ -31,6 +39,8 @@ impl JobError {
         match self {
             JobError::ToolchainId(_) => true,
             JobError::Build(e) => e.is_client_error(),
+            // Neither the request's fault nor the builder's; not a backend failure either.
+            JobError::SandboxLimit { .. } => true,
         }
     }
 }
@@ -228,6 +238,10 @@ impl<B: Backend> JailBuilder<B> {
                     res.outputs.len(),
                 );
             }
+            Err(e @ JobError::SandboxLimit { .. }) => log::warn!(
+                "{label} toolchain {tc_short}: after {:.3}s: {e}",
+                start.elapsed().as_secs_f64()
+            ),
             Err(e) if e.is_client_error() => log::info!(
                 "{label} toolchain {tc_short}: failed after {:.3}s (request error): {e}",
                 start.elapsed().as_secs_f64()
@@ -279,6 +293,15 @@ impl<B: Backend> JailBuilder<B> {
             .map(|o| (o.path, o.data))
             .collect();
         let timeout = self.engine.config().limits.timeout.as_secs();
+        // Only the time limit is attributable for sure: a compiler that hits RLIMIT_AS or
+        // RLIMIT_NPROC sees ENOMEM/EAGAIN and fails or dies in its own way, and a cgroup's
+        // OOM kill looks like SIGKILL; those keep their exit code (128 + signal), as the
+        // stock overlay builder reports a compiler's own signal through bwrap.
+        if outcome.exec.status == ExitStatus::TimedOut {
+            return Err(JobError::SandboxLimit {
+                limit: format!("time limit (timeout_secs = {timeout})"),
+            });
+        }
         Ok((
             BuildResult {
                 output: process_output(outcome.exec, timeout),

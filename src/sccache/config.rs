@@ -70,6 +70,10 @@ pub struct ServeConfig {
     /// jailbuilder's: the largest run_job header (command, environment, outputs), in bytes.
     #[serde(default = "default_max_run_job_header_bytes")]
     pub max_run_job_header_bytes: u64,
+    /// jailbuilder's: where to serve Prometheus metrics (plain HTTP `GET /metrics`), e.g.
+    /// "127.0.0.1:9469". Off unless set. Unauthenticated: bind it to a private address.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
     /// The sandbox backend and the engine's policy.
     #[serde(default)]
     pub builder: BuilderConfig,
@@ -99,6 +103,7 @@ impl fmt::Debug for ServeConfig {
             )
             .field("max_staged_upload_bytes", &self.max_staged_upload_bytes)
             .field("max_run_job_header_bytes", &self.max_run_job_header_bytes)
+            .field("metrics_addr", &self.metrics_addr)
             .field("builder", &self.builder)
             .field("path", &self.path)
             .finish()

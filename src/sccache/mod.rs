@@ -8,6 +8,7 @@
 //! - [`http`]: the build server's HTTP side of sccache's dist protocol (TLS, job tokens,
 //!   bounded decoding, heartbeats): what `jailbuilder serve` runs the [`JailServer`] behind,
 //!   in place of `sccache::dist::http::Server`.
+//! - [`metrics`]: the Prometheus endpoint of `jailbuilder serve` (`metrics_addr`).
 //! - [`ServeConfig`] is `jailbuilder serve`'s configuration file: `sccache-dist server`'s
 //!   keys with a `[builder]` section ([`crate::config::BuilderConfig`]) in place of its
 //!   builder types.
@@ -21,6 +22,7 @@
 mod builder;
 mod config;
 pub mod http;
+pub mod metrics;
 mod server;
 
 pub use builder::{JailBuilder, JobError, SccacheOutputs};

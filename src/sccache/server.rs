@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,10 @@ struct Inner<B: Backend> {
     uploads: UploadLimits,
     /// Bytes reserved by uploads being staged now.
     staged: Mutex<u64>,
+    /// Uploads being received now (for metrics).
+    uploads_in_flight: AtomicU64,
+    /// Assignments refused (draining, unhealthy), for metrics.
+    refused: AtomicU64,
     incoming: PathBuf,
     jobs: Mutex<HashMap<JobId, Assigned>>,
     draining: AtomicBool,
@@ -218,6 +222,8 @@ impl<B: Backend> JailServer<B> {
                 cache_size: toolchain_cache_size,
                 uploads,
                 staged: Mutex::new(0),
+                uploads_in_flight: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 incoming,
                 jobs: Mutex::new(HashMap::new()),
                 draining: AtomicBool::new(false),
@@ -258,6 +264,16 @@ impl<B: Backend> JailServer<B> {
     /// Bytes of uploads being staged now.
     pub fn staged_upload_bytes(&self) -> u64 {
         *lock(&self.inner.staged)
+    }
+
+    /// Toolchain uploads being received now.
+    pub fn uploads_in_flight(&self) -> u64 {
+        self.inner.uploads_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Job assignments refused so far (draining, unhealthy).
+    pub fn assignments_refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// Jobs assigned and not yet run.
@@ -333,6 +349,7 @@ impl<B: Backend> JailServer<B> {
         // Before the cache sees it: the id is a file name there.
         ToolchainId::new(toolchain.archive_id.as_str()).map_err(super::JobError::from)?;
         if let Err(e) = self.admit() {
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
             log::info!("job {job}: assignment refused: {e}");
             return Err(e);
         }
@@ -397,10 +414,7 @@ impl<B: Backend> JailServer<B> {
             .inner
             .incoming
             .join(format!("{job}-{}", uuid::Uuid::new_v4().simple()));
-        let mut budget = Reservation {
-            inner: &self.inner,
-            held: 0,
-        };
+        let mut budget = Reservation::new(&self.inner);
         let received = receive(archive, &staging, self.max_upload_bytes(), &mut budget);
         let result = match received {
             Err(e) => {
@@ -520,7 +534,13 @@ struct Reservation<'a, B: Backend> {
     held: u64,
 }
 
-impl<B: Backend> Reservation<'_, B> {
+impl<'a, B: Backend> Reservation<'a, B> {
+    /// An empty reservation, counted as an upload in flight until dropped.
+    fn new(inner: &'a Inner<B>) -> Self {
+        inner.uploads_in_flight.fetch_add(1, Ordering::Relaxed);
+        Reservation { inner, held: 0 }
+    }
+
     /// Reserves `n` more bytes, or fails without reserving any.
     fn grow(&mut self, n: u64) -> io::Result<()> {
         let limit = self.inner.uploads.staged_total;
@@ -542,6 +562,8 @@ impl<B: Backend> Drop for Reservation<'_, B> {
     fn drop(&mut self) {
         let mut staged = lock(&self.inner.staged);
         *staged = staged.saturating_sub(self.held);
+        drop(staged);
+        self.inner.uploads_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

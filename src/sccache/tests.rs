@@ -294,6 +294,34 @@ fn killed_and_timed_out_compiles_report_shell_codes_and_say_why() {
 }
 
 #[test]
+fn a_compile_the_time_limit_ended_is_a_job_error_so_the_client_compiles_locally() {
+    // A compiler killed by its own signal is the compiler's outcome (128 + signal, as
+    // above); one the sandbox's time limit killed is not: the job fails, and the stock
+    // client falls back to a local compile instead of reporting a compile error.
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    h.assign(1, &tc);
+    let err = match h.run(1, cc(&["--timeout"]), &["a.o"], &[]) {
+        Err(e) => e,
+        Ok(_) => panic!("a timed-out compile completed"),
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("time limit (timeout_secs = "), "{msg}");
+    assert!(msg.contains("compile it locally"), "{msg}");
+    match &err {
+        ServerError::Job(j) => {
+            assert!(matches!(j, JobError::SandboxLimit { .. }), "{j:?}");
+            assert!(j.is_client_error());
+        }
+        e => panic!("{e:?}"),
+    }
+    // Not a builder failure: the builder stays healthy and serves the next job.
+    assert!(h.server.builder().engine().is_healthy());
+    h.assign(2, &tc);
+    assert_eq!(complete(h.run(2, cc(&[]), &[], &[])).output.code, 0);
+}
+
+#[test]
 fn environment_variables_sccache_would_skip_are_dropped_not_fatal() {
     let mut cmd = cc(&["--env"]);
     cmd.env_vars = vec![

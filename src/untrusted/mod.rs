@@ -5,6 +5,8 @@
 //! on the host side. `..` is rejected, absolute names are taken relative to the root.
 
 mod beneath;
+mod file_flags;
+mod tar_guard;
 mod unpack;
 
 pub use beneath::{make_dirs_beneath, open_file_beneath, read_file_beneath, BeneathError, RootDir};
@@ -14,6 +16,7 @@ pub fn split_checked(path: &str) -> Result<(), BeneathError> {
     beneath::split(path.as_bytes()).map(|_| ())
 }
 
+pub use tar_guard::{ExtensionTooLarge, MAX_EXTENSION_BYTES};
 pub use unpack::{unpack_tar, unpack_tar_gz, UnpackError, UnpackLimits, UnpackStats};
 
 #[cfg(test)]

@@ -366,6 +366,58 @@ fn long_and_non_utf8_names() {
         .exists());
 }
 
+/// Counts the bytes taken from an endless stream of `a`s that follows `head`.
+struct Endless {
+    head: Vec<u8>,
+    served: u64,
+}
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.served as usize;
+        let n = if at < self.head.len() {
+            let n = buf.len().min(self.head.len() - at);
+            buf[..n].copy_from_slice(&self.head[at..at + n]);
+            n
+        } else {
+            buf.fill(b'a');
+            buf.len()
+        };
+        self.served += n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn an_oversized_long_name_is_refused_before_it_is_read_into_memory() {
+    // tar 0.4 reads a GNU long name (and long link, pax header) whole into a Vec before it
+    // yields the entry: a header claiming 1 GiB made the server allocate 1 GiB per job.
+    let f = fixture();
+    let root = RootDir::open(&f.root).unwrap();
+    for ty in [T::GNULongName, T::GNULongLink, T::XHeader] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("././@LongLink").unwrap();
+        h.set_entry_type(ty);
+        h.set_size(1 << 30);
+        h.set_cksum();
+        let mut stream = Endless {
+            head: h.as_bytes().to_vec(),
+            served: 0,
+        };
+        let err = unpack_tar(&mut stream, &root, &UnpackLimits::default(), None).unwrap_err();
+        assert!(matches!(err, UnpackError::ExtensionTooLarge(_)), "{err}");
+        assert!(err.is_archive_fault());
+        assert!(err.to_string().contains("1073741824 bytes"), "{err}");
+        // Refused at the header: not even the first 64 KiB of the name were taken.
+        assert!(
+            stream.served < MAX_EXTENSION_BYTES,
+            "{ty:?}: read {}",
+            stream.served
+        );
+    }
+    outside_untouched(&f);
+}
+
 #[test]
 fn reading_outputs_never_leaves_the_root_or_hangs() {
     let f = fixture();
@@ -720,4 +772,53 @@ fn a_toolchain_stays_root_owned() {
         let m = fs::metadata(f.root.join(p)).unwrap();
         assert_eq!((m.uid(), m.gid()), (0, 0), "{p}");
     }
+}
+
+#[test]
+fn an_immutable_file_under_the_archive_is_replaced() {
+    // FreeBSD's base installs libc.so.7 `schg`: unlink gives EPERM until the flag is
+    // cleared (bsd.lib.mk PRECIOUSLIB). Linux's `chattr +i` is the same rule; the unpack
+    // clears the flag and replaces the file.
+    if skip_unless_root("immutable flag") {
+        return;
+    }
+    let f = fixture();
+    fs::create_dir_all(f.root.join("lib")).unwrap();
+    let lib = f.root.join("lib/libc.so.7");
+    fs::write(&lib, b"base libc").unwrap();
+    let set = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&lib)
+        .output();
+    match set {
+        Ok(o) if o.status.success() => {}
+        other => {
+            assert!(
+                std::env::var_os("JAILBUILDER_CI").is_none(),
+                "chattr +i failed under CI: {other:?}"
+            );
+            println!("SKIP(immutable flag): chattr +i not possible here: {other:?}");
+            return;
+        }
+    }
+    assert!(fs::remove_file(&lib).is_err(), "the flag did not take");
+    let res = unpack(&f, |b| {
+        raw_entry(
+            b,
+            b"lib/libc.so.7",
+            T::Regular,
+            0o444,
+            b"toolchain libc",
+            None,
+        )
+    });
+    let content = fs::read(&lib).unwrap();
+    // Leave nothing immutable behind for the fixture's clean-up, whatever happened.
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&lib)
+        .status();
+    res.unwrap();
+    assert_eq!(content, b"toolchain libc");
+    outside_untouched(&f);
 }

@@ -6,7 +6,8 @@
 //! a parent is resolved inside the root, a final-component symlink is replaced rather than
 //! written through, hard links are made between paths resolved inside the root. Device
 //! nodes and FIFOs are refused, setuid/setgid/sticky bits dropped, and sizes, counts and
-//! name lengths are bounded (a gzip bomb stops at `max_bytes`).
+//! name lengths are bounded (a gzip bomb stops at `max_bytes`; a GNU long name or pax
+//! header stops at [`super::MAX_EXTENSION_BYTES`] before the tar crate buffers it).
 //!
 //! The archive's owners are never used. A toolchain stays root's (a read-only image); inputs
 //! are given to the build user of the container they land in, with the archive's permission
@@ -26,6 +27,8 @@ use super::beneath::{
     chown_fd, cstr, fstatat_nofollow, lossy, openat_raw, resolve_dir, split, BeneathError, Create,
     RootDir,
 };
+use super::file_flags;
+use super::tar_guard::{self, ExtensionGuard, ExtensionTooLarge};
 use crate::backend::BuildUser;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,20 @@ pub enum UnpackError {
     },
     #[error("corrupt or truncated archive: {0}")]
     Corrupt(#[source] io::Error),
+    /// An extension entry the tar crate would have read whole into memory.
+    #[error("archive refused: {0}")]
+    ExtensionTooLarge(ExtensionTooLarge),
+}
+
+/// The tar crate's error as ours: a refusal of [`ExtensionGuard`] keeps its own variant.
+fn corrupt(e: io::Error) -> UnpackError {
+    match tar_guard::as_too_large(&e) {
+        Some(t) => UnpackError::ExtensionTooLarge(ExtensionTooLarge {
+            kind: t.kind,
+            size: t.size,
+        }),
+        None => UnpackError::Corrupt(e),
+    }
 }
 
 impl UnpackError {
@@ -69,7 +86,8 @@ impl UnpackError {
             UnpackError::Path { .. }
             | UnpackError::Unsupported { .. }
             | UnpackError::TooManyBytes { .. }
-            | UnpackError::TooManyEntries { .. } => true,
+            | UnpackError::TooManyEntries { .. }
+            | UnpackError::ExtensionTooLarge(_) => true,
         }
     }
 }
@@ -118,13 +136,14 @@ pub fn unpack_tar(
     limits: &UnpackLimits,
     owner: Option<BuildUser>,
 ) -> Result<UnpackStats, UnpackError> {
-    let mut archive = tar::Archive::new(reader);
+    // Extension entries are bounded before the tar crate buffers them (tar_guard).
+    let mut archive = tar::Archive::new(ExtensionGuard::new(reader));
     let mut stats = UnpackStats::default();
     // The parent directory of the previous entry, reused while entries share it (tars are
     // written directory by directory), dropped whenever a symlink could change resolution.
     let mut parent_cache: Option<(Vec<u8>, OwnedFd)> = None;
-    for entry in archive.entries().map_err(UnpackError::Corrupt)? {
-        let mut entry = entry.map_err(UnpackError::Corrupt)?;
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
         stats.entries += 1;
         if stats.entries > limits.max_entries {
             return Err(UnpackError::TooManyEntries {
@@ -291,6 +310,14 @@ fn remove_non_dir(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errn
         Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
             Err(Errno::EISDIR)
         }
-        Ok(_) => nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir),
+        Ok(_) => match nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+            // An immutable or append-only file (FreeBSD's schg libc.so.7 in a base
+            // snapshot): clear its flags, then replace it (file_flags).
+            Err(Errno::EPERM) => {
+                file_flags::clear_unlink_blocking_flags(dir, name)?;
+                nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+            }
+            r => r,
+        },
     }
 }

@@ -73,7 +73,7 @@ pub fn raw_entry(name: &[u8], kind: u8, link: &[u8], mode: u32, data: &[u8]) -> 
 }
 
 fn pad(v: &mut Vec<u8>) {
-    while v.len() % 512 != 0 {
+    while !v.len().is_multiple_of(512) {
         v.push(0);
     }
 }

@@ -76,6 +76,22 @@ impl ServerOutgoing for SchedulerClient {
     }
 }
 
+/// The core count to announce so that a stock scheduler never assigns more jobs than the
+/// pool has containers. sccache-dist's scheduler (main.rs `load_weight`) assigns a server
+/// another job while `jobs < cores + 1 + cores / 8`, so it holds at most
+/// `cores + 1 + cores / 8` jobs at once. The answer is the host's cores, lowered to the
+/// largest `c` with `c + 1 + c / 8 <= max_containers`, and at least 1 (the scheduler refuses
+/// 0; with one container a second job then waits for it). The default `max_containers`
+/// (2 x cores + 2) leaves the host's count unchanged.
+pub fn advertised_cpus(host_cores: usize, max_containers: usize) -> usize {
+    let held = |c: usize| c + 1 + c / 8;
+    let mut c = host_cores.max(1);
+    while c > 1 && held(c) > max_containers {
+        c -= 1;
+    }
+    c
+}
+
 /// Sends heartbeats forever: every [`HEARTBEAT_INTERVAL`], after an error every
 /// [`HEARTBEAT_ERROR_INTERVAL`], and at once after a key rotation.
 pub fn run(
@@ -111,5 +127,29 @@ pub fn run(
             }
         };
         auth.wait_rotation(keys.generation, wait);
+    }
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::advertised_cpus;
+
+    #[test]
+    fn the_scheduler_is_never_told_of_more_slots_than_the_pool_has() {
+        // Defaults (2 x cores + 2 containers): the host's count.
+        for cores in [1, 2, 8, 64] {
+            assert_eq!(advertised_cpus(cores, 2 * cores + 2), cores);
+        }
+        // A small pool: the scheduler's allotment c + 1 + c / 8 fits it.
+        assert_eq!(advertised_cpus(8, 4), 3); // 3 + 1 + 0 = 4
+        assert_eq!(advertised_cpus(64, 20), 17); // 17 + 1 + 2 = 20
+        assert_eq!(advertised_cpus(64, 19), 16); // 16 + 1 + 2 = 19
+        for (cores, pool) in [(8, 4), (64, 20), (64, 19), (32, 10), (2, 3)] {
+            let c = advertised_cpus(cores, pool);
+            assert!(c + 1 + c / 8 <= pool, "{cores} cores, pool {pool}: {c}");
+        }
+        // Never 0 (the scheduler refuses it), even for a pool of one or none.
+        assert_eq!(advertised_cpus(8, 1), 1);
+        assert_eq!(advertised_cpus(0, 0), 1);
     }
 }

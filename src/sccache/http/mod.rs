@@ -379,11 +379,25 @@ impl<B: Backend> HttpServer<B> {
         {
             let (scheduler, auth) = (Arc::clone(&self.scheduler), Arc::clone(&self.shared.auth));
             let (digest, pem) = (self.cert.digest.clone(), self.cert.pem.clone());
+            let host = sccache::util::num_cpus();
+            let pool = self
+                .shared
+                .server
+                .builder()
+                .engine()
+                .config()
+                .max_containers;
+            let cpus = heartbeat::advertised_cpus(host, pool);
+            if cpus < host {
+                log::info!(
+                    "announcing {cpus} cores to the scheduler (of {host}) so that it assigns at \
+                     most {} jobs to {pool} containers",
+                    cpus + 1 + cpus / 8
+                );
+            }
             std::thread::Builder::new()
                 .name("heartbeat".into())
-                .spawn(move || {
-                    heartbeat::run(scheduler, auth, sccache::util::num_cpus(), digest, pem)
-                })
+                .spawn(move || heartbeat::run(scheduler, auth, cpus, digest, pem))
                 .map_err(HttpError::Thread)?;
         }
         log::info!("Server listening for clients on {}", self.bind);
