@@ -191,6 +191,7 @@ impl<B: Backend> Pool<B> {
                 image: ImageState::Ready(Arc::new(old.image)),
                 ready: Vec::new(),
                 alive: 0,
+                lent: 0,
                 users: 0,
                 last_used: st.clock,
             };
