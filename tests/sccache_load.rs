@@ -199,10 +199,7 @@ fn serve_under_load_returns_to_its_counts() {
     // `advertised_cpus`).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = 2;
-    let mut announced = cores.max(1);
-    while announced > 1 && announced + 1 + announced / 8 > pool {
-        announced -= 1;
-    }
+    let announced = jailbuilder::sccache::http::heartbeat::advertised_cpus(cores, pool);
     let capacity = announced + 1 + announced / 8;
     let jobs = env_usize("JAILBUILDER_SERVE_LOAD_JOBS").unwrap_or(capacity);
     assert!(

@@ -2,14 +2,13 @@
 //! (The FreeBSD orchestration has its own fake kernel; this one isolates the engine.)
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use super::test_backend::{outcome, Shared, TestBackend, TestError};
+use super::test_backend::{outcome, toolchain_tgz, Shared, TestBackend, TestError};
 use super::*;
 use crate::backend::{ExecOutcome, ExitStatus, ToolchainId};
 use crate::exec::{CommandSpec, PreparedCommand};
@@ -39,18 +38,6 @@ fn fake_cc(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError>
         fs::write(cwd.join(o), &data).unwrap();
     }
     Ok(outcome(ExitStatus::Code(0), b"ok", b""))
-}
-
-fn toolchain_tgz() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(2);
-    h.set_mode(0o755);
-    h.set_cksum();
-    b.append_data(&mut h, "usr/bin/cc", &b"cc"[..]).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&b.into_inner().unwrap()).unwrap();
-    gz.finish().unwrap()
 }
 
 fn inputs_tar(files: &[(&str, &[u8])]) -> Vec<u8> {

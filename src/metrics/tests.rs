@@ -1,13 +1,12 @@
 //! The text rendering, over builds through the engine's test backend.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use super::*;
 use crate::backend::{BuildUser, ExecOutcome, ExitStatus, ToolchainId};
-use crate::engine::test_backend::{outcome, Shared, TestBackend, TestError};
+use crate::engine::test_backend::{outcome, toolchain_tgz, Shared, TestBackend, TestError};
 use crate::engine::{BuildRequest, Engine, EngineConfig};
 use crate::exec::{CommandSpec, PreparedCommand};
 
@@ -23,18 +22,6 @@ fn cc(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
     )
     .unwrap();
     Ok(outcome(ExitStatus::Code(0), b"", b""))
-}
-
-fn toolchain_tgz() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(2);
-    h.set_mode(0o755);
-    h.set_cksum();
-    b.append_data(&mut h, "usr/bin/cc", &b"cc"[..]).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&b.into_inner().unwrap()).unwrap();
-    gz.finish().unwrap()
 }
 
 struct Fixture {
