@@ -4,6 +4,8 @@
 //! prints "SKIP: <reason>" and passes, unless JAILBUILDER_CI=1 (then it fails).
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -38,16 +40,7 @@ fn toolchain() -> &'static Path {
     &TC.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let tc = dir.path().join("cc.tar.gz");
-        let out = Command::new(JB)
-            .args(["toolchain", "--compiler", "cc", "-o"])
-            .arg(&tc)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "toolchain: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::package_host_cc(&tc);
         (dir, tc)
     })
     .1

@@ -355,16 +355,7 @@ fn dev_holds_only_the_skeleton_nodes() {
 fn cc_toolchain(dir: &Path) -> Option<PathBuf> {
     jailbuilder::toolchain::which("cc")?;
     let tc = dir.join("cc.tar.gz");
-    let out = Command::new(JB)
-        .args(["toolchain", "--compiler", "cc", "-o"])
-        .arg(&tc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "toolchain: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    package_host_cc(&tc);
     Some(tc)
 }
 

@@ -351,3 +351,18 @@ pub fn eventually(patience: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Packages the host's `cc` into `out` with `jailbuilder toolchain` (the real binary), as a
+/// user would; fails the test if that fails.
+pub fn package_host_cc(out: &Path) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_jailbuilder"))
+        .args(["toolchain", "--compiler", "cc", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "toolchain: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
