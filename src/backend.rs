@@ -178,10 +178,11 @@ pub trait Backend: Send + Sync + 'static {
     fn remove_leftovers(&self) -> Result<CleanupReport, Self::Error>;
 
     /// The complete images an earlier instance left (each checked by its completeness
-    /// marker), for the engine to adopt. A backend that keeps none returns none.
-    fn existing_images(&self) -> Result<Vec<ExistingImage<Self::Image>>, Self::Error> {
-        Ok(Vec::new())
-    }
+    /// marker), for the engine to adopt. A backend that keeps none returns none. No
+    /// default: `remove_leftovers` leaves complete images in place, so a backend (or a
+    /// wrapper forwarding to one) that reported none here would then fail to create them
+    /// again ("already exists").
+    fn existing_images(&self) -> Result<Vec<ExistingImage<Self::Image>>, Self::Error>;
 
     fn create_image(
         &self,

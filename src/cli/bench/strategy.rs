@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use jailbuilder::backend::{Backend, BuildUser, CleanupReport, ExecOutcome, Limits, ToolchainId};
+use jailbuilder::backend::{
+    Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, Limits, ToolchainId,
+};
 use jailbuilder::engine::{BuildRequest, Engine, EngineConfig, PhaseTimings};
 use jailbuilder::exec::{CancelToken, CommandSpec, PreparedCommand};
 use jailbuilder::NativeBackend;
@@ -141,6 +143,9 @@ impl<B: Backend> Backend for Timed<B> {
     }
     fn remove_leftovers(&self) -> Result<CleanupReport, B::Error> {
         self.inner.remove_leftovers()
+    }
+    fn existing_images(&self) -> Result<Vec<ExistingImage<B::Image>>, B::Error> {
+        self.inner.existing_images()
     }
     fn create_image(&self, id: &ToolchainId, tc: &mut dyn Read) -> Result<B::Image, B::Error> {
         self.inner.create_image(id, tc)
