@@ -259,12 +259,40 @@ pub struct Cluster {
     pub tmp: tempfile::TempDir,
 }
 
+/// Which build server a [`Cluster`] runs.
+#[derive(Clone, Copy, Debug)]
+pub enum ServerKind<'a> {
+    /// `jailbuilder serve`, the Linux backend, with these `[builder]` lines after
+    /// `state_dir` (newline-terminated).
+    Jailbuilder(&'a str),
+    /// Stock `sccache-dist server` with its overlay builder (bubblewrap at /usr/bin/bwrap;
+    /// needs root): the reference a differential test compares `serve` against.
+    StockOverlay,
+}
+
+impl ServerKind<'_> {
+    /// The process name in logs and panics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerKind::Jailbuilder(_) => "serve",
+            ServerKind::StockOverlay => "sccache-dist-server",
+        }
+    }
+}
+
 impl Cluster {
     /// Starts the scheduler, `jailbuilder serve` with `builder` (more `[builder]` lines
     /// after `state_dir`, newline-terminated) and the sccache client server, the stock
     /// binaries from `bin`. The client compiles in [`Cluster::proj`] (with an `obj/`
     /// subdirectory), with a fresh local cache (`SCCACHE_DIR`).
     pub fn start(bin: &Path, builder: &str) -> Cluster {
+        Cluster::start_with(bin, ServerKind::Jailbuilder(builder))
+    }
+
+    /// [`Cluster::start`] with the build server `kind`: the same scheduler, client and
+    /// directories whichever server runs, so two clusters differ only in their server.
+    /// For [`ServerKind::StockOverlay`], `state` is the overlay builder's `build_dir`.
+    pub fn start_with(bin: &Path, kind: ServerKind) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path().to_path_buf();
         let state = t.join("state");
@@ -283,6 +311,16 @@ impl Cluster {
             ),
         )
         .unwrap();
+        let builder = match kind {
+            ServerKind::Jailbuilder(builder) => {
+                format!("[builder]\nstate_dir = \"{}\"\n{builder}", state.display())
+            }
+            ServerKind::StockOverlay => format!(
+                "[builder]\ntype = \"overlay\"\nbuild_dir = \"{}\"\n\
+                 bwrap_path = \"/usr/bin/bwrap\"\n",
+                state.display()
+            ),
+        };
         fs::write(
             t.join("server.toml"),
             format!(
@@ -290,9 +328,8 @@ impl Cluster {
                  scheduler_url = \"http://127.0.0.1:{sched_port}\"\n\
                  cache_dir = \"{}\"\n\
                  [scheduler_auth]\ntype = \"token\"\ntoken = \"{SERVER_TOKEN}\"\n\
-                 [builder]\nstate_dir = \"{}\"\n{builder}",
+                 {builder}",
                 t.join("cache").display(),
-                state.display()
             ),
         )
         .unwrap();
@@ -321,25 +358,31 @@ impl Cluster {
             port_open(sched_port)
         });
 
-        // 2. jailbuilder serve, registered with the scheduler.
+        // 2. The build server, registered with the scheduler.
+        let mut server_cmd = match kind {
+            ServerKind::Jailbuilder(_) => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_jailbuilder"));
+                c.arg("serve").env("RUST_LOG", "info");
+                c
+            }
+            ServerKind::StockOverlay => {
+                let mut c = Command::new(bin.join("sccache-dist"));
+                c.arg("server").env("SCCACHE_LOG", "info");
+                c
+            }
+        };
         let mut serve = Proc::spawn(
-            "serve",
-            Command::new(env!("CARGO_BIN_EXE_jailbuilder"))
-                .args(["serve", "--config"])
-                .arg(t.join("server.toml"))
-                .env("RUST_LOG", "info"),
+            kind.name(),
+            server_cmd.arg("--config").arg(t.join("server.toml")),
             &t,
             Duration::from_secs(30),
         );
         wait_for(
-            "jailbuilder serve to register with the scheduler",
+            &format!("{} to register with the scheduler", kind.name()),
             Duration::from_secs(30),
             || {
                 if let Ok(Some(status)) = serve.child.try_wait() {
-                    panic!(
-                        "jailbuilder serve exited early ({status}):\n{}",
-                        serve.log()
-                    );
+                    panic!("{} exited early ({status}):\n{}", kind.name(), serve.log());
                 }
                 serve.log().contains("Server connected to scheduler")
             },
