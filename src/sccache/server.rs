@@ -14,7 +14,7 @@
 //!   locally). While unhealthy, one assignment per [`UNHEALTHY_PROBE_INTERVAL`] is still
 //!   accepted so that a recovered backend can prove itself;
 //! - every toolchain id is validated ([`ToolchainId::new`]) before any cache or file-system
-//!   call: sccache's `TcCache` stores an archive at `<cache>/tc/<id[0]>/<id>`;
+//!   call: sccache's `TcCache` stores an archive at `<cache>/tc/<id[0]>/<id[1]>/<id>`;
 //! - uploads have budgets ([`UploadLimits`]): one upload at most `per_upload` bytes (and
 //!   never more than the cache), all uploads being staged at once at most `staged_total`
 //!   bytes; an upload that would exceed either is refused (`CannotCache`) and its staging

@@ -478,7 +478,7 @@ fn bad_requests_are_job_errors_never_panics() {
 
 /// Ids that would be file names outside the cache (or panic sccache's `TcCache`, which
 /// slices the id's first byte).
-const BAD_IDS: [&str; 4] = ["/etc/x", "../x", "", "\u{e9}\u{2026}"];
+const BAD_IDS: [&str; 5] = ["/etc/x", "../x", "", "\u{e9}\u{2026}", "x"];
 
 fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = walk(dir)
