@@ -121,9 +121,7 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
     let (good, wrong) = (token(&key), token(&other_key));
     assert_ne!(good, wrong);
     let jwt = |t: &str| format!("type = \"jwt_token\"\ntoken = \"{t}\"\n");
-    let scheduler_auth = Some(format!(
-        "type = \"jwt_hs256\"\nsecret_key = \"{key}\"\n"
-    ));
+    let scheduler_auth = Some(format!("type = \"jwt_hs256\"\nsecret_key = \"{key}\"\n"));
 
     // 1. A token signed with another key: serve runs, the scheduler refuses it.
     let mut cluster = Cluster::start_opts(
@@ -140,7 +138,10 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
     wait_for("a refused heartbeat", Duration::from_secs(30), || {
         cluster.serve.log().contains("Failed to send heartbeat")
     });
-    assert!(!cluster.serve.log().contains("Server connected to scheduler"));
+    assert!(!cluster
+        .serve
+        .log()
+        .contains("Server connected to scheduler"));
     compile(&cluster, "refused", 3);
     let stats = cluster.client.stats();
     assert_eq!(dist_compiles(&stats), 0, "{stats}");
@@ -158,7 +159,11 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
     cluster.replace_server(ServerKind::StockOverlay, &right);
     compile(&cluster, "stock", 4);
     let stats = cluster.client.stats();
-    assert_eq!(stats["dist_compiles"][server.as_str()].as_u64(), Some(1), "{stats}");
+    assert_eq!(
+        stats["dist_compiles"][server.as_str()].as_u64(),
+        Some(1),
+        "{stats}"
+    );
     let tc = files(&cluster.dir().join("cache/tc"));
     assert_eq!(tc.len(), 1, "the stock server's toolchain cache: {tc:?}");
 
@@ -179,7 +184,11 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
     );
     compile(&cluster, "served", 5);
     let stats = cluster.client.stats();
-    assert_eq!(stats["dist_compiles"][server.as_str()].as_u64(), Some(2), "{stats}");
+    assert_eq!(
+        stats["dist_compiles"][server.as_str()].as_u64(),
+        Some(2),
+        "{stats}"
+    );
     assert_eq!(stats["dist_errors"].as_u64(), Some(1), "{stats}");
     let log = cluster.serve.log();
     assert_eq!(served_jobs(&log, 0), 1, "{log}");

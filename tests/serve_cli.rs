@@ -68,8 +68,11 @@ fn exit_statuses_are_sccache_dists() {
     let bad_key = t.path().join("bad.toml");
     std::fs::write(&bad_key, format!("{TOML}frobnicate = 1\n")).unwrap();
     let bad_value = t.path().join("bad-value.json");
-    std::fs::write(&bad_value, JSON.replace("\"max_containers\": 3", "\"max_containers\": 0"))
-        .unwrap();
+    std::fs::write(
+        &bad_value,
+        JSON.replace("\"max_containers\": 3", "\"max_containers\": 0"),
+    )
+    .unwrap();
     let missing = t.path().join("missing.toml");
     for (path, says) in [
         (&bad_key, "frobnicate"),
@@ -79,7 +82,10 @@ fn exit_statuses_are_sccache_dists() {
         let out = serve(&["--config", path.to_str().unwrap()], &[]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{}: {err}", path.display());
-        assert!(err.starts_with("jailbuilder: ") && err.contains(says), "{err}");
+        assert!(
+            err.starts_with("jailbuilder: ") && err.contains(says),
+            "{err}"
+        );
     }
 
     // Read, but the server fails (here: the sandbox backend): 2.
@@ -92,7 +98,10 @@ fn exit_statuses_are_sccache_dists() {
     let help = serve(&["--help"], &[]);
     assert_eq!(help.status.code(), Some(0));
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("Exit status") && help.contains("--syslog <LEVEL>"), "{help}");
+    assert!(
+        help.contains("Exit status") && help.contains("--syslog <LEVEL>"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -116,7 +125,10 @@ fn a_json_config_reads_as_the_same_toml() {
     let unknown = t.path().join("unknown.json");
     std::fs::write(
         &unknown,
-        JSON.replace("\"max_containers\": 3", "\"max_containers\": 3, \"frobnicate\": 1"),
+        JSON.replace(
+            "\"max_containers\": 3",
+            "\"max_containers\": 3, \"frobnicate\": 1",
+        ),
     )
     .unwrap();
     let out = serve(&["--config", unknown.to_str().unwrap()], &[]);
@@ -160,7 +172,10 @@ fn syslog_gets_the_log_at_the_level_given() {
         .unwrap_or_else(|| panic!("no configuration line in {got:?}"));
     assert!(line.starts_with("<31>"), "{line}");
     assert!(line.contains("sccache-buildserver["), "{line}");
-    assert!(!line.contains("token = \"t\"") && !line.contains("\"t\""), "{line}");
+    assert!(
+        !line.contains("token = \"t\"") && !line.contains("\"t\""),
+        "{line}"
+    );
     // The log went to the syslog, not stderr; the final error still goes to stderr.
     let err = stderr(&out);
     assert!(!err.contains("configuration: ServeConfig"), "{err}");
@@ -173,10 +188,7 @@ fn syslog_gets_the_log_at_the_level_given() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let got = drain(&sock);
-    assert!(
-        !got.iter().any(|l| l.contains("configuration:")),
-        "{got:?}"
-    );
+    assert!(!got.iter().any(|l| l.contains("configuration:")), "{got:?}");
 
     // A socket nobody listens on: a warning on stderr, and the log goes to stderr.
     drop(sock);

@@ -336,9 +336,7 @@ impl<B: Backend> JailServer<B> {
         }
         let now = Instant::now();
         match h.last_probe {
-            Some(t) if now.duration_since(t) < h.probe_interval => {
-                Err(ServerError::Unhealthy)
-            }
+            Some(t) if now.duration_since(t) < h.probe_interval => Err(ServerError::Unhealthy),
             _ => {
                 h.last_probe = Some(now);
                 log::warn!("builder unhealthy: accepting one probe job");
