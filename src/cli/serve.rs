@@ -243,7 +243,8 @@ fn on_signals<B: Backend>(mut signals: Signals, server: JailServer<B>, engine: A
     };
     let grace = engine.config().shutdown_grace;
     log::info!(
-        "{name}: shutting down; refusing new jobs, giving running builds {}s",
+        "{name}: shutting down; refusing new jobs, giving the {} running builds {}s",
+        engine.stats().containers_busy,
         grace.as_secs()
     );
     // Further signals during the shutdown are logged and otherwise ignored: cutting it
