@@ -38,9 +38,9 @@ Exit status, as sccache-dist server's:
   2  a usage error, or the server failed (the sandbox backend, cache_dir, the addresses)
 
 The configuration file is TOML, or JSON if its name ends in .json (as sccache-dist's).
---syslog LEVEL sends the log (error, warn, info, debug or trace and above) to the syslog,
-facility daemon, tag sccache-buildserver, instead of stderr; the socket is /dev/log (or
-$JAILBUILDER_SYSLOG_SOCKET), else 127.0.0.1:601 (TCP), else 127.0.0.1:514 (UDP).";
+--syslog LEVEL sends the log at LEVEL and more severe to the syslog instead of stderr,
+facility daemon, tag sccache-buildserver: to /dev/log (or $JAILBUILDER_SYSLOG_SOCKET),
+else 127.0.0.1:601 (TCP), else 127.0.0.1:514 (UDP). It overrides RUST_LOG/SCCACHE_LOG.";
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
