@@ -451,7 +451,7 @@ mod tests {
                 bwrap_path: PathBuf,
             },
             #[serde(rename = "jailbuilder")]
-            Jailbuilder(BuilderConfig),
+            Jailbuilder(Box<BuilderConfig>),
         }
         #[derive(Debug, Deserialize, Serialize, PartialEq)]
         struct ServerFile {
@@ -465,7 +465,7 @@ mod tests {
             max_containers: 3,
             ..BuilderConfig::default()
         };
-        assert_eq!(f.builder, BuilderType::Jailbuilder(expected));
+        assert_eq!(f.builder, BuilderType::Jailbuilder(Box::new(expected)));
         let again: ServerFile = toml::from_str(&toml::to_string(&f).unwrap()).unwrap();
         assert_eq!(again, f);
         let e = parse::<ServerFile>(
