@@ -873,3 +873,33 @@ fn a_jwt_for_another_server_is_refused() {
     let e = parse(&with("nonsense")).unwrap_err().to_string();
     assert!(e.contains("scheduler_auth.token"), "{e}");
 }
+
+/// The adapter stays copyable into sccache's tree (README "Embedding in sccache-dist"): its
+/// code names no path of this crate but `jailbuilder::` ones outside the `sccache` feature,
+/// and no platform. The example compiles the file with every feature on, so it cannot see
+/// a `jailbuilder::sccache::` or `jailbuilder::metrics::` path creep in; this does.
+#[test]
+fn the_adapter_file_names_only_what_a_copy_in_sccache_has() {
+    let forbidden = [
+        "crate::",
+        "super::",
+        "self::",
+        "jailbuilder::sccache",
+        "jailbuilder::metrics",
+        "target_os",
+        "feature =",
+    ];
+    let code = include_str!("builder.rs")
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"));
+    for (n, line) in code {
+        for f in forbidden {
+            assert!(
+                !line.contains(f),
+                "src/sccache/builder.rs:{}: {f:?} would not resolve in a copy: {line}",
+                n + 1
+            );
+        }
+    }
+}
