@@ -9,6 +9,8 @@
 //!
 //! Every object must be byte-identical across strategies: a mismatch is an error.
 
+#[cfg(target_os = "linux")]
+mod census;
 mod report;
 mod strategy;
 mod workload;
@@ -632,7 +634,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 cells.push(cell);
             }
         }
-        Ok(Report::new(cells, &levels, cores))
+        let mut report = Report::new(cells, &levels, cores);
+        // The syscall census: a few more compiles of native and bare, traced.
+        #[cfg(target_os = "linux")]
+        {
+            let n = if args.quick { 2 } else { 16 };
+            let jobs = &bench.jobs[warm..(warm + n).min(bench.jobs.len())];
+            for s in strategies
+                .iter()
+                .filter(|s| matches!(s.name(), "native" | "bare"))
+            {
+                match census::take(s.as_ref(), jobs)? {
+                    Ok(c) => report.census.push(c),
+                    Err(why) => {
+                        report.census_note = Some(why);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(report)
     })();
     bench.bar.lock().unwrap().finish();
     for s in &strategies {
