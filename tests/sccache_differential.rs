@@ -281,12 +281,25 @@ fn write_corpus(work: &Path) {
          pub struct Counter { pub n: u64 }\n\
          impl Counter { pub fn bump(&mut self) -> u64 { self.n += 1; self.n } }\n",
     );
+    // beta also includes code its build script generates into OUT_DIR (written under the
+    // build's umask 077, so 0600) and a data file from outside its own directory.
     krate(
         "beta",
         &["alpha"],
         "pub fn doubled_sum(v: &[u32]) -> u32 { alpha::twice!(alpha::sum(v.iter().copied())) }\n\
-         pub fn counter() -> alpha::Counter { alpha::Counter { n: 0 } }\n",
+         pub fn counter() -> alpha::Counter { alpha::Counter { n: 0 } }\n\
+         include!(concat!(env!(\"OUT_DIR\"), \"/generated.rs\"));\n\
+         pub const NOTE: &str = include_str!(\"../../shared/note.txt\");\n",
     );
+    w(
+        "rust/beta/build.rs",
+        "fn main() {\n\
+           let out = std::env::var(\"OUT_DIR\").unwrap();\n\
+           std::fs::write(format!(\"{out}/generated.rs\"), \"pub const GENERATED: u32 = 5;\\n\").unwrap();\n\
+         }\n",
+        0o644,
+    );
+    w("rust/shared/note.txt", "a note, readable by its owner only\n", 0o600);
     krate(
         "gamma",
         &["alpha", "beta"],
@@ -332,6 +345,17 @@ fn corpus(cxx: bool) -> Vec<Case> {
             "c: sibling include dir, output in ../obj/deep",
             "c/src",
             "gcc -I../include -c shape.c -o ../obj/deep/shape.o",
+        ),
+        // A fixed -frandom-seed: gcc otherwise stamps .gcno and object with the time.
+        sc(
+            "c: --coverage (.gcno beside the object)",
+            "c",
+            "gcc --coverage -frandom-seed=cov -c ok.c -o out/cov.o",
+        ),
+        sc(
+            "c: -gsplit-dwarf (.dwo beside the object)",
+            "c",
+            "gcc -g -gsplit-dwarf -c ok.c -o out/split.o",
         ),
         sc("c: 0600 source", "c", "gcc -c secret.c -o secret.o"),
         sc(
@@ -505,6 +529,8 @@ fn with_umask(cmd: &mut Command, mask: Option<libc::mode_t>) {
 /// The corpus run through one cluster: each case's outcome, in corpus order.
 struct Run {
     outcomes: Vec<Outcome>,
+    /// Seconds each case took (reported, never compared).
+    case_secs: Vec<f64>,
     server_log: String,
     secs: f64,
 }
@@ -574,10 +600,12 @@ fn run_corpus(
             .replace(&cluster_dir, "<cluster>")
     };
     let mut outcomes = Vec::new();
+    let mut case_secs = Vec::new();
     let mut stats = counters(&cluster.client.stats());
     let mut files = snapshot(work);
     for case in cases {
         let cwd = work.join(case.cwd);
+        let case_started = Instant::now();
         let out: Output = match &case.kind {
             Kind::Sccache(args) => {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -610,6 +638,7 @@ fn run_corpus(
                 cmd.output().unwrap()
             }
         };
+        case_secs.push(case_started.elapsed().as_secs_f64());
         let after = counters(&cluster.client.stats());
         let now = snapshot(work);
         let changed = now
@@ -631,6 +660,7 @@ fn run_corpus(
     drop(cluster);
     Run {
         outcomes,
+        case_secs,
         server_log,
         secs: started.elapsed().as_secs_f64(),
     }
@@ -698,9 +728,11 @@ fn stock_and_jailbuilder_agree_on_one_corpus() {
         let (s, j) = (&stock.outcomes[i], &jail.outcomes[i]);
         let _ = writeln!(
             table,
-            "{}\n  stock: {}\n  jail:  {}",
+            "{}\n  stock ({:.1}s): {}\n  jail  ({:.1}s): {}",
             case.name,
+            stock.case_secs[i],
             s.row(),
+            jail.case_secs[i],
             j.row()
         );
         let expected = EXPECTED_DIFFERENCES.iter().find(|(n, _)| *n == case.name);
