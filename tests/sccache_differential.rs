@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use common::sccache::{dist_compiles, prerequisites, Cluster, Proc, ServerKind};
 
 const BWRAP: &str = "/usr/bin/bwrap";
-const RUST_BUILD: &str = "rust: cargo build, 3 library crates and a binary, umask 077";
+const RUST_BUILD: &str =
+    "rust: cargo build, 3 library crates, a proc-macro, a build script, a binary, umask 077";
 
 /// Cases whose outcome may differ between the stock overlay server and `serve`, each with
 /// the reason (a protection jailbuilder keeps on purpose). Everything else must match.
@@ -273,8 +274,10 @@ fn write_corpus(work: &Path) {
     // dependency's metadata (.rmeta/.rlib), sent as inputs.
     w(
         "rust/Cargo.toml",
-        "[workspace]\nmembers = [\"alpha\", \"beta\", \"gamma\", \"app\", \"broken\"]\n\
-         default-members = [\"alpha\", \"beta\", \"gamma\", \"app\"]\nresolver = \"2\"\n",
+        "[workspace]\n\
+         members = [\"alpha\", \"beta\", \"gamma\", \"namer\", \"app\", \"broken\"]\n\
+         default-members = [\"alpha\", \"beta\", \"gamma\", \"namer\", \"app\"]\n\
+         resolver = \"2\"\n",
         0o644,
     );
     let krate = |name: &str, deps: &[&str], lib: &str| {
@@ -320,11 +323,37 @@ fn write_corpus(work: &Path) {
     );
     krate(
         "gamma",
-        &["alpha", "beta"],
-        "pub fn report() -> String {\n\
+        &["alpha", "beta", "namer"],
+        "#[derive(namer::Named)]\npub struct Thing;\n\
+         pub fn report() -> String {\n\
            let mut c = beta::counter();\n\
            c.bump();\n\
-           format!(\"{} {}\", beta::doubled_sum(&[1, 2, 3]), alpha::twice!(c.bump()))\n}\n",
+           format!(\"{} {} {}\", beta::doubled_sum(&[1, 2, 3]), alpha::twice!(c.bump()), Thing::name())\n}\n",
+    );
+    // A proc-macro crate (compiled locally: sccache does not cache it): gamma's compile
+    // sends its shared object as an input, and the server's rustc loads it.
+    w(
+        "rust/namer/Cargo.toml",
+        "[package]\nname = \"namer\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [lib]\nproc-macro = true\n",
+        0o644,
+    );
+    w(
+        "rust/namer/src/lib.rs",
+        "use proc_macro::{TokenStream, TokenTree};\n\
+         #[proc_macro_derive(Named)]\n\
+         pub fn named(input: TokenStream) -> TokenStream {\n\
+           let mut it = input.into_iter();\n\
+           let mut name = String::new();\n\
+           while let Some(t) = it.next() {\n\
+             if matches!(&t, TokenTree::Ident(i) if i.to_string() == \"struct\") {\n\
+               if let Some(TokenTree::Ident(n)) = it.next() { name = n.to_string(); }\n\
+               break;\n\
+             }\n\
+           }\n\
+           format!(\"impl {name} {{ pub fn name() -> &'static str {{ \\\"{name}\\\" }} }}\").parse().unwrap()\n\
+         }\n",
+        0o644,
     );
     krate(
         "broken",
@@ -822,6 +851,16 @@ fn stock_and_jailbuilder_agree_on_one_corpus() {
         failures.join("\n"),
         tail(&stock.server_log, 40),
         tail(&jail.server_log, 40)
+    );
+
+    // The program built from the distributed crates (the last run's, still in `work`) runs.
+    let app = Command::new(work.join("rust/target/debug/app"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&app.stdout),
+        "12 4 Thing\n",
+        "{app:?}"
     );
 
     // The corpus exercised what it is for, on both servers: C compiles distributed, compile
