@@ -123,6 +123,14 @@ fn sc(name: &'static str, cwd: &'static str, args: &str) -> Case {
     }
 }
 
+/// [`sc`] with the arguments as given (spaces inside one).
+fn sca(name: &'static str, cwd: &'static str, args: &[&str]) -> Case {
+    Case {
+        kind: Kind::Sccache(args.iter().map(|a| a.to_string()).collect()),
+        ..sc(name, cwd, "")
+    }
+}
+
 /// What one case left behind, to compare between the two servers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Outcome {
@@ -201,6 +209,11 @@ fn write_corpus(work: &Path) {
         0o644,
     );
     w("c/src/local.h", "#define LOCAL_SCALE 1\n", 0o644);
+    w(
+        "c/dir with space/caf\u{e9}.c",
+        "int cafe(void) { return 0xcafe; }\n",
+        0o644,
+    );
     // Restrictive modes: a 0600 source, a 0700 include directory with a 0600 header.
     w(
         "c/secret.c",
@@ -415,6 +428,22 @@ fn corpus(cxx: bool) -> Vec<Case> {
             "c",
             "gcc -g -gsplit-dwarf -c ok.c -o out/split.o",
         ),
+        sc(
+            "c: absolute source and output paths",
+            "probe",
+            "gcc -DABSOLUTE -c {work}/c/ok.c -o {work}/c/out/abs.o",
+        ),
+        sca(
+            "c: spaces and non-ASCII in names",
+            "c",
+            &[
+                "gcc",
+                "-c",
+                "dir with space/caf\u{e9}.c",
+                "-o",
+                "dir with space/caf\u{e9}.o",
+            ],
+        ),
         sc("c: 0600 source", "c", "gcc -c secret.c -o secret.o"),
         sc(
             "c: 0700 include dir, 0600 header",
@@ -531,34 +560,32 @@ fn cargo_bookkeeping(path: &str) -> bool {
         || path.ends_with("CACHEDIR.TAG")
 }
 
-/// The stats' counters, flattened: `dist_compiles` summed over servers, durations dropped.
+/// The stats' counters, flattened (`cache_hits.counts.C/C++`, ...): `dist_compiles`
+/// summed over servers (their ports differ), durations dropped.
 fn counters(stats: &serde_json::Value) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    let Some(map) = stats.as_object() else {
-        return out;
-    };
-    for (k, v) in map {
-        if k.contains("duration") || k == "dist_compiles" {
-            continue;
-        }
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, i64>) {
         match v {
             serde_json::Value::Number(n) => {
-                out.insert(k.clone(), n.as_i64().unwrap_or(0));
+                out.insert(prefix.to_string(), n.as_i64().unwrap_or(0));
             }
             serde_json::Value::Object(m) => {
-                for (sub, n) in m {
-                    if let Some(n) = n.as_i64() {
-                        out.insert(format!("{k}.{sub}"), n);
-                    } else if let Some(counts) = n.get("counts").and_then(|c| c.as_object()) {
-                        for (lang, c) in counts {
-                            out.insert(format!("{k}.{sub}.{lang}"), c.as_i64().unwrap_or(0));
-                        }
+                for (k, v) in m {
+                    if k.contains("duration") || (prefix.is_empty() && k == "dist_compiles") {
+                        continue;
                     }
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
                 }
             }
             _ => {}
         }
     }
+    let mut out = BTreeMap::new();
+    flatten("", stats, &mut out);
     out.insert("dist_compiles".into(), dist_compiles(stats) as i64);
     out
 }
@@ -571,6 +598,21 @@ fn delta(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> BTree
             (d != 0).then(|| (k.clone(), d))
         })
         .collect()
+}
+
+/// The client's counters once they stop changing: the client writes its cache entry after
+/// it has answered the compile, so a case's `cache_writes` may land a moment later.
+fn settled(client: &common::sccache::Client) -> BTreeMap<String, i64> {
+    let mut last = counters(&client.stats());
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = counters(&client.stats());
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the client's stats kept changing: {last:?}");
 }
 
 /// Sets the child's umask.
@@ -668,6 +710,9 @@ fn run_corpus(
         let case_started = Instant::now();
         let out: Output = match &case.kind {
             Kind::Sccache(args) => {
+                // `{work}`: the work directory, the same absolute path in both runs.
+                let work_s = work.display().to_string();
+                let args: Vec<String> = args.iter().map(|a| a.replace("{work}", &work_s)).collect();
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut cmd = cluster.client.command(&args);
                 cmd.current_dir(&cwd);
@@ -700,7 +745,7 @@ fn run_corpus(
             }
         };
         case_secs.push(case_started.elapsed().as_secs_f64());
-        let after = counters(&cluster.client.stats());
+        let after = settled(&cluster.client);
         let now = snapshot(work);
         let changed = now
             .iter()
