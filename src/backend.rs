@@ -13,19 +13,21 @@ use std::time::{Duration, SystemTime};
 use crate::exec::{CancelToken, PreparedCommand};
 
 /// Identifies a toolchain image: sccache's `Toolchain.archive_id` (a hex digest), or any
-/// name of `[A-Za-z0-9_.-]{1,128}` not starting with `.`. Validated because it becomes part
+/// name of `[A-Za-z0-9_.-]{2,128}` not starting with `.`. Validated because it becomes part
 /// of dataset names and directory names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ToolchainId(String);
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid toolchain id {0:?}: expected 1-128 characters of [A-Za-z0-9_.-], not starting with '.'")]
+#[error("invalid toolchain id {0:?}: expected 2-128 characters of [A-Za-z0-9_.-], not starting with '.'")]
 pub struct InvalidToolchainId(pub String);
 
 impl ToolchainId {
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidToolchainId> {
         let id = id.into();
-        let ok = !id.is_empty()
+        // At least two: sccache's toolchain cache keeps `<id[0]>/<id[1]>/<id>` and slices
+        // the id unchecked (a one-character id panics its request handler).
+        let ok = id.len() >= 2
             && id.len() <= 128
             && !id.starts_with('.')
             && id

@@ -5,14 +5,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{BuildUser, Limits};
 use crate::engine::EngineConfig;
 use crate::untrusted::UnpackLimits;
 
 /// `[builder]`: the sandbox backend and the engine's policy.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+///
+/// `Serialize` too, so that an embedder's configuration can hold it as a variant of
+/// sccache-dist's builder types (`sccache::config::server::BuilderType` derives both).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuilderConfig {
     /// Linux: where images, containers and the instance lock live.
@@ -432,5 +435,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_containers"));
+    }
+
+    /// The variant README "Embedding in sccache-dist" adds to sccache's `BuilderType` (an
+    /// internally tagged enum deriving Serialize, Deserialize, PartialEq and Debug): the
+    /// section's keys sit next to `type`, unknown ones are still refused, and it round-trips.
+    #[test]
+    fn the_section_nests_in_sccaches_internally_tagged_builder_type() {
+        #[derive(Debug, Deserialize, Serialize, PartialEq)]
+        #[serde(tag = "type", deny_unknown_fields)]
+        enum BuilderType {
+            #[serde(rename = "overlay")]
+            Overlay {
+                build_dir: PathBuf,
+                bwrap_path: PathBuf,
+            },
+            #[serde(rename = "jailbuilder")]
+            Jailbuilder(Box<BuilderConfig>),
+        }
+        #[derive(Debug, Deserialize, Serialize, PartialEq)]
+        struct ServerFile {
+            builder: BuilderType,
+        }
+        let text =
+            "[builder]\ntype = \"jailbuilder\"\nstate_dir = \"/var/lib/jb\"\nmax_containers = 3\n";
+        let f: ServerFile = parse(Path::new("x.toml"), text).unwrap();
+        let expected = BuilderConfig {
+            state_dir: "/var/lib/jb".into(),
+            max_containers: 3,
+            ..BuilderConfig::default()
+        };
+        assert_eq!(f.builder, BuilderType::Jailbuilder(Box::new(expected)));
+        let again: ServerFile = toml::from_str(&toml::to_string(&f).unwrap()).unwrap();
+        assert_eq!(again, f);
+        let e = parse::<ServerFile>(
+            Path::new("x.toml"),
+            "[builder]\ntype = \"jailbuilder\"\nstate_dirr = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("state_dirr"), "{e}");
     }
 }

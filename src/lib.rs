@@ -14,6 +14,16 @@
 //! - [`config`]: the `[builder]` TOML section.
 //! - [`toolchain`]: packaging a host compiler into a toolchain archive (host tooling).
 //! - [`sccache`] (feature `sccache`): `BuilderIncoming` and the `serve` server.
+//!
+//! Embedding: the engine API ([`engine`], [`backend`], [`exec`], [`config`], [`native`]) is
+//! free of sccache types and builds with `--no-default-features`. The sccache adapter
+//! (`src/sccache/builder.rs`) names only public `jailbuilder::` paths, so sccache's own tree
+//! can copy it verbatim (README "Embedding in sccache-dist");
+//! `examples/sccache_dist_server.rs` compiles that very file outside the crate.
+
+// The adapter file `src/sccache/builder.rs` says `jailbuilder::...`, as a copy outside
+// this crate must: this makes the same paths resolve inside it.
+extern crate self as jailbuilder;
 
 pub mod backend;
 pub mod config;

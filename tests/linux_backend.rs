@@ -5,11 +5,14 @@
 //! tar.gz by the test itself.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::host_processes_with;
 use jailbuilder::backend::{Backend, BuildUser, ExitStatus, Limits, ToolchainId};
 use jailbuilder::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
 use jailbuilder::linux::{probe, LinuxBackend, LinuxConfig, LinuxContainer, LinuxError};
@@ -142,22 +145,6 @@ fn sh(b: &LinuxBackend, c: &LinuxContainer, script: &str) -> jailbuilder::backen
 
 fn stdout(o: &jailbuilder::backend::ExecOutcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Host pids whose command line contains `marker`.
-fn host_processes_with(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
 
 /// Mount points at or beneath `dir` in this process's mount namespace.

@@ -42,15 +42,45 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Run an sccache-dist build server around jailbuilder (drop-in for `sccache-dist server`).
     #[cfg(feature = "sccache")]
+    #[command(after_help = serve::AFTER_HELP)]
     Serve(serve::ServeArgs),
 }
 
-pub fn main() -> ExitCode {
+/// Logging to stderr, filtered by RUST_LOG (else SCCACHE_LOG, else warnings and errors).
+fn init_stderr_logging() {
     let filter = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("SCCACHE_LOG"))
         .unwrap_or_else(|_| "warn".into());
     env_logger::Builder::new().parse_filters(&filter).init();
+}
+
+/// Prints `e` and its causes, each once, as the process's last word.
+pub fn report(e: &anyhow::Error) {
+    // Library errors often repeat their source in their text.
+    let err: &(dyn std::error::Error + 'static) = e.as_ref();
+    eprintln!("jailbuilder: {}", jailbuilder::error_chain::render(err));
+}
+
+pub fn main() -> ExitCode {
+    // Usage errors exit 2 here (clap), before any logging, as sccache-dist's do.
     let cli = Cli::parse();
+    match &cli.command {
+        #[cfg(feature = "sccache")]
+        Command::Serve(serve::ServeArgs {
+            syslog: Some(level),
+            ..
+        }) => {
+            if let Err(e) = serve::init_syslog(*level) {
+                // Never silently without logs (sccache-dist would be): stderr instead.
+                init_stderr_logging();
+                log::warn!(
+                    "--syslog: {}; logging to stderr instead",
+                    jailbuilder::error_chain::render(e.as_ref())
+                );
+            }
+        }
+        _ => init_stderr_logging(),
+    }
     let result = match cli.command {
         Command::Toolchain(a) => toolchain_cmd::run(a),
         Command::Run(a) => run::run(a),
@@ -64,9 +94,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // Each cause once (library errors often repeat their source in their text).
-            let err: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("jailbuilder: {}", jailbuilder::error_chain::render(err));
+            report(&e);
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,10 @@
 //! sigprocmask and sigwait: a blocked mask is inherited across fork and execve, and the
 //! backends fork the compiler directly, so every compile would start with SIGTERM and
 //! SIGINT blocked. A handler, by contrast, is reset to the default by execve.
+//!
+//! Exit statuses are `sccache-dist`'s ([`AFTER_HELP`]): its `main` exits 1 when the
+//! command line (including reading and parsing the configuration file) fails, and 2 when
+//! the server itself fails (`run()`); clap's usage errors exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,20 +30,111 @@ use jailbuilder::sccache::{JailBuilder, JailServer, ServeConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// `serve --help`'s epilogue: the exit statuses and the syslog details.
+pub const AFTER_HELP: &str = "\
+Exit status, as sccache-dist server's:
+  0  shut down on SIGTERM or SIGINT (running builds get [builder] shutdown_grace_secs)
+  1  the configuration file could not be read, parsed or validated
+  2  a usage error, or the server failed (the sandbox backend, cache_dir, the addresses)
+
+The configuration file is TOML, or JSON if its name ends in .json (as sccache-dist's).
+--syslog LEVEL sends the log at LEVEL and more severe to the syslog instead of stderr,
+facility daemon, tag sccache-buildserver: to /dev/log (or $JAILBUILDER_SYSLOG_SOCKET),
+else 127.0.0.1:601 (TCP), else 127.0.0.1:514 (UDP). It overrides RUST_LOG/SCCACHE_LOG.";
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// The server configuration: `sccache-dist server`'s keys (public_addr, scheduler_url,
     /// scheduler_auth, cache_dir, ...) plus a `[builder]` section.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
+    /// Log to the syslog with LEVEL (instead of stderr).
+    #[arg(long, value_name = "LEVEL")]
+    pub syslog: Option<SyslogLevel>,
+}
+
+/// `--syslog`'s levels: `sccache-dist`'s `LogLevel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyslogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<SyslogLevel> for log::LevelFilter {
+    fn from(l: SyslogLevel) -> Self {
+        match l {
+            SyslogLevel::Error => log::LevelFilter::Error,
+            SyslogLevel::Warn => log::LevelFilter::Warn,
+            SyslogLevel::Info => log::LevelFilter::Info,
+            SyslogLevel::Debug => log::LevelFilter::Debug,
+            SyslogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The syslog tag `sccache-dist server --syslog` logs under, kept so that an operator's
+/// syslog filters and `journalctl -t` carry over.
+const SYSLOG_TAG: &str = "sccache-buildserver";
+/// Overrides the syslog socket (a Unix datagram or stream socket), e.g. for a container
+/// whose syslog socket is elsewhere, or a test.
+const SYSLOG_SOCKET_ENV: &str = "JAILBUILDER_SYSLOG_SOCKET";
+
+/// Installs the syslog as the logger, at `level`, as `sccache-dist`'s `--syslog` does
+/// (`syslog::init(Facility::LOG_DAEMON, level, Some("sccache-buildserver"))`: the local
+/// socket, else TCP 127.0.0.1:601, else UDP 127.0.0.1:514), with [`SYSLOG_SOCKET_ENV`]
+/// in place of the local socket's path when set.
+pub fn init_syslog(level: SyslogLevel) -> anyhow::Result<()> {
+    let mut formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: SYSLOG_TAG.into(),
+        pid: std::process::id(),
+    };
+    let logger = match std::env::var_os(SYSLOG_SOCKET_ENV) {
+        Some(path) => syslog::unix_custom(formatter, &path)
+            .with_context(|| format!("connecting to {}", PathBuf::from(path).display()))?,
+        None => match syslog::unix(formatter.clone()) {
+            Ok(logger) => logger,
+            Err(_) => {
+                // Over the network the message names the host (RFC 3164).
+                formatter.hostname = nix::unistd::gethostname()
+                    .ok()
+                    .map(|h| h.to_string_lossy().into_owned());
+                match syslog::tcp(formatter.clone(), ("127.0.0.1", 601)) {
+                    Ok(logger) => logger,
+                    Err(_) => syslog::udp(formatter, ("127.0.0.1", 0), ("127.0.0.1", 514))
+                        .context("no syslog socket, no syslog on 127.0.0.1")?,
+                }
+            }
+        },
+    };
+    log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger)))
+        .context("installing the syslog logger")?;
+    log::set_max_level(level.into());
+    Ok(())
 }
 
 /// How long, after the engine has shut down, request handlers get to send their replies.
 const REPLY_GRACE: Duration = Duration::from_secs(5);
 
+/// An error of the configuration returns `Err` (the caller exits 1); a server that fails
+/// is reported here and exits 2.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = ServeConfig::load(&args.config)?;
     log::debug!("configuration: {cfg:?}");
+    match start(cfg) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            super::report(&e);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn start(cfg: ServeConfig) -> anyhow::Result<ExitCode> {
     // Before any thread or sandbox exists, so no signal is lost to the default action.
     let signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let backend = jailbuilder::native::open_backend(&cfg.builder).with_context(|| {
@@ -68,6 +163,7 @@ fn serve<B: Backend>(cfg: ServeConfig, backend: B, signals: Signals) -> anyhow::
             return Err(e.into());
         }
     };
+    server.set_unhealthy_probe_interval(cfg.unhealthy_probe_interval());
     if cfg.is_insecure() {
         log::warn!("scheduler_auth is DANGEROUSLY_INSECURE: any client can use this server");
     }
@@ -147,7 +243,8 @@ fn on_signals<B: Backend>(mut signals: Signals, server: JailServer<B>, engine: A
     };
     let grace = engine.config().shutdown_grace;
     log::info!(
-        "{name}: shutting down; refusing new jobs, giving running builds {}s",
+        "{name}: shutting down; refusing new jobs, giving the {} running builds {}s",
+        engine.stats().containers_busy,
         grace.as_secs()
     );
     // Further signals during the shutdown are logged and otherwise ignored: cutting it

@@ -241,6 +241,9 @@ struct State {
     next_jid: i32,
     next_backing: u64,
     calls: Vec<String>,
+    /// The thread that made each of `calls` (same index): tells a build's own calls (its
+    /// critical path) from the recycler's.
+    callers: Vec<std::thread::ThreadId>,
     faults: Vec<Fault>,
     programs: HashMap<String, Program>,
     /// The plan of every exec, in order.
@@ -369,6 +372,14 @@ impl Default for FakeKernel {
     }
 }
 
+impl State {
+    /// Logs one call, with the thread that made it.
+    fn record(&mut self, line: String) {
+        self.calls.push(line);
+        self.callers.push(std::thread::current().id());
+    }
+}
+
 impl FakeKernel {
     /// A fake with one pool, `pool`, and no jails.
     pub fn new() -> FakeKernel {
@@ -384,6 +395,7 @@ impl FakeKernel {
                 next_jid: 1,
                 next_backing: 0,
                 calls: Vec::new(),
+                callers: Vec::new(),
                 faults: Vec::new(),
                 programs: HashMap::new(),
                 plans: Vec::new(),
@@ -489,7 +501,20 @@ impl FakeKernel {
 
     /// Returns the calls so far and clears the log.
     pub fn take_calls(&self) -> Vec<String> {
-        std::mem::take(&mut self.lock().calls)
+        let mut st = self.lock();
+        st.callers.clear();
+        std::mem::take(&mut st.calls)
+    }
+
+    /// Every call so far made by `thread`, in order.
+    pub fn calls_by(&self, thread: std::thread::ThreadId) -> Vec<String> {
+        let st = self.lock();
+        st.calls
+            .iter()
+            .zip(&st.callers)
+            .filter(|(_, t)| **t == thread)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// Names of all datasets (not snapshots), sorted; includes `pool`.
@@ -616,11 +641,11 @@ impl FakeKernel {
         }
         match fail {
             Some(errno) => {
-                st.calls.push(format!("{line} -> injected errno {errno}"));
+                st.record(format!("{line} -> injected errno {errno}"));
                 Err(errno)
             }
             None => {
-                st.calls.push(line);
+                st.record(line);
                 Ok(())
             }
         }
@@ -1293,7 +1318,7 @@ impl FakeKernel {
                 return Err(setup(SetupStep::Execve, libc::ENOENT));
             };
             if cancelled() {
-                st.calls.push(format!("jail_remove {jid} (cancelled)"));
+                st.record(format!("jail_remove {jid} (cancelled)"));
                 Self::kill_jail(&mut st, jid);
                 return Err(KernelError::Exec {
                     jid,
@@ -1332,7 +1357,7 @@ impl FakeKernel {
             // The supervisor's kill on timeout or cancel, through the seam as RealKernel
             // does it; the child is one of the jail's processes until something kills it.
             let why = if cancelled() { "cancelled" } else { "timeout" };
-            st.calls.push(format!("kill jail {jid} ({why})"));
+            st.record(format!("kill jail {jid} ({why})"));
             if let Some(j) = st.jails.get_mut(&jid) {
                 j.processes += 1 + run.left_running + run.escapes_kill;
                 j.escaping = run.escapes_kill;
@@ -1341,7 +1366,7 @@ impl FakeKernel {
             drop(st);
             let errors = kill_jail(self, jid, || {
                 let mut st = self.lock();
-                st.calls.push(format!("pdkill child in jail {jid}"));
+                st.record(format!("pdkill child in jail {jid}"));
                 if let Some(j) = st.jails.get_mut(&jid).filter(|j| j.child_alive) {
                     j.child_alive = false;
                     j.processes -= 1;

@@ -516,7 +516,7 @@ fn a_second_instance_on_the_same_root_is_refused() {
         Err(FreeBsdError::InstanceLocked { .. })
     ));
     assert!(matches!(
-        b.create_image(&tc("x"), &mut &b""[..]),
+        b.create_image(&tc("x1"), &mut &b""[..]),
         Err(FreeBsdError::NotLocked)
     ));
     // Nothing was touched by the refused instance (it only read its devfs ruleset).

@@ -282,3 +282,50 @@ fn each_jail_runs_its_builds_as_its_own_uid() {
     execs.dedup();
     assert_eq!(execs, ["4242:4242", "4243:4243"], "{calls:?}");
 }
+
+/// DESIGN.md's hot path, checked on the call log: a warm compile's own thread makes one
+/// kernel call, the exec (fork + jail_attach + execve of the compiler); no ZFS call (no
+/// txg sync task: lzc_snapshot/lzc_clone/lzc_rollback each wait for one, see
+/// dsl_sync_task(9) in OpenZFS module/zfs/dsl_synctask.c), no mount, no jail creation. The
+/// reset that follows runs on the recycler's thread: jail removal (and the wait for it to
+/// be gone), devfs unmount, one rollback (one sync task), devfs again and a new jail, and
+/// nothing else.
+#[test]
+fn a_warm_compile_makes_one_kernel_call_and_its_reset_runs_off_the_critical_path() {
+    let s = setup(1);
+    s.build("/usr/bin/cc", b"warm").unwrap();
+    s.engine.wait_idle();
+    s.fake.take_calls();
+
+    let me = std::thread::current().id();
+    let out = s.build("/usr/bin/cc", b"hot").unwrap();
+    assert_eq!(out.exec.status, ExitStatus::Code(0));
+    let mine = s.fake.calls_by(me);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert!(mine[0].starts_with("exec "), "{mine:?}");
+
+    s.engine.wait_idle();
+    let all = s.fake.take_calls();
+    let reset: Vec<&String> = all.iter().filter(|c| !mine.contains(c)).collect();
+    let kind = |c: &str| c.split(' ').next().unwrap_or_default().to_string();
+    let kinds: Vec<String> = reset.iter().map(|c| kind(c)).collect();
+    assert_eq!(
+        kinds,
+        [
+            "jail_remove",
+            "jail_wait_gone",
+            "unmount",
+            "rollback",
+            "nmount",
+            "jail_set"
+        ],
+        "{reset:?}"
+    );
+    assert!(reset[4].contains("devfs"), "{reset:?}");
+    assert!(
+        !all.iter().any(|c| c.starts_with("snapshot")
+            || c.starts_with("clone")
+            || c.starts_with("create")),
+        "{all:?}"
+    );
+}

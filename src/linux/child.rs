@@ -6,7 +6,7 @@
 //!
 //! One child, cloned by the server straight into a new pid namespace (clone(2) with
 //! CLONE_NEWPID: allowed in a threaded process, unlike setns into a mount namespace, which
-//! the child does). As pid 1 of that namespace it joins the container's cgroup (if any),
+//! the child does), sharing the server's memory until its execve ([`super::spawn`]). As pid 1 of that namespace it joins the container's cgroup (if any),
 //! dies with the server (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the
 //! container's net/ipc/uts namespaces and its mount namespace (pivoted into the container
 //! root when the container was made, so joining it is the chroot), unshares a private copy
@@ -162,11 +162,13 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     exec_in_sandbox(p)
 }
 
-/// Default dispositions for the signals the server may ignore (ignored signals survive
-/// execve: a compiler with SIGPIPE ignored, or A with SIGCHLD ignored, misbehaves) and an
-/// empty signal mask.
+/// Every signal back to its default disposition, then an empty mask. The child shares the
+/// server's memory ([`super::spawn`]) and starts with every signal blocked: a handler of the
+/// server (signal-hook's, say) must never run here. Ignored signals would also survive
+/// execve (a compiler with SIGPIPE ignored misbehaves). Setting SIGKILL and SIGSTOP fails
+/// (EINVAL), as do glibc's internal 32 and 33; execve resets those handlers anyway.
 fn reset_signals() {
-    for sig in [libc::SIGPIPE, libc::SIGCHLD] {
+    for sig in 1..=64 {
         // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags; sigaction(2)
         // is async-signal-safe.
         unsafe {

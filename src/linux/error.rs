@@ -148,8 +148,13 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
-    #[error("fork: {source}")]
+    #[error("clone: {source}")]
     Fork {
+        #[source]
+        source: io::Error,
+    },
+    #[error("mapping the sandbox child's stack: {source}")]
+    ChildStack {
         #[source]
         source: io::Error,
     },

@@ -42,6 +42,7 @@ mod child;
 mod error;
 mod probe;
 mod seccomp;
+mod spawn;
 mod sys;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -181,6 +182,8 @@ pub struct LinuxContainer {
     dirty: AtomicBool,
     /// The container's cgroup v2 leaf, when that is the limit mechanism.
     cgroup: Option<cgroup::ContainerCgroup>,
+    /// The stack `exec`'s child runs on until its execve (it shares the server's memory).
+    stack: Mutex<spawn::ChildStack>,
     torn_down: bool,
 }
 
@@ -853,27 +856,14 @@ impl LinuxBackend {
             seccomp: self.seccomp.programs(),
         };
 
-        // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves as fork(2), here
-        // into a new pid namespace. The child runs only `first_child`, which makes
-        // async-signal-safe system calls on memory prepared above and never returns.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
-                0,
-                0,
-                0,
-                0,
-            )
-        } as libc::pid_t;
-        if pid < 0 {
-            return Err(LinuxError::Fork {
-                source: io::Error::last_os_error(),
-            });
-        }
-        if pid == 0 {
-            child::first_child(&plan);
-        }
+        let pid = {
+            let mut stack = container
+                .stack
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            spawn::clone_child(&plan, &mut stack, libc::CLONE_NEWPID)
+                .map_err(|source| LinuxError::Fork { source })?
+        };
         drop((out_w, err_w, ep_w));
 
         // Until A is known to have exited normally, sandbox processes may be alive.
@@ -1086,6 +1076,9 @@ impl Backend for LinuxBackend {
             netns_id: (0, 0),
             dirty: AtomicBool::new(false),
             cgroup: None,
+            stack: Mutex::new(
+                spawn::ChildStack::new().map_err(|source| LinuxError::ChildStack { source })?,
+            ),
             torn_down: false,
         };
         // On failure, dropping `c` tears down what was built.

@@ -1,4 +1,14 @@
 //! [`JailBuilder`]: sccache-dist's `BuilderIncoming` over the engine.
+//!
+//! A copyable adapter: this file names only sccache's public API and jailbuilder's public
+//! engine API (`jailbuilder::...`, never `crate::` or `super::`), and needs only the crates
+//! `sccache`, `jailbuilder` (`default-features = false`), `log` and `thiserror`. So sccache's
+//! own tree can copy it verbatim as a module of `sccache-dist` (README "Embedding in
+//! sccache-dist"), which cannot depend on jailbuilder's `sccache` feature: that would be a
+//! second copy of sccache, whose `BuilderIncoming` is another trait. Inside jailbuilder it is
+//! `jailbuilder::sccache::JailBuilder` (lib.rs's `extern crate self as jailbuilder` makes
+//! the paths resolve); `examples/sccache_dist_server.rs` includes the same file by `#[path]`,
+//! so CI proves it builds against the public API alone.
 
 use std::fmt;
 use std::io::{self, BufReader, Read};
@@ -11,9 +21,9 @@ use sccache::dist::{
 };
 use sccache::lru_disk_cache::Error as LruError;
 
-use crate::backend::{Backend, ExecOutcome, ExitStatus, InvalidToolchainId, ToolchainId};
-use crate::engine::{BuildError, BuildRequest, Engine, OutputEncoder, ToolchainSource};
-use crate::exec::CommandSpec;
+use jailbuilder::backend::{Backend, ExecOutcome, ExitStatus, InvalidToolchainId, ToolchainId};
+use jailbuilder::engine::{BuildError, BuildRequest, Engine, OutputEncoder, ToolchainSource};
+use jailbuilder::exec::CommandSpec;
 
 /// Why one job failed. Never a panic: every request-data problem ends up here.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +71,9 @@ impl fmt::Display for JobLabel {
 
 /// A build server's builder: runs sccache-dist jobs in jailbuilder sandboxes.
 ///
-/// Plug it into sccache-dist's server as a `Box<dyn BuilderIncoming>`, or use
-/// [`super::JailServer`]. Cheap to clone (the engine is shared).
+/// Plug it into sccache-dist's server as a `Box<dyn BuilderIncoming>`, or run it behind
+/// `jailbuilder serve`'s server (`jailbuilder::sccache::JailServer`). Cheap to clone (the
+/// engine is shared).
 pub struct JailBuilder<B: Backend> {
     engine: Arc<Engine<B>>,
 }
@@ -261,7 +272,7 @@ impl<B: Backend> JailBuilder<B> {
         outputs: Vec<String>,
         inputs: &mut dyn Read,
         cache: &Mutex<TcCache>,
-    ) -> Result<(BuildResult, crate::engine::PhaseTimings), JobError> {
+    ) -> Result<(BuildResult, jailbuilder::engine::PhaseTimings), JobError> {
         let id = ToolchainId::new(toolchain.archive_id.as_str())?;
         let source = CachedToolchain { cache, toolchain };
         let outcome = self.engine.build_encoded(

@@ -40,6 +40,9 @@ fn default_max_staged_upload_bytes() -> u64 {
 fn default_max_run_job_header_bytes() -> u64 {
     super::http::DEFAULT_MAX_RUN_JOB_HEADER
 }
+fn default_unhealthy_probe_interval_secs() -> u64 {
+    super::UNHEALTHY_PROBE_INTERVAL.as_secs()
+}
 
 /// The whole `jailbuilder serve` file. Unknown keys anywhere are refused, naming the key.
 #[derive(Deserialize)]
@@ -74,6 +77,11 @@ pub struct ServeConfig {
     /// "127.0.0.1:9469". Off unless set. Unauthenticated: bind it to a private address.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// jailbuilder's: while the builder is unhealthy, one job assignment per this many
+    /// seconds is accepted as a probe (the others are refused; a probe that builds makes
+    /// it healthy again). Default [`super::UNHEALTHY_PROBE_INTERVAL`].
+    #[serde(default = "default_unhealthy_probe_interval_secs")]
+    pub unhealthy_probe_interval_secs: u64,
     /// The sandbox backend and the engine's policy.
     #[serde(default)]
     pub builder: BuilderConfig,
@@ -104,6 +112,10 @@ impl fmt::Debug for ServeConfig {
             .field("max_staged_upload_bytes", &self.max_staged_upload_bytes)
             .field("max_run_job_header_bytes", &self.max_run_job_header_bytes)
             .field("metrics_addr", &self.metrics_addr)
+            .field(
+                "unhealthy_probe_interval_secs",
+                &self.unhealthy_probe_interval_secs,
+            )
             .field("builder", &self.builder)
             .field("path", &self.path)
             .finish()
@@ -153,9 +165,17 @@ impl ServeConfig {
         Self::parse(path, &text)
     }
 
-    /// Parses and validates `text`, read from `path`.
+    /// Parses and validates `text`, read from `path`: JSON if `path` ends in `.json`, else
+    /// TOML, as sccache's `try_read_config_file` decides.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ServeConfigError> {
-        let mut cfg: ServeConfig = crate::config::parse(path, text)?;
+        let mut cfg: ServeConfig = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        } else {
+            crate::config::parse(path, text)?
+        };
         cfg.path = path.to_path_buf();
         cfg.validate()?;
         Ok(cfg)
@@ -191,6 +211,10 @@ impl ServeConfig {
             ),
             ("max_staged_upload_bytes", self.max_staged_upload_bytes),
             ("max_run_job_header_bytes", self.max_run_job_header_bytes),
+            (
+                "unhealthy_probe_interval_secs",
+                self.unhealthy_probe_interval_secs,
+            ),
         ] {
             if v == 0 {
                 return Err(self.invalid(key, "must be at least 1"));
@@ -249,6 +273,11 @@ impl ServeConfig {
             per_upload: self.max_toolchain_upload_bytes,
             staged_total: self.max_staged_upload_bytes,
         }
+    }
+
+    /// `unhealthy_probe_interval_secs`.
+    pub fn unhealthy_probe_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.unhealthy_probe_interval_secs)
     }
 
     /// True for `scheduler_auth = { type = "DANGEROUSLY_INSECURE" }`.

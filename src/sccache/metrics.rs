@@ -29,7 +29,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const DRAIN_BYTES: u64 = 64 << 10;
 
 /// Bytes and number of the regular files in `tc_dir` and its subdirectories (sccache's
-/// `TcCache` keeps `<tc>/<id[0]>/<id>`), at most two levels deep. Missing is empty.
+/// `TcCache` keeps `<tc>/<id[0]>/<id[1]>/<id>`), at most three levels deep. Missing is
+/// empty.
 pub fn toolchain_cache_usage(tc_dir: &Path) -> (u64, u64) {
     fn walk(dir: &Path, depth: u32, acc: &mut (u64, u64)) {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -46,7 +47,7 @@ pub fn toolchain_cache_usage(tc_dir: &Path) -> (u64, u64) {
         }
     }
     let mut acc = (0, 0);
-    walk(tc_dir, 1, &mut acc);
+    walk(tc_dir, 2, &mut acc);
     acc
 }
 
@@ -195,15 +196,15 @@ mod tests {
     }
 
     #[test]
-    fn toolchain_cache_usage_counts_archives_two_levels_deep() {
+    fn toolchain_cache_usage_counts_archives_three_levels_deep() {
         let tmp = tempfile::tempdir().unwrap();
         let tc = tmp.path().join("tc");
         assert_eq!(toolchain_cache_usage(&tc), (0, 0));
-        fs::create_dir_all(tc.join("a")).unwrap();
-        fs::create_dir_all(tc.join("b/deeper")).unwrap();
-        fs::write(tc.join("a/abc"), [0u8; 100]).unwrap();
-        fs::write(tc.join("b/bcd"), [0u8; 20]).unwrap();
-        fs::write(tc.join("b/deeper/not-counted"), [0u8; 7]).unwrap();
+        fs::create_dir_all(tc.join("a/b")).unwrap();
+        fs::create_dir_all(tc.join("b/c/deeper")).unwrap();
+        fs::write(tc.join("a/b/abc"), [0u8; 100]).unwrap();
+        fs::write(tc.join("b/c/bcd"), [0u8; 20]).unwrap();
+        fs::write(tc.join("b/c/deeper/not-counted"), [0u8; 7]).unwrap();
         assert_eq!(toolchain_cache_usage(&tc), (120, 2));
     }
 }

@@ -1,7 +1,8 @@
 //! sccache-dist integration (feature `sccache`).
 //!
 //! - [`JailBuilder`] implements [`sccache::dist::BuilderIncoming`] around an [`Engine`]: the
-//!   piece an embedder plugs into sccache-dist's own server.
+//!   piece an embedder plugs into sccache-dist's own server. Its file (`builder.rs`) uses
+//!   public paths only, so sccache's tree copies it (README "Embedding in sccache-dist").
 //! - [`JailServer`] implements [`sccache::dist::ServerIncoming`] around a [`JailBuilder`]
 //!   and the toolchain cache, with the semantics of `sccache-dist server`, plus draining
 //!   and health, upload budgets and toolchain-id validation.

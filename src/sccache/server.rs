@@ -14,7 +14,7 @@
 //!   locally). While unhealthy, one assignment per [`UNHEALTHY_PROBE_INTERVAL`] is still
 //!   accepted so that a recovered backend can prove itself;
 //! - every toolchain id is validated ([`ToolchainId::new`]) before any cache or file-system
-//!   call: sccache's `TcCache` stores an archive at `<cache>/tc/<id[0]>/<id>`;
+//!   call: sccache's `TcCache` stores an archive at `<cache>/tc/<id[0]>/<id[1]>/<id>`;
 //! - uploads have budgets ([`UploadLimits`]): one upload at most `per_upload` bytes (and
 //!   never more than the cache), all uploads being staged at once at most `staged_total`
 //!   bytes; an upload that would exceed either is refused (`CannotCache`) and its staging
@@ -39,7 +39,8 @@ use crate::backend::{Backend, ToolchainId};
 /// Assignments not claimed by a client within this time are forgotten (the scheduler gives
 /// up on them after at most 300 s).
 pub const UNCLAIMED_JOB_TIMEOUT: Duration = Duration::from_secs(600);
-/// While the engine is unhealthy, one assignment per interval is accepted as a probe.
+/// While the engine is unhealthy, one assignment per interval is accepted as a probe (the
+/// default; [`JailServer::set_unhealthy_probe_interval`], `unhealthy_probe_interval_secs`).
 pub const UNHEALTHY_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// Default [`UploadLimits::per_upload`]: 2 GiB.
 pub const DEFAULT_MAX_TOOLCHAIN_UPLOAD: u64 = 2 << 30;
@@ -114,6 +115,7 @@ struct Inner<B: Backend> {
 struct HealthState {
     healthy: bool,
     last_probe: Option<Instant>,
+    probe_interval: Duration,
 }
 
 /// The build server's request handlers. Cheap to clone: clones share one server, so the
@@ -232,6 +234,7 @@ impl<B: Backend> JailServer<B> {
                 health: Mutex::new(HealthState {
                     healthy: true,
                     last_probe: None,
+                    probe_interval: UNHEALTHY_PROBE_INTERVAL,
                 }),
             }),
         })
@@ -244,6 +247,12 @@ impl<B: Backend> JailServer<B> {
     /// The toolchain cache, as sccache's `BuilderIncoming::run_build` receives it.
     pub fn toolchain_cache(&self) -> &Mutex<TcCache> {
         &self.inner.cache
+    }
+
+    /// While unhealthy, accept one assignment per `interval` as a probe (default
+    /// [`UNHEALTHY_PROBE_INTERVAL`]).
+    pub fn set_unhealthy_probe_interval(&self, interval: Duration) {
+        lock(&self.inner.health).probe_interval = interval;
     }
 
     /// Stops accepting job assignments (they are refused from now on; jobs already
@@ -321,15 +330,13 @@ impl<B: Backend> JailServer<B> {
                  assignments (the scheduler routes them to other servers; clients compile \
                  locally), accepting one probe job per {} s. Stats: {:?}",
                 self.inner.builder.engine().config().unhealthy_after,
-                UNHEALTHY_PROBE_INTERVAL.as_secs(),
+                h.probe_interval.as_secs(),
                 self.inner.builder.engine().stats()
             );
         }
         let now = Instant::now();
         match h.last_probe {
-            Some(t) if now.duration_since(t) < UNHEALTHY_PROBE_INTERVAL => {
-                Err(ServerError::Unhealthy)
-            }
+            Some(t) if now.duration_since(t) < h.probe_interval => Err(ServerError::Unhealthy),
             _ => {
                 h.last_probe = Some(now);
                 log::warn!("builder unhealthy: accepting one probe job");

@@ -478,7 +478,7 @@ fn bad_requests_are_job_errors_never_panics() {
 
 /// Ids that would be file names outside the cache (or panic sccache's `TcCache`, which
 /// slices the id's first byte).
-const BAD_IDS: [&str; 4] = ["/etc/x", "../x", "", "\u{e9}\u{2026}"];
+const BAD_IDS: [&str; 5] = ["/etc/x", "../x", "", "\u{e9}\u{2026}", "x"];
 
 fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = walk(dir)
@@ -768,6 +768,38 @@ fn the_example_config_parses_and_builds_sccache_dists_token() {
 }
 
 #[test]
+fn a_json_file_reads_as_the_same_toml_file() {
+    // sccache's try_read_config_file: JSON by the name's extension, else TOML.
+    let json = r#"{
+        "public_addr": "192.0.2.10:10501",
+        "bind_address": "0.0.0.0:10501",
+        "scheduler_url": "http://192.0.2.1:10600",
+        "cache_dir": "/var/cache/jailbuilder",
+        "scheduler_auth": { "type": "token", "token": "s3cret" },
+        "builder": { "state_dir": "/var/lib/jailbuilder", "max_containers": 4 }
+    }"#;
+    let from_json = ServeConfig::parse(Path::new("server.json"), json).unwrap();
+    let from_toml = parse(EXAMPLE).unwrap();
+    let strip = |c: &ServeConfig| format!("{c:?}").replace(&format!("{:?}", c.path), "");
+    assert_eq!(strip(&from_json), strip(&from_toml));
+    assert_eq!(
+        from_json.scheduler_token().unwrap(),
+        "192.0.2.10:10501 s3cret"
+    );
+    // Unknown keys and bad values are refused in JSON too, by name.
+    let e = ServeConfig::parse(
+        Path::new("server.json"),
+        &json.replace("\"max_containers\": 4", "\"max_contaners\": 4"),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("max_contaners"), "{e}");
+    // The extension decides, not the content.
+    assert!(ServeConfig::parse(Path::new("server.toml"), json).is_err());
+    assert!(ServeConfig::parse(Path::new("server.json"), EXAMPLE).is_err());
+}
+
+#[test]
 fn config_errors_name_the_key() {
     let cases = [
         (EXAMPLE.replace("cache_dir", "cach_dir"), "cach_dir"),
@@ -786,6 +818,13 @@ fn config_errors_name_the_key() {
         (
             EXAMPLE.replace("192.0.2.10:10501", "0.0.0.0:10501"),
             "public_addr",
+        ),
+        (
+            EXAMPLE.replace(
+                "cache_dir = ",
+                "unhealthy_probe_interval_secs = 0\ncache_dir = ",
+            ),
+            "unhealthy_probe_interval_secs",
         ),
         (
             EXAMPLE.replace("/var/cache/jailbuilder", "cache"),
@@ -833,4 +872,34 @@ fn a_jwt_for_another_server_is_refused() {
     assert!(e.contains("issued for server 192.0.2.11:10501"), "{e}");
     let e = parse(&with("nonsense")).unwrap_err().to_string();
     assert!(e.contains("scheduler_auth.token"), "{e}");
+}
+
+/// The adapter stays copyable into sccache's tree (README "Embedding in sccache-dist"): its
+/// code names no path of this crate but `jailbuilder::` ones outside the `sccache` feature,
+/// and no platform. The example compiles the file with every feature on, so it cannot see
+/// a `jailbuilder::sccache::` or `jailbuilder::metrics::` path creep in; this does.
+#[test]
+fn the_adapter_file_names_only_what_a_copy_in_sccache_has() {
+    let forbidden = [
+        "crate::",
+        "super::",
+        "self::",
+        "jailbuilder::sccache",
+        "jailbuilder::metrics",
+        "target_os",
+        "feature =",
+    ];
+    let code = include_str!("builder.rs")
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"));
+    for (n, line) in code {
+        for f in forbidden {
+            assert!(
+                !line.contains(f),
+                "src/sccache/builder.rs:{}: {f:?} would not resolve in a copy: {line}",
+                n + 1
+            );
+        }
+    }
 }

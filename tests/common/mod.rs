@@ -289,15 +289,19 @@ pub fn stderr(o: &BuildOutcome) -> String {
     String::from_utf8_lossy(&o.exec.stderr).into_owned()
 }
 
-/// Host pids whose command line contains `marker`.
+/// Host pids whose command line (arguments joined by spaces) has `marker` at the start of
+/// an argument: "98700" finds `sleep 987001`, not a compiler whose `-C metadata=...98700...`
+/// happens to contain the digits.
 pub fn host_processes_with(marker: &str) -> Vec<u32> {
+    let needle = format!(" {marker}");
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
+            let words = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if format!(" {words}").contains(&needle) {
                 pids.push(pid);
             }
         }

@@ -39,8 +39,39 @@ fn skip(test: &str, why: &str) -> Option<PathBuf> {
     None
 }
 
-/// The directory of the stock `sccache` and `sccache-dist`, or None to skip `test`.
+/// The stock binaries' version the tests are written against.
+pub const STOCK_VERSION: &str = "0.19.0";
+
+/// `dir`, if its `sccache --version` and `sccache-dist --version` say [`STOCK_VERSION`]
+/// (both print "sccache <version>"); else skips (None) or, under CI, fails.
+fn checked_version(test: &str, dir: PathBuf) -> Option<PathBuf> {
+    for bin in ["sccache", "sccache-dist"] {
+        let path = dir.join(bin);
+        let said = match Command::new(&path).arg("--version").output() {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            Err(e) => format!("(cannot run: {e})"),
+        };
+        if said != format!("sccache {STOCK_VERSION}") {
+            return skip(
+                test,
+                &format!(
+                    "{} --version says {said:?}, not sccache {STOCK_VERSION}",
+                    path.display()
+                ),
+            );
+        }
+    }
+    Some(dir)
+}
+
+/// The directory of the stock `sccache` and `sccache-dist` (checked to be version
+/// [`STOCK_VERSION`]), or None to skip `test`.
 pub fn prerequisites(test: &str) -> Option<PathBuf> {
+    let dir = find_stock_binaries(test)?;
+    checked_version(test, dir)
+}
+
+fn find_stock_binaries(test: &str) -> Option<PathBuf> {
     if !nix::unistd::geteuid().is_root() {
         return skip(test, "needs root (the Linux backend mounts and unshares)");
     }
@@ -255,8 +286,111 @@ pub struct Cluster {
     /// `jailbuilder serve`'s `[builder] state_dir`.
     pub state: PathBuf,
     pub server_port: u16,
+    pub sched_port: u16,
+    /// The stock binaries' directory.
+    pub bin: PathBuf,
     _unmount: Unmount,
     pub tmp: tempfile::TempDir,
+}
+
+/// How a [`Cluster`]'s scheduler and build server authenticate each other, and more of
+/// the server's settings. The default is [`Cluster::start`]'s: the shared token
+/// [`SERVER_TOKEN`], a free port, no extra keys, wait for the registration.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// The scheduler's `[server_auth]` lines (newline-terminated); None: the token.
+    pub scheduler_server_auth: Option<String>,
+    /// The build server's `[scheduler_auth]` lines; None: the token.
+    pub server_scheduler_auth: Option<String>,
+    /// The build server's port (e.g. to make a JWT for it first); None: a free one.
+    pub server_port: Option<u16>,
+    /// More top-level keys of the build server's file (newline-terminated).
+    pub server_extra: String,
+    /// Return as soon as the server runs, without waiting for "Server connected to
+    /// scheduler" (for a server the scheduler refuses).
+    pub no_wait_registered: bool,
+}
+
+impl ClusterOptions {
+    fn scheduler_server_auth(&self) -> String {
+        self.scheduler_server_auth
+            .clone()
+            .unwrap_or_else(|| format!("type = \"token\"\ntoken = \"{SERVER_TOKEN}\"\n"))
+    }
+
+    fn server_scheduler_auth(&self) -> String {
+        self.server_scheduler_auth
+            .clone()
+            .unwrap_or_else(|| format!("type = \"token\"\ntoken = \"{SERVER_TOKEN}\"\n"))
+    }
+}
+
+/// Writes `<t>/server.toml` for `kind` and starts it; waits for its registration unless
+/// `opts.no_wait_registered`.
+fn spawn_server(
+    bin: &Path,
+    t: &Path,
+    kind: ServerKind,
+    opts: &ClusterOptions,
+    sched_port: u16,
+    server_port: u16,
+) -> Proc {
+    let state = t.join("state");
+    let builder = match kind {
+        ServerKind::Jailbuilder(builder) => {
+            format!("[builder]\nstate_dir = \"{}\"\n{builder}", state.display())
+        }
+        ServerKind::StockOverlay => format!(
+            "[builder]\ntype = \"overlay\"\nbuild_dir = \"{}\"\n\
+             bwrap_path = \"/usr/bin/bwrap\"\n",
+            state.display()
+        ),
+    };
+    fs::write(
+        t.join("server.toml"),
+        format!(
+            "public_addr = \"127.0.0.1:{server_port}\"\n\
+             scheduler_url = \"http://127.0.0.1:{sched_port}\"\n\
+             cache_dir = \"{}\"\n{}\
+             [scheduler_auth]\n{}\
+             {builder}",
+            t.join("cache").display(),
+            opts.server_extra,
+            opts.server_scheduler_auth(),
+        ),
+    )
+    .unwrap();
+    let mut server_cmd = match kind {
+        ServerKind::Jailbuilder(_) => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_jailbuilder"));
+            c.arg("serve").env("RUST_LOG", "info");
+            c
+        }
+        ServerKind::StockOverlay => {
+            let mut c = Command::new(bin.join("sccache-dist"));
+            c.arg("server").env("SCCACHE_LOG", "info");
+            c
+        }
+    };
+    let mut serve = Proc::spawn(
+        kind.name(),
+        server_cmd.arg("--config").arg(t.join("server.toml")),
+        t,
+        Duration::from_secs(30),
+    );
+    if !opts.no_wait_registered {
+        wait_for(
+            &format!("{} to register with the scheduler", kind.name()),
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = serve.child.try_wait() {
+                    panic!("{} exited early ({status}):\n{}", kind.name(), serve.log());
+                }
+                serve.log().contains("Server connected to scheduler")
+            },
+        );
+    }
+    serve
 }
 
 /// Which build server a [`Cluster`] runs.
@@ -293,6 +427,12 @@ impl Cluster {
     /// directories whichever server runs, so two clusters differ only in their server.
     /// For [`ServerKind::StockOverlay`], `state` is the overlay builder's `build_dir`.
     pub fn start_with(bin: &Path, kind: ServerKind) -> Cluster {
+        Cluster::start_opts(bin, kind, &ClusterOptions::default())
+    }
+
+    /// [`Cluster::start_with`] with `opts`: the auth sections, the server's port and
+    /// extra keys, and whether to wait for the server to register.
+    pub fn start_opts(bin: &Path, kind: ServerKind, opts: &ClusterOptions) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path().to_path_buf();
         let state = t.join("state");
@@ -300,36 +440,16 @@ impl Cluster {
         for d in ["proj/obj", "cache", "sccache", "dist-client"] {
             fs::create_dir_all(t.join(d)).unwrap();
         }
-        let (sched_port, server_port, client_port) = (free_port(), free_port(), free_port());
+        let (sched_port, client_port) = (free_port(), free_port());
+        let server_port = opts.server_port.unwrap_or_else(free_port);
 
         fs::write(
             t.join("scheduler.toml"),
             format!(
                 "public_addr = \"127.0.0.1:{sched_port}\"\n\
                  [client_auth]\ntype = \"token\"\ntoken = \"{CLIENT_TOKEN}\"\n\
-                 [server_auth]\ntype = \"token\"\ntoken = \"{SERVER_TOKEN}\"\n"
-            ),
-        )
-        .unwrap();
-        let builder = match kind {
-            ServerKind::Jailbuilder(builder) => {
-                format!("[builder]\nstate_dir = \"{}\"\n{builder}", state.display())
-            }
-            ServerKind::StockOverlay => format!(
-                "[builder]\ntype = \"overlay\"\nbuild_dir = \"{}\"\n\
-                 bwrap_path = \"/usr/bin/bwrap\"\n",
-                state.display()
-            ),
-        };
-        fs::write(
-            t.join("server.toml"),
-            format!(
-                "public_addr = \"127.0.0.1:{server_port}\"\n\
-                 scheduler_url = \"http://127.0.0.1:{sched_port}\"\n\
-                 cache_dir = \"{}\"\n\
-                 [scheduler_auth]\ntype = \"token\"\ntoken = \"{SERVER_TOKEN}\"\n\
-                 {builder}",
-                t.join("cache").display(),
+                 [server_auth]\n{}",
+                opts.scheduler_server_auth()
             ),
         )
         .unwrap();
@@ -359,34 +479,7 @@ impl Cluster {
         });
 
         // 2. The build server, registered with the scheduler.
-        let mut server_cmd = match kind {
-            ServerKind::Jailbuilder(_) => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_jailbuilder"));
-                c.arg("serve").env("RUST_LOG", "info");
-                c
-            }
-            ServerKind::StockOverlay => {
-                let mut c = Command::new(bin.join("sccache-dist"));
-                c.arg("server").env("SCCACHE_LOG", "info");
-                c
-            }
-        };
-        let mut serve = Proc::spawn(
-            kind.name(),
-            server_cmd.arg("--config").arg(t.join("server.toml")),
-            &t,
-            Duration::from_secs(30),
-        );
-        wait_for(
-            &format!("{} to register with the scheduler", kind.name()),
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(status)) = serve.child.try_wait() {
-                    panic!("{} exited early ({status}):\n{}", kind.name(), serve.log());
-                }
-                serve.log().contains("Server connected to scheduler")
-            },
-        );
+        let serve = spawn_server(bin, &t, kind, opts, sched_port, server_port);
 
         // 3. The stock sccache client server, in the foreground, isolated by port and dirs.
         let client = Client {
@@ -420,9 +513,28 @@ impl Cluster {
             client,
             state,
             server_port,
+            sched_port,
+            bin: bin.to_path_buf(),
             _unmount: unmount,
             tmp,
         }
+    }
+
+    /// Stops the build server (SIGTERM; its log is kept as `<name>.<pid>.log`) and starts
+    /// `kind` with `opts` in its place: the same scheduler, client, port (unless
+    /// `opts.server_port` says otherwise), `cache_dir` and state directory.
+    pub fn replace_server(&mut self, kind: ServerKind, opts: &ClusterOptions) {
+        self.serve.terminate();
+        let kept = self
+            .dir()
+            .join(format!("{}.{}.log", self.serve.name, self.serve.pid()));
+        fs::rename(&self.serve.log, &kept).unwrap();
+        self.serve.log = kept;
+        if let Some(port) = opts.server_port {
+            self.server_port = port;
+        }
+        let t = self.dir().to_path_buf();
+        self.serve = spawn_server(&self.bin, &t, kind, opts, self.sched_port, self.server_port);
     }
 
     /// The temporary directory holding the configurations, logs and directories.
