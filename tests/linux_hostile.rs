@@ -445,18 +445,21 @@ fn hostile_outputs_never_return_a_byte_of_a_host_file() {
     let secret = m.secret();
     let cases: Vec<(&str, String, String, bool)> = vec![
         // (case, script, output, refused before running?)
+        // `..` resolves as in the sandbox, never above its root: the sandbox's own (missing)
+        // file of that name, never the host's.
         (
             "dotdot",
             "true".into(),
             "../../../../../..".to_string() + &secret,
-            true,
+            false,
         ),
         (
             "dotdot-inside",
             "true".into(),
             "/work/../../etc/passwd".to_string(),
-            true,
+            false,
         ),
+        ("dotdot-final", "true".into(), "/work/..".to_string(), true),
         ("nul", "true".into(), "a\0b".to_string(), true),
         ("empty", "true".into(), String::new(), true),
         (
@@ -479,7 +482,13 @@ fn hostile_outputs_never_return_a_byte_of_a_host_file() {
         ),
         ("directory", "mkdir /work/d.o".into(), "d.o".into(), false),
         ("fifo", "mkfifo /work/f.o".into(), "f.o".into(), false),
-        ("device", "true".into(), "/dev/null".into(), false),
+        ("device", "true".into(), "/dev/zero".into(), false),
+        (
+            "device-through-dotdot",
+            "true".into(),
+            "/work/../dev/zero".into(),
+            false,
+        ),
         (
             "larger-than-the-cap",
             "dd if=/dev/zero of=/work/big.o bs=1024 count=3072 2>/dev/null".into(),
@@ -515,6 +524,16 @@ fn hostile_outputs_never_return_a_byte_of_a_host_file() {
         m.check(case);
         f.assert_serves();
     }
+    // `-o /dev/null` (a probe's) is answered empty, whatever stands there.
+    let o = f
+        .build(
+            &tar(&[]),
+            spec(&["sh", "-c", "echo discarded > /dev/null"]),
+            &["/dev/null"],
+        )
+        .unwrap();
+    assert_eq!(o.outputs.len(), 1, "{:?}", o.outputs);
+    assert!(o.outputs[0].data.is_empty(), "{:?}", o.outputs);
     // An absolute output names a path inside the sandbox, never the host's file of that name.
     let o = f
         .build(&tar(&[]), spec(&["true"]), &["/etc/hostname", &secret])

@@ -129,22 +129,32 @@ fn output_beneath(cwd: &str, output: &str) -> Result<String, BuildError> {
     } else {
         format!("{}/{output}", cwd.trim_end_matches('/'))
     };
-    untrusted::split_checked(&full).map_err(|e| bad(&e.to_string()))?;
+    untrusted::check_output_path(&full).map_err(|e| bad(&e.to_string()))?;
     Ok(full)
 }
 
-/// The sandbox path `full` names, without `.`, empty components or a trailing slash, so
-/// that two spellings of one output compare equal (`a.o` and `/work/./a.o` in `/work`).
-/// `full` already passed `split_checked` (no `..`).
+/// The sandbox path `full` names, without `.`, empty components, a trailing slash or `..`
+/// (applied lexically, never above `/`), so that two spellings of one output compare equal
+/// (`a.o`, `/work/./a.o` and `sub/../a.o` in `/work`). Only for finding duplicates: the
+/// output is read by the path as given, resolved as the sandbox resolves it.
 fn normalized(full: &str) -> String {
-    full.split('/').filter(|c| !c.is_empty() && *c != ".").fold(
-        String::with_capacity(full.len()),
-        |mut s, c| {
+    let mut comps: Vec<&str> = Vec::new();
+    for c in full.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                comps.pop();
+            }
+            c => comps.push(c),
+        }
+    }
+    comps
+        .iter()
+        .fold(String::with_capacity(full.len()), |mut s, c| {
             s.push('/');
             s.push_str(c);
             s
-        },
-    )
+        })
 }
 
 /// Checks the requested outputs before any sandbox is touched: each path (see
@@ -215,6 +225,13 @@ impl Read for Metered {
         }
         Ok(n)
     }
+}
+
+/// Whether the output names `/dev/null` (a probe's `-o /dev/null`): what a compile writes
+/// there is gone, so the output is empty, answered without opening the sandbox's node.
+/// Stock sccache-dist returns it empty too (it reads its own null device).
+fn is_dev_null(full: &str) -> bool {
+    normalized(full) == "/dev/null"
 }
 
 fn parent_of(path: &str) -> Option<&str> {
@@ -362,6 +379,9 @@ impl<B: Backend> Engine<B> {
         };
         untrusted::make_dirs_beneath(&root, &cwd, owner).map_err(|e| dir_err(&cwd, e))?;
         for (_, full) in &outputs {
+            if is_dev_null(full) {
+                continue;
+            }
             if let Some(parent) = parent_of(full) {
                 untrusted::make_dirs_beneath(&root, parent, owner)
                     .map_err(|e| dir_err(parent, e))?;
@@ -421,6 +441,17 @@ fn read_outputs<E: OutputEncoder>(
     let mut total = 0u64;
     let mut read = Vec::with_capacity(outputs.len());
     for (path, full) in outputs {
+        if is_dev_null(&full) {
+            let data =
+                encoder
+                    .encode(&mut io::empty(), 0)
+                    .map_err(|source| BuildError::OutputEncode {
+                        path: path.clone(),
+                        source,
+                    })?;
+            read.push(Output { path, data });
+            continue;
+        }
         let (file, size) =
             match untrusted::open_file_beneath(root, &full, cfg.max_output_bytes, reader) {
                 Ok(f) => f,
@@ -496,9 +527,16 @@ mod tests {
             "/work/sub/a.o"
         );
         assert_eq!(output_beneath("/work", "/tmp/x.o").unwrap(), "/tmp/x.o");
-        for bad in ["", "../a.o", "/work/../../etc/passwd", "a\0.o"] {
+        // `..` before the file name is the sandbox's to resolve (make's `-o ../obj/a.o`).
+        assert_eq!(
+            output_beneath("/work/src", "../obj/a.o").unwrap(),
+            "/work/src/../obj/a.o"
+        );
+        for bad in ["", "a\0.o", "sub/..", "..", "/work/a.o/.."] {
             assert!(output_beneath("/work", bad).is_err(), "{bad:?}");
         }
+        assert_eq!(normalized("/work/src/../obj/./a.o"), "/work/obj/a.o");
+        assert_eq!(normalized("/work/../../../a.o"), "/a.o");
         assert_eq!(parent_of("/work/sub/a.o"), Some("/work/sub"));
         assert_eq!(parent_of("/a.o"), None);
         assert_eq!(normalized("/work//./sub/a.o/"), "/work/sub/a.o");

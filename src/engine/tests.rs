@@ -441,7 +441,7 @@ fn bad_requests_fail_the_job_only() {
                 cwd: "/work".into(),
                 ..Default::default()
             },
-            vec!["../../etc/passwd".into()],
+            vec!["obj/..".into()],
             inputs.clone(),
         ),
         (
@@ -736,6 +736,30 @@ fn too_many_or_duplicate_outputs_are_refused_before_any_sandbox_is_touched() {
         .unwrap();
     let got: Vec<_> = out.outputs.iter().map(|o| o.data.as_slice()).collect();
     assert_eq!(got, [b"A", b"B"]);
+}
+
+#[test]
+fn outputs_through_dotdot_and_dev_null_are_read_as_the_sandbox_names_them() {
+    let h = harness(config());
+    let inputs = inputs_tar(&[("work/obj/a.o", b"A")]);
+    // `..` resolved inside the sandbox (a make rule in src/ writing ../obj/a.o); two
+    // spellings of one path are one output; /dev/null is empty without being opened.
+    let out = h
+        .build_outputs(&inputs, &["src/../obj/a.o", "/dev/null"])
+        .unwrap();
+    let got: Vec<_> = out
+        .outputs
+        .iter()
+        .map(|o| (o.path.as_str(), o.data.as_slice()))
+        .collect();
+    assert_eq!(got, [("src/../obj/a.o", &b"A"[..]), ("/dev/null", b"")]);
+    match h
+        .build_outputs(&inputs, &["obj/a.o", "x/../obj/a.o"])
+        .unwrap_err()
+    {
+        BuildError::DuplicateOutput { .. } => {}
+        e => panic!("{e}"),
+    }
 }
 
 #[test]

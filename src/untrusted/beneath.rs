@@ -125,6 +125,47 @@ pub(crate) fn split(path: &[u8]) -> Result<Vec<&[u8]>, BeneathError> {
     Ok(out)
 }
 
+/// Where a `..` may stand in a path [`split_resolving`] accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DotDot {
+    /// Before the final component only: the path names a file.
+    InParents,
+    /// Anywhere, the final component included: the path names a directory.
+    Anywhere,
+}
+
+/// Splits a path the sandbox itself resolves (an output, an output's directory) as
+/// [`split`] does, but keeps `..` components for [`resolve_dir`] to apply the way the
+/// kernel does for the sandbox's process: after the symlinks before it are resolved, and
+/// never above the root (as `..` at `/` stays at `/`). A compile run in `src/` writing
+/// `../obj/a.o` is then read back from where it wrote it. No `..` is ever handed to
+/// openat(2): the resolver pops its own stack of directories opened beneath the root.
+pub(crate) fn split_resolving(path: &[u8], dotdot: DotDot) -> Result<Vec<&[u8]>, BeneathError> {
+    let bad = |reason| BeneathError::BadPath {
+        path: lossy(path),
+        reason,
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if path.contains(&0) {
+        return Err(bad("contains a NUL byte"));
+    }
+    let mut out = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            c if c.len() > MAX_NAME_BYTES => return Err(bad("has a component over 255 bytes")),
+            c => out.push(c),
+        }
+    }
+    match out.last() {
+        None => Err(bad("names the root itself")),
+        Some(&b"..") if dotdot == DotDot::InParents => Err(bad("ends in '..'")),
+        Some(_) => Ok(out),
+    }
+}
+
 pub(crate) fn cstr(name: &[u8]) -> CString {
     // split() refused NUL bytes, so this cannot fail; map defensively anyway.
     CString::new(name).unwrap_or_default()
@@ -356,12 +397,15 @@ pub fn make_dirs_beneath(
     rel: &str,
     owner: Option<BuildUser>,
 ) -> Result<(), BeneathError> {
-    let comps = split(rel.as_bytes())?;
+    let comps = split_resolving(rel.as_bytes(), DotDot::Anywhere)?;
     let fd = resolve_dir(root, &comps, Create::Yes(owner), rel.as_bytes())?;
     if let Some(u) = owner {
         let st =
             nix::sys::stat::fstat(fd.as_fd()).map_err(|e| io_err("stat", rel.as_bytes(), e))?;
-        if may_access(u, st.st_mode, st.st_uid, st.st_gid, MAY_READ | MAY_SEARCH) {
+        let top = nix::sys::stat::fstat(root.fd()).map_err(|e| io_err("stat", b"/", e))?;
+        // `..` can bring the path back to the root: the root is never handed over.
+        let is_root = (st.st_dev, st.st_ino) == (top.st_dev, top.st_ino);
+        if !is_root && may_access(u, st.st_mode, st.st_uid, st.st_gid, MAY_READ | MAY_SEARCH) {
             chown_fd(fd.as_fd(), u).map_err(|e| io_err("chown", rel.as_bytes(), e))?;
         }
     }
@@ -396,7 +440,8 @@ pub fn open_file_beneath(
     reader: Option<BuildUser>,
 ) -> Result<(std::fs::File, u64), BeneathError> {
     let shown = rel.as_bytes();
-    let comps = split(shown)?;
+    // `..` only in the parents, which resolve_dir_as applies: never openat(dir, "..").
+    let comps = split_resolving(shown, DotDot::InParents)?;
     let (last, parents) = comps
         .split_last()
         .expect("split() returns at least one component");

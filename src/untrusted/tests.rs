@@ -237,6 +237,37 @@ fn devices_and_fifos_are_refused() {
 }
 
 #[test]
+fn a_sandbox_device_in_inputs_is_left_to_the_sandbox() {
+    // sccache packs `cc -c -x c /dev/null` as a character-device entry "dev/null" that
+    // carries the preprocessed text as data: skipped, and the entries after it unpack.
+    let f = fixture();
+    let stats = unpack(&f, |b| {
+        raw_entry(b, b"dev/null", T::Char, 0o666, b"# 0 \"/dev/null\"\n", None);
+        raw_entry(b, b"/dev/zero", T::Char, 0o666, b"", None);
+        raw_entry(b, b"work/a.c", T::Regular, 0o644, b"int x;", None);
+    })
+    .unwrap();
+    assert_eq!(stats.entries, 3);
+    assert!(
+        !f.root.join("dev").exists(),
+        "nothing made for the skipped nodes"
+    );
+    assert_eq!(fs::read(f.root.join("work/a.c")).unwrap(), b"int x;");
+    // Any other device is refused, at /dev or elsewhere, and so is a block device at a
+    // sandbox device's name.
+    for (path, kind) in [
+        (&b"dev/mem"[..], T::Char),
+        (b"work/null", T::Char),
+        (b"dev/sub/null", T::Char),
+        (b"dev/null", T::Block),
+    ] {
+        let f = fixture();
+        let err = unpack(&f, |b| raw_entry(b, path, kind, 0o666, b"", None)).unwrap_err();
+        assert!(matches!(err, UnpackError::Unsupported { .. }), "{err}");
+    }
+}
+
+#[test]
 fn setuid_setgid_and_sticky_bits_are_dropped() {
     let f = fixture();
     unpack(&f, |b| {
@@ -443,6 +474,16 @@ fn reading_outputs_never_leaves_the_root_or_hangs() {
         read_file_beneath(&root, "work/up/work/a.o", 100).unwrap(),
         b"object"
     );
+    // `..` as the sandbox applies it: lexically after a directory, after the symlink's
+    // target after a symlink (`up` -> the root), never above the root.
+    assert_eq!(
+        read_file_beneath(&root, "/work/sub/../a.o", 100).unwrap(),
+        b"object"
+    );
+    assert_eq!(
+        read_file_beneath(&root, "work/up/../../work/a.o", 100).unwrap(),
+        b"object"
+    );
     type Expect = fn(&BeneathError) -> bool;
     let cases: Vec<(&str, Expect)> = vec![
         ("work/link.o", |e| {
@@ -479,9 +520,11 @@ fn reading_outputs_never_leaves_the_root_or_hangs() {
                 }
             )
         }),
+        // `..` stops at the root: the root's own /outside, which does not exist.
         ("work/../../outside/secret", |e| {
-            matches!(e, BeneathError::BadPath { .. })
+            matches!(e, BeneathError::Missing { .. })
         }),
+        ("work/sub/..", |e| matches!(e, BeneathError::BadPath { .. })),
         ("work/missing.o", |e| {
             matches!(e, BeneathError::Missing { .. })
         }),
@@ -530,8 +573,17 @@ fn make_dirs_gives_the_build_user_its_directories() {
         );
         eprintln!("SKIP (part): handing directories to another user needs root");
     }
-    let err = make_dirs_beneath(&root, "/work/../..", None).unwrap_err();
-    assert!(matches!(err, BeneathError::BadPath { .. }));
+    // `..` is applied as the sandbox would (make's `-o ../obj/a.o` from `src/`), and a path
+    // that comes back to the root never hands the root over.
+    make_dirs_beneath(&root, "/work/src/../obj/y", Some(me)).unwrap();
+    assert!(f.root.join("work/src").is_dir() && f.root.join("work/obj/y").is_dir());
+    let root_owner = fs::metadata(&f.root).unwrap().uid();
+    if nix::unistd::geteuid().is_root() {
+        make_dirs_beneath(&root, "/work/../..", Some(other)).unwrap();
+        make_dirs_beneath(&root, "/work/..", Some(other)).unwrap();
+        assert_eq!(fs::metadata(&f.root).unwrap().uid(), root_owner);
+    }
+    assert!(make_dirs_beneath(&root, "/", None).is_err());
     let _ = Path::new("/");
 }
 

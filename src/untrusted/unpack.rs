@@ -5,7 +5,9 @@
 //! outside the root: `..` is refused, absolute names are taken from the root, a symlink in
 //! a parent is resolved inside the root, a final-component symlink is replaced rather than
 //! written through, hard links are made between paths resolved inside the root. Device
-//! nodes and FIFOs are refused, setuid/setgid/sticky bits dropped, and sizes, counts and
+//! nodes and FIFOs are refused (a character device naming one of the sandbox's own
+//! [`SANDBOX_DEVICES`] is skipped: the sandbox's node is used), setuid/setgid/sticky bits
+//! dropped, and sizes, counts and
 //! name lengths are bounded (a gzip bomb stops at `max_bytes`; a GNU long name or pax
 //! header stops at [`super::MAX_EXTENSION_BYTES`] before the tar crate buffers it).
 //!
@@ -158,6 +160,11 @@ pub fn unpack_tar(
             source,
         };
         let comps = split(&path).map_err(path_err)?;
+        if kind == EntryType::Char && is_sandbox_device(&comps) {
+            // The sandbox's own node stands there (the client sent the /dev/null a probe
+            // such as `cc -c -x c /dev/null` reads): left as it is.
+            continue;
+        }
         let (last, parents) = comps.split_last().expect("split() returns a component");
         let parent_key = parents.join(&b'/');
         let parent = match parent_cache.take() {
@@ -289,6 +296,17 @@ pub fn unpack_tar(
         parent_cache = Some((parent_key, parent));
     }
     Ok(stats)
+}
+
+/// The character devices every sandbox provides at `/dev` (the Linux backend's skeleton
+/// layer, FreeBSD's devfs): a client's archive naming one of them (sccache packs an input
+/// `/dev/null` as the device it is) gets the sandbox's node, as under stock sccache-dist's
+/// bubblewrap, whose fresh `/dev` hides whatever the inputs put there. Any other device
+/// entry is refused.
+pub const SANDBOX_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn is_sandbox_device(comps: &[&[u8]]) -> bool {
+    matches!(comps, [b"dev", name] if SANDBOX_DEVICES.iter().any(|d| d.as_bytes() == *name))
 }
 
 fn entry_kind(t: EntryType) -> &'static str {
