@@ -681,3 +681,31 @@ fn probe_reports_the_kernel_features() {
         eprintln!("{:<24} {:<5} {}", i.name, i.ok, i.detail);
     }
 }
+
+/// A sandbox sees two mounts, its root (the overlay) and its /proc, however many the host
+/// has: each container's mount namespace is a copy of the one-mount seed with its root
+/// attached, not of the host's table (which holds every other container's mounts too), and
+/// stays so across resets.
+#[test]
+fn the_sandbox_mount_table_is_its_root_and_proc_whatever_the_host_has() {
+    require_root!();
+    let f = fixture();
+    let img = image(&f.backend);
+    let others: Vec<LinuxContainer> = (0..3)
+        .map(|_| f.backend.create_container(&img).unwrap())
+        .collect();
+    let mut c = f.backend.create_container(&img).unwrap();
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(host.lines().count() > 20, "{host}");
+    for round in 0..2 {
+        let o = sh(&f.backend, &c, "cat /proc/self/mountinfo");
+        let table = stdout(&o);
+        let points: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect();
+        assert_eq!(points, ["/", "/proc"], "round {round}: {table}");
+        f.backend.reset(&mut c).unwrap();
+    }
+    drop(others);
+}

@@ -8,8 +8,8 @@
 //! CLONE_NEWPID: allowed in a threaded process, unlike setns into a mount namespace, which
 //! the child does), sharing the server's memory until its execve ([`super::spawn`]). As pid 1 of that namespace it joins the container's cgroup (if any),
 //! dies with the server (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the
-//! container's net/ipc/uts namespaces and its mount namespace (pivoted into the container
-//! root when the container was made, so joining it is the chroot), unshares a private copy
+//! container's net/ipc/uts namespaces and its mount namespace (the seed's empty tmpfs with
+//! a clone of the container root at `/r`), chroots into `/r`, unshares a private copy
 //! of the latter (and a cgroup namespace), leaves the server's session, mounts /proc,
 //! drops to the build user, sets rlimits, installs the seccomp filter and execs the
 //! compiler. When the compiler (pid 1) exits, the kernel kills every other process of its
@@ -39,7 +39,7 @@ pub(super) struct ChildPlan {
     pub stderr: c_int,
     pub error: c_int,
     /// (descriptor, CLONE_NEW* type) of the net, ipc, uts and mount namespaces to join;
-    /// the mount namespace is the container's, already pivoted into its root.
+    /// the mount namespace is the container's (its root attached at `sys::SANDBOX_ROOT`).
     pub ns: [(c_int, c_int); 4],
     /// An open `cgroup.procs` of the container's cgroup (written "0" to join it), or -1.
     pub cgroup_procs: c_int,
@@ -124,12 +124,22 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     let r = unsafe { libc::dup3(parent, PARENT_FD, libc::O_CLOEXEC) };
     check(ERR_FD, SetupStep::Dup2, r as c_long);
 
-    // Joining the mount namespace also moves root and cwd to the container root.
+    // Joining the mount namespace moves root and cwd to its root (the seed's tmpfs).
     for (fd, (_, nstype)) in [net, ipc, uts, mnt].into_iter().zip(p.ns) {
         // SAFETY: setns(2) with a namespace descriptor we hold and its type.
         let r = unsafe { libc::setns(fd, nstype) };
         check(ERR_FD, SetupStep::Setns, r as c_long);
     }
+    // The container root is attached at SANDBOX_ROOT in its namespace, above nothing but
+    // the seed's empty tmpfs; setns left root and cwd at the namespace's root, so chroot
+    // into it and move the cwd inside (an unprivileged process cannot chroot again, so it
+    // cannot climb out: chroot(2) needs CAP_SYS_CHROOT).
+    // SAFETY: chroot(2) and chdir(2) with static NUL-terminated paths.
+    let r = unsafe { libc::chroot(super::sys::SANDBOX_ROOT.as_ptr()) };
+    check(ERR_FD, SetupStep::Chroot, r as c_long);
+    // SAFETY: as above.
+    let r = unsafe { libc::chdir(c"/".as_ptr()) };
+    check(ERR_FD, SetupStep::Chdir, r as c_long);
     // Close everything else, including the moved copies and whatever the server had open.
     // SAFETY: close_range(2) with integer arguments; closes only this process's descriptors.
     let r = unsafe { libc::syscall(libc::SYS_close_range, 5 as c_ulong, c_ulong::MAX, 0) };

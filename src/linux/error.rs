@@ -141,6 +141,18 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    #[error("making the seed mount namespace on {path}: {source}")]
+    SeedNamespace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching a clone of the mount of {root} in its mount namespace: {source}")]
+    CloneRoot {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("namespace helper thread for {path} panicked")]
     NamespaceThread { path: PathBuf },
     #[error("creating pipes for a sandboxed command: {source}")]

@@ -15,7 +15,8 @@
 //! containers/c<n>/tmp/  per-container tmpfs holding upper/ and work/
 //! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
 //! containers/c<n>/ns/{net,ipc,uts,mnt}  bind mounts pinning the container's namespaces;
-//!                       mnt is already pivoted into root/ and holds only the overlay
+//!                       mnt holds the seed's empty tmpfs and a clone of root/'s mount
+//!                       at /r (reset swaps the clone); exec chroots into /r
 //! ```
 //!
 //! An image is published complete: unpacked in staging/, flushed (syncfs(2)), marked (the
@@ -28,9 +29,9 @@
 //! into a symlink that the sandbox's proc mount would follow.
 //!
 //! `exec` clones one child straight into a new pid namespace (`clone(CLONE_NEWPID)`). It
-//! joins the container's pinned net/ipc/uts namespaces and its mount namespace (pivoted
-//! into the root when the container was made or reset, so the per-exec cost does not grow
-//! with the host's mount table), unshares a private copy of the latter and a cgroup
+//! joins the container's pinned net/ipc/uts namespaces and its mount namespace (a copy of
+//! a one-mount seed with the root attached at /r, so neither exec nor reset costs grow with
+//! the host's mount table) and chroots into /r, unshares a private copy of the latter and a cgroup
 //! namespace, leaves the server's session (no controlling terminal), mounts /proc (pid
 //! directories only), drops privileges, installs the seccomp filter and execs the compiler
 //! as pid 1 (see the `child` and `seccomp` modules). When it exits the
@@ -122,6 +123,8 @@ pub struct LinuxBackend {
     limit_mechanism: LimitMechanism,
     /// Compiled once: every exec's child installs it (see the `seccomp` module).
     seccomp: seccomp::Filters,
+    /// The seed of every container's mount namespace (see `sys::seed_mount_namespace`).
+    seed_mnt: OwnedFd,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -173,8 +176,9 @@ pub struct LinuxContainer {
     net: Option<OwnedFd>,
     ipc: Option<OwnedFd>,
     uts: Option<OwnedFd>,
-    /// A mount namespace already pivoted into `root`, holding only the overlay: exec
-    /// setns's into it instead of copying the host's mount table and pivoting each time.
+    /// The container's mount namespace: the seed's empty tmpfs with a clone of `root`'s
+    /// mount at /r (`sys::MntPin`). exec setns's into it and chroots into /r instead of
+    /// copying the host's mount table and pivoting each time; reset swaps the clone.
     mnt: Option<OwnedFd>,
     /// (dev, ino) of the network namespace: every sandbox process is in it.
     netns_id: (u64, u64),
@@ -474,6 +478,8 @@ impl LinuxBackend {
             },
             rlimits => rlimits,
         };
+        // The seed's tmpfs goes on the state directory, in the seed's namespace only.
+        let seed_mnt = sys::seed_mount_namespace(&state)?;
         let backend = LinuxBackend {
             limit_mechanism,
             state,
@@ -485,6 +491,7 @@ impl LinuxBackend {
             next_container: AtomicU64::new(1),
             skel_lock: Mutex::new(()),
             seccomp,
+            seed_mnt,
         };
         for d in [backend.images_dir(), backend.containers_dir()] {
             DirBuilder::new()
@@ -777,9 +784,13 @@ impl LinuxBackend {
                 net: Some(&net),
                 ipc: Some(&ipc),
                 uts: Some(&uts),
-                mnt: Some((&mnt, &c.root)),
+                mnt: Some(sys::MntPin::New {
+                    pin: &mnt,
+                    root: &c.root,
+                }),
             },
             SANDBOX_HOSTNAME,
+            &self.seed_mnt,
         )?;
         c.open_namespaces()
     }
@@ -1103,27 +1114,34 @@ impl Backend for LinuxBackend {
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
         container.sweep()?;
-        // Release the pinned mount and ipc namespaces (the mount namespace references the
-        // old overlay), remount fresh layers, pin new ones: no file, SysV object or POSIX
-        // queue of the previous build survives.
-        let (ipc, mnt) = (container.ns_path("ipc"), container.ns_path("mnt"));
+        // Fresh layers (a new tmpfs upper, a new overlay), a new ipc namespace, and the
+        // container's mount namespace given a clone of the new overlay in place of the old:
+        // no file, SysV object or POSIX queue of the previous build survives.
+        let ipc = container.ns_path("ipc");
         container.ipc = None;
-        container.mnt = None;
-        sys::umount_if_mounted(&mnt)?;
         sys::umount_if_mounted(&ipc)?;
         container.unmount_layers()?;
         container.mount_layers()?;
+        let Some(mnt) = &container.mnt else {
+            return Err(LinuxError::Setns {
+                path: container.ns_path("mnt"),
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
+        };
         sys::pin_new_namespaces(
             &sys::NsPins {
                 net: None,
                 ipc: Some(&ipc),
                 uts: None,
-                mnt: Some((&mnt, &container.root)),
+                mnt: Some(sys::MntPin::Replace {
+                    ns: mnt,
+                    root: &container.root,
+                }),
             },
             SANDBOX_HOSTNAME,
+            &self.seed_mnt,
         )?;
         container.ipc = Some(sys::open_ns(&ipc)?);
-        container.mnt = Some(sys::open_ns(&mnt)?);
         Ok(())
     }
 

@@ -139,65 +139,220 @@ pub(super) struct NsPins<'a> {
     pub net: Option<&'a Path>,
     pub ipc: Option<&'a Path>,
     pub uts: Option<&'a Path>,
-    /// (pin file, container root): a mount namespace whose root is the container root,
-    /// pivoted into already, holding nothing but the overlay.
-    pub mnt: Option<(&'a Path, &'a Path)>,
+    /// The container's mount namespace: made, or given a fresh root.
+    pub mnt: Option<MntPin<'a>>,
+}
+
+/// A container's mount namespace: a copy of the seed ([`seed_mount_namespace`]) with a
+/// clone of the container root's mount attached at [`SANDBOX_ROOT`].
+pub(super) enum MntPin<'a> {
+    /// Make one for `root` and pin it on `pin`.
+    New { pin: &'a Path, root: &'a Path },
+    /// Swap the clone in the existing namespace `ns` for one of `root`'s (new) mount: no
+    /// new namespace, no new pin (a reset).
+    Replace { ns: &'a OwnedFd, root: &'a Path },
+}
+
+/// Where the container root is attached in its mount namespace, and what exec's child
+/// chroots into after joining it. Outside it there is only the seed's empty tmpfs.
+pub(super) const SANDBOX_ROOT: &std::ffi::CStr = c"/r";
+const SEED_ATTACH: &str = "/r";
+
+/// Runs `f` in a short-lived thread (a namespace change must not outlive it) and returns
+/// its result; `what` names it in the error if it panics.
+fn in_helper_thread<T: Send>(
+    what: &Path,
+    f: impl FnOnce() -> Result<T, LinuxError> + Send,
+) -> Result<T, LinuxError> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or(Err(LinuxError::NamespaceThread {
+                path: what.to_path_buf(),
+            }))
+    })
+}
+
+/// The seed of every container's mount namespace: a namespace holding one empty tmpfs
+/// (with the directory [`SEED_ATTACH`]), mounted on `dir` inside that namespace only (the
+/// host sees nothing), made once per backend and kept by the returned descriptor.
+///
+/// A container's namespace is then a copy of the seed (one mount) with the container root
+/// attached, not a copy of the host's whole mount table, which unshare(CLONE_NEWNS)
+/// duplicates (copy_mnt_ns in fs/namespace.c) and the pivot then detaches again: with every
+/// container's tmpfs, overlay and pins in that table, each reset would cost in proportion to
+/// the number of containers.
+pub(super) fn seed_mount_namespace(dir: &Path) -> Result<OwnedFd, LinuxError> {
+    let err = |source| LinuxError::SeedNamespace {
+        path: dir.to_path_buf(),
+        source,
+    };
+    in_helper_thread(dir, || {
+        let proc = open_proc_dir().map_err(err)?;
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(|e| err(io(e)))?;
+        // Private first: the tmpfs below must not propagate to the host's peer group.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| err(io(e)))?;
+        mount(
+            Some("jailbuilder-seed"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k,nr_inodes=4,mode=0700"),
+        )
+        .map_err(|e| err(io(e)))?;
+        fs::DirBuilder::new()
+            .create(dir.join(SEED_ATTACH.trim_start_matches('/')))
+            .map_err(err)?;
+        pivot_into(dir)?;
+        open_ns_at(&proc, "thread-self/ns/mnt")
+    })
+}
+
+/// /proc as a directory descriptor: it stays usable after the thread leaves the host's
+/// mount namespace (the seed's copies have no /proc).
+fn open_proc_dir() -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        "/proc",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io)
+}
+
+/// open_tree(2) with OPEN_TREE_CLONE: a detached copy of the one mount at `path` (not its
+/// submounts), which move_mount(2) can attach in another mount namespace (Linux 5.2).
+fn clone_mount(path: &Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_tree with a NUL-terminated path and integer flags; returns a new
+    // descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// move_mount(2) of the detached tree `tree` onto `target` in this thread's namespace.
+fn attach_mount(tree: &OwnedFd, target: &str) -> io::Result<()> {
+    let to =
+        std::ffi::CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: move_mount with our descriptor, an empty and a NUL-terminated path, and
+    // integer flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Creates new namespaces and pins each with a bind mount of its nsfs file onto an existing
 /// empty file, without creating a process: a short-lived thread unshares (a thread of a
-/// multi-threaded process may unshare net, ipc, uts, and with CLONE_FS a mount namespace),
-/// opens `/proc/thread-self/ns/<kind>`, and for the mount namespace makes it private and
-/// pivots it into the container root. This thread then bind-mounts the descriptors; the
+/// multi-threaded process may unshare net, ipc, uts, and with CLONE_FS a mount namespace)
+/// and opens `/proc/thread-self/ns/<kind>`. The mount namespace is a copy of `seed` (see
+/// [`seed_mount_namespace`]) with a clone of the container root's mount attached at
+/// [`SANDBOX_ROOT`] ([`MntPin`]); no pivot_root, which walks every task on the machine
+/// (chroot_fs_refs in fs/namespace.c). This thread then bind-mounts the descriptors; the
 /// namespaces outlive the helper thread through the mounts.
-pub(super) fn pin_new_namespaces(pins: &NsPins<'_>, hostname: &str) -> Result<(), LinuxError> {
-    let kinds: [(CloneFlags, &str, Option<&Path>); 4] = [
+pub(super) fn pin_new_namespaces(
+    pins: &NsPins<'_>,
+    hostname: &str,
+    seed: &OwnedFd,
+) -> Result<(), LinuxError> {
+    let kinds: [(CloneFlags, &str, Option<&Path>); 3] = [
         (CloneFlags::CLONE_NEWNET, "net", pins.net),
         (CloneFlags::CLONE_NEWIPC, "ipc", pins.ipc),
         (CloneFlags::CLONE_NEWUTS, "uts", pins.uts),
-        (
-            CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS,
-            "mnt",
-            pins.mnt.map(|(pin, _)| pin),
-        ),
     ];
     let first = kinds
         .iter()
         .find_map(|(_, _, p)| *p)
+        .or(match &pins.mnt {
+            Some(MntPin::New { pin, .. }) => Some(*pin),
+            Some(MntPin::Replace { root, .. }) => Some(*root),
+            None => None,
+        })
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let fds = std::thread::scope(|s| {
-        s.spawn(|| -> Result<Vec<(OwnedFd, &Path)>, LinuxError> {
-            let unshare_err = |e| LinuxError::Unshare {
-                path: first.clone(),
-                source: io(e),
-            };
-            let mut flags = CloneFlags::empty();
-            for (f, _, p) in &kinds {
-                if p.is_some() {
-                    flags |= *f;
-                }
-            }
-            unshare(flags).map_err(unshare_err)?;
-            if pins.uts.is_some() {
-                nix::unistd::sethostname(hostname).map_err(unshare_err)?;
-            }
-            let mut fds = Vec::new();
-            for (_, kind, target) in &kinds {
-                if let Some(target) = target {
-                    let fd = open_ns(Path::new(&format!("/proc/thread-self/ns/{kind}")))?;
-                    fds.push((fd, *target));
-                }
-            }
-            if let Some((_, root)) = pins.mnt {
-                pivot_into(root)?;
-            }
-            Ok(fds)
-        })
-        .join()
-        .unwrap_or(Err(LinuxError::NamespaceThread {
+    let fds = in_helper_thread(&first, || -> Result<Vec<(OwnedFd, &Path)>, LinuxError> {
+        let unshare_err = |source| LinuxError::Unshare {
             path: first.clone(),
-        }))
+            source,
+        };
+        let proc = open_proc_dir().map_err(unshare_err)?;
+        let root = match &pins.mnt {
+            Some(MntPin::New { root, .. } | MntPin::Replace { root, .. }) => Some(*root),
+            None => None,
+        };
+        let attach_err = |source| LinuxError::CloneRoot {
+            root: root.unwrap_or(Path::new("")).to_path_buf(),
+            source,
+        };
+        let tree = match root {
+            Some(root) => Some(clone_mount(root).map_err(attach_err)?),
+            None => None,
+        };
+        let mut flags = CloneFlags::empty();
+        for (f, _, p) in &kinds {
+            if p.is_some() {
+                flags |= *f;
+            }
+        }
+        if tree.is_some() {
+            flags |= CloneFlags::CLONE_FS;
+        }
+        unshare(flags).map_err(|e| unshare_err(io(e)))?;
+        if pins.uts.is_some() {
+            nix::unistd::sethostname(hostname).map_err(|e| unshare_err(io(e)))?;
+        }
+        let mut fds = Vec::new();
+        for (_, kind, target) in &kinds {
+            if let Some(target) = target {
+                fds.push((
+                    open_ns_at(&proc, &format!("thread-self/ns/{kind}"))?,
+                    *target,
+                ));
+            }
+        }
+        match (tree, &pins.mnt) {
+            (Some(tree), Some(MntPin::New { pin, .. })) => {
+                nix::sched::setns(seed, CloneFlags::CLONE_NEWNS).map_err(|e| attach_err(io(e)))?;
+                unshare(CloneFlags::CLONE_NEWNS).map_err(|e| unshare_err(io(e)))?;
+                attach_mount(&tree, SEED_ATTACH).map_err(attach_err)?;
+                fds.push((open_ns_at(&proc, "thread-self/ns/mnt")?, *pin));
+            }
+            (Some(tree), Some(MntPin::Replace { ns, .. })) => {
+                nix::sched::setns(*ns, CloneFlags::CLONE_NEWNS).map_err(|e| attach_err(io(e)))?;
+                umount2(SEED_ATTACH, MntFlags::MNT_DETACH).map_err(|e| attach_err(io(e)))?;
+                attach_mount(&tree, SEED_ATTACH).map_err(attach_err)?;
+            }
+            _ => {}
+        }
+        Ok(fds)
     })?;
     for (fd, target) in fds {
         let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
@@ -236,6 +391,20 @@ fn pivot_into(root: &Path) -> Result<(), LinuxError> {
     nix::unistd::pivot_root(".", ".").map_err(err)?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
     nix::unistd::chdir("/").map_err(err)
+}
+
+/// Opens the namespace file `rel` beneath the /proc descriptor `proc`.
+fn open_ns_at(proc: &OwnedFd, rel: &str) -> Result<OwnedFd, LinuxError> {
+    nix::fcntl::openat(
+        proc,
+        rel,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| LinuxError::Setns {
+        path: Path::new("/proc").join(rel),
+        source: io(e),
+    })
 }
 
 /// Opens a pinned namespace file for setns(2).
