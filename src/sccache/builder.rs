@@ -237,6 +237,15 @@ impl<B: Backend> JailBuilder<B> {
                     t.outputs.as_secs_f64(),
                     res.outputs.len(),
                 );
+                log::debug!(
+                    "{label}: build timing: image {:.3} ms, container {:.3} ms, unpack {:.3} ms, exec {:.3} ms, outputs {:.3} ms, total {:.3} ms",
+                    super::http::ms(t.image),
+                    super::http::ms(t.container),
+                    super::http::ms(t.unpack),
+                    super::http::ms(t.exec),
+                    super::http::ms(t.outputs),
+                    super::http::ms(t.total),
+                );
             }
             Err(e @ JobError::SandboxLimit { .. }) => log::warn!(
                 "{label} toolchain {tc_short}: after {:.3}s: {e}",

@@ -479,7 +479,9 @@ impl<B: Backend> JailServer<B> {
         inputs: &mut dyn Read,
     ) -> Result<RunJobResult, ServerError> {
         let _busy = Busy::enter(&self.inner);
+        let start = Instant::now();
         update_state(requester, job, JobState::Started)?;
+        let started = start.elapsed();
         let assigned = lock(&self.inner.jobs).remove(&job);
         let result = match assigned {
             None => Ok(RunJobResult::JobNotFound),
@@ -502,7 +504,14 @@ impl<B: Backend> JailServer<B> {
                 })
                 .map_err(ServerError::from),
         };
+        let mark = Instant::now();
         update_state(requester, job, JobState::Complete)?;
+        log::debug!(
+            "job {job}: run_job: scheduler Started {:.3} ms, build {:.3} ms, scheduler Complete {:.3} ms",
+            super::http::ms(started),
+            super::http::ms(mark.duration_since(start) - started),
+            super::http::ms(mark.elapsed()),
+        );
         result
     }
 

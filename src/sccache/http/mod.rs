@@ -29,7 +29,7 @@ use std::convert::Infallible;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flate2::read::ZlibDecoder;
 use sccache::dist::{JobId, ServerOutgoing, Toolchain};
@@ -39,7 +39,7 @@ use self::auth::JobAuth;
 use self::conn::{Body, Head, Response};
 use self::heartbeat::SchedulerClient;
 use self::tls::{Cert, TlsError};
-use self::wire::{BodyError, LimitedReader, RunJobHttpRequest};
+use self::wire::{BodyError, LimitedReader, ReadClock, RunJobHttpRequest};
 use super::JailServer;
 use crate::backend::{Backend, ToolchainId};
 use crate::untrusted::UnpackLimits;
@@ -93,6 +93,11 @@ pub fn inputs_limit(limits: &UnpackLimits) -> u64 {
         .max_bytes
         .saturating_add(limits.max_entries.saturating_mul(1024))
         .saturating_add(1 << 20)
+}
+
+/// Milliseconds, for the debug timing lines.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// The scheduler as the request handlers see it (job-state updates).
@@ -303,6 +308,7 @@ impl<B: Backend> Shared<B> {
             log::warn!("job {job}: run_job refused: {e}");
             return unauthorized(&e);
         }
+        let start = Instant::now();
         let request = (|| -> Result<RunJobHttpRequest, Refused> {
             let mut len = [0u8; 4];
             let got = wire::read_capped(&mut (&mut *body).take(4), 4)?;
@@ -333,7 +339,14 @@ impl<B: Backend> Shared<B> {
                 return error_response(e.status(), &e);
             }
         };
-        let mut inputs = LimitedReader::new(ZlibDecoder::new(&mut *body), self.inputs_limit);
+        let decoded = start.elapsed();
+        // The clocks split the inputs' time into the body's transfer (inner) and its
+        // inflation (outer minus inner); the tar unpack is the engine's unpack phase minus
+        // both.
+        let mut inputs = ReadClock::new(LimitedReader::new(
+            ZlibDecoder::new(ReadClock::new(&mut *body)),
+            self.inputs_limit,
+        ));
         let res = self.server.run_job(
             &*self.requester,
             job,
@@ -342,10 +355,27 @@ impl<B: Backend> Shared<B> {
             &mut inputs,
         );
         self.auth.finish(job);
-        match res {
+        let mark = Instant::now();
+        let response = match res {
             Ok(res) => reply(head, &res),
             Err(e) => error_response(500, &e),
+        };
+        if log::log_enabled!(log::Level::Debug) {
+            let wire = inputs.get_ref().get_ref().get_ref();
+            log::debug!(
+                "job {job}: run_job timing: header {:.3} ms; inputs {} -> {} bytes, read {:.3} ms, \
+                 inflate {:.3} ms; handler {:.3} ms; encode {:.3} ms ({} bytes)",
+                ms(decoded),
+                wire.bytes,
+                inputs.bytes,
+                ms(wire.spent),
+                ms(inputs.spent.saturating_sub(wire.spent)),
+                ms(mark.duration_since(start) - decoded),
+                ms(mark.elapsed()),
+                response.body.len(),
+            );
         }
+        response
     }
 }
 
@@ -418,6 +448,7 @@ impl<B: Backend> HttpServer<B> {
                     continue;
                 }
             };
+            let accepted = Instant::now();
             let (shared, acceptor, counter) = (
                 Arc::clone(&self.shared),
                 Arc::clone(&acceptor),
@@ -426,7 +457,7 @@ impl<B: Backend> HttpServer<B> {
             let spawned = std::thread::Builder::new()
                 .name("http".into())
                 .spawn(move || {
-                    serve_connection(&shared, &acceptor, stream);
+                    serve_connection(&shared, &acceptor, stream, accepted);
                     counter.release();
                 });
             if let Err(e) = spawned {
@@ -464,7 +495,9 @@ fn serve_connection<B: Backend>(
     shared: &Shared<B>,
     acceptor: &openssl::ssl::SslAcceptor,
     stream: TcpStream,
+    accepted: Instant,
 ) {
+    let started = Instant::now();
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -481,6 +514,7 @@ fn serve_connection<B: Backend>(
             return;
         }
     };
+    let handshake = Instant::now();
     let mut conn = BufReader::new(ssl);
     let head = match conn::read_head(&mut conn) {
         Ok(h) => h,
@@ -497,7 +531,7 @@ fn serve_connection<B: Backend>(
             return;
         }
     };
-    log::debug!("{peer}: {} {}", head.method, head.path);
+    let head_read = Instant::now();
     let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
     if head
         .header("Expect")
@@ -511,20 +545,37 @@ fn serve_connection<B: Backend>(
             return;
         }
     }
-    let response = {
+    let (response, handled) = {
         let mut body = Body::new(&mut conn, &head);
         let response = shared.handle(&head, &mut body);
+        let handled = Instant::now();
         // Read away what the handler left (bounded) so that the close does not reset the
         // connection under the response.
         let _ = socket.set_read_timeout(Some(DRAIN_TIMEOUT));
         body.drain(conn::DRAIN_BYTES);
-        response
+        (response, handled)
     };
+    let drained = Instant::now();
     let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
     if let Err(e) = response.write_to(conn.get_mut()) {
         log::debug!("{peer}: writing the response: {e}");
     }
     let _ = conn.get_mut().shutdown();
+    // One line per request: where a request's time goes on this side (e2e-breakdown).
+    log::debug!(
+        "{peer}: {} {} -> {}: timing: thread {:.3} ms, tls {:.3} ms, head {:.3} ms, \
+         handler {:.3} ms, drain {:.3} ms, response {:.3} ms ({} bytes)",
+        head.method,
+        head.path,
+        response.status,
+        ms(started.duration_since(accepted)),
+        ms(handshake.duration_since(started)),
+        ms(head_read.duration_since(handshake)),
+        ms(handled.duration_since(head_read)),
+        ms(drained.duration_since(handled)),
+        ms(drained.elapsed()),
+        response.body.len(),
+    );
 }
 
 #[cfg(test)]
