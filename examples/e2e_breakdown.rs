@@ -475,12 +475,14 @@ fn serve_parts(log: &str, parts: &mut Parts) {
             );
             parts.insert("s5b inputs inflate", field(l, "inflate ").unwrap_or(0.0));
             parts.insert("s8 encode response", field(l, "encode ").unwrap_or(0.0));
-        } else if l.contains("run_job: scheduler Started") {
-            parts.insert("s4 scheduler Started", field(l, "Started ").unwrap_or(0.0));
-            parts.insert(
-                "s7 scheduler Complete",
-                field(l, "Complete ").unwrap_or(0.0),
-            );
+        } else if l.contains("scheduler Started") || l.contains("scheduler Complete") {
+            // Concurrent with the build, or after the response, when the line says so.
+            if let Some(v) = field(l, "scheduler Started ") {
+                parts.insert("s4 scheduler Started", v);
+            }
+            if let Some(v) = field(l, "scheduler Complete ") {
+                parts.insert("s7 scheduler Complete", v);
+            }
         } else if l.contains("build timing: image") {
             let get = |k| field(l, k).unwrap_or(0.0);
             parts.insert("s4b image + container", get("image ") + get("container "));
@@ -655,6 +657,14 @@ fn pass(
                     Kind::Serve => serve_parts(&server_log, &mut parts),
                     Kind::Stock => stock_parts(&server_log, &mut parts),
                 }
+                // What neither side's handler accounts for: connect, TLS handshake, upload,
+                // the response's transfer and its decoding on the client.
+                if let (Some(c), Some(h)) = (
+                    parts.get("c5 run_job request -> response"),
+                    parts.get("s0 run_job head..handler end"),
+                ) {
+                    parts.insert("c5-s0 transport (TLS, transfer)", c - h);
+                }
                 entry.1.push(parts);
             }
         }
@@ -791,7 +801,10 @@ fn run(args: Args) -> Result<()> {
         }
         println!(
             "c*: the client's log (ms timestamps); s*: the server's (serve: its timing lines; \
-             stock: ms timestamps of its trace lines); '-': not visible in that server's log"
+             stock: ms timestamps of its trace lines, whose resolution is 1 ms); '-': not \
+             visible in that server's log. s0 counts from the request head (stock: once its \
+             TLS handshake is done). serve sends Started concurrently with the build and \
+             Complete after the response when its log says so"
         );
     }
     if args.keep {

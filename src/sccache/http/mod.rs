@@ -100,6 +100,9 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Work left once a response is written (a run_job's Complete for the scheduler).
+type After = Box<dyn FnOnce() + Send>;
+
 /// The scheduler as the request handlers see it (job-state updates).
 type Requester = dyn ServerOutgoing + Send + Sync;
 
@@ -224,24 +227,25 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    fn handle(&self, head: &Head, body: &mut Body<'_>) -> Response {
+    /// The response, and what is left to do once it is written.
+    fn handle(&self, head: &Head, body: &mut Body<'_>) -> (Response, Option<After>) {
         let Some(rest) = head.path.strip_prefix("/api/v1/distserver/") else {
-            return not_found();
+            return (not_found(), None);
         };
         let Some((route, id)) = rest.split_once('/') else {
-            return not_found();
+            return (not_found(), None);
         };
         let Ok(job) = id.parse::<JobId>() else {
-            return not_found();
+            return (not_found(), None);
         };
         if head.method != "POST" {
-            return not_found();
+            return (not_found(), None);
         }
         match route {
-            "assign_job" => self.assign_job(head, job, body),
-            "submit_toolchain" => self.submit_toolchain(head, job, body),
+            "assign_job" => (self.assign_job(head, job, body), None),
+            "submit_toolchain" => (self.submit_toolchain(head, job, body), None),
             "run_job" => self.run_job(head, job, body),
-            _ => not_found(),
+            _ => (not_found(), None),
         }
     }
 
@@ -303,10 +307,10 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    fn run_job(&self, head: &Head, job: JobId, body: &mut Body<'_>) -> Response {
+    fn run_job(&self, head: &Head, job: JobId, body: &mut Body<'_>) -> (Response, Option<After>) {
         if let Err(e) = self.auth.begin_run(job, head.bearer()) {
             log::warn!("job {job}: run_job refused: {e}");
-            return unauthorized(&e);
+            return (unauthorized(&e), None);
         }
         let start = Instant::now();
         let request = (|| -> Result<RunJobHttpRequest, Refused> {
@@ -336,7 +340,7 @@ impl<B: Backend> Shared<B> {
                 log::warn!("job {job}: run_job: bad request: {e}");
                 self.server.abandon_job(&*self.requester, job);
                 self.auth.finish(job);
-                return error_response(e.status(), &e);
+                return (error_response(e.status(), &e), None);
             }
         };
         let decoded = start.elapsed();
@@ -347,7 +351,7 @@ impl<B: Backend> Shared<B> {
             ZlibDecoder::new(ReadClock::new(&mut *body)),
             self.inputs_limit,
         ));
-        let res = self.server.run_job(
+        let (res, complete) = self.server.run_job_concurrent(
             &*self.requester,
             job,
             request.command,
@@ -375,7 +379,11 @@ impl<B: Backend> Shared<B> {
                 response.body.len(),
             );
         }
-        response
+        let after = complete.map(|c| {
+            let requester = Arc::clone(&self.requester);
+            Box::new(move || c.send(&*requester)) as After
+        });
+        (response, after)
     }
 }
 
@@ -545,15 +553,15 @@ fn serve_connection<B: Backend>(
             return;
         }
     }
-    let (response, handled) = {
+    let (response, after, handled) = {
         let mut body = Body::new(&mut conn, &head);
-        let response = shared.handle(&head, &mut body);
+        let (response, after) = shared.handle(&head, &mut body);
         let handled = Instant::now();
         // Read away what the handler left (bounded) so that the close does not reset the
         // connection under the response.
         let _ = socket.set_read_timeout(Some(DRAIN_TIMEOUT));
         body.drain(conn::DRAIN_BYTES);
-        (response, handled)
+        (response, after, handled)
     };
     let drained = Instant::now();
     let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
@@ -576,6 +584,9 @@ fn serve_connection<B: Backend>(
         ms(drained.elapsed()),
         response.body.len(),
     );
+    if let Some(after) = after {
+        after();
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,12 @@ impl Rig {
         let mut r = BufReader::new(&bytes[..]);
         let head = read_head(&mut r).unwrap();
         let mut b = Body::new(&mut r, &head);
-        self.shared.handle(&head, &mut b)
+        let (response, after) = self.shared.handle(&head, &mut b);
+        // As serve_connection: what is left runs once the response is out.
+        if let Some(after) = after {
+            after();
+        }
+        response
     }
 
     fn assign(&self, job: u64, tc: &Toolchain) -> Response {
