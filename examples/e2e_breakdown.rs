@@ -459,8 +459,12 @@ fn serve_parts(log: &str, parts: &mut Parts) {
                 .sum::<f64>();
             parts.insert("s1 assign_job (tls..response)", sum);
             parts.insert("s1a assign_job tls", field(l, "tls ").unwrap_or(0.0));
+            let resumed = if l.contains(", resumed)") { 1.0 } else { 0.0 };
+            parts.insert("s1r assign_job tls resumed (1 = yes)", resumed);
         } else if l.contains("/run_job/") && l.contains(": timing: ") {
             parts.insert("s2 run_job tls handshake", field(l, "tls ").unwrap_or(0.0));
+            let resumed = if l.contains(", resumed)") { 1.0 } else { 0.0 };
+            parts.insert("s2r run_job tls resumed (1 = yes)", resumed);
             parts.insert("s9 response write", field(l, "response ").unwrap_or(0.0));
             let handler = field(l, "handler ").unwrap_or(0.0) + field(l, "head ").unwrap_or(0.0);
             parts.insert("s0 run_job head..handler end", handler);
@@ -664,6 +668,16 @@ fn pass(
                     parts.get("s0 run_job head..handler end"),
                 ) {
                     parts.insert("c5-s0 transport (TLS, transfer)", c - h);
+                }
+                // The compile's own time taken out: what the protocol and the sandbox
+                // cost around it, as the client and as the server see it.
+                if let (Some(c), Some(h), Some(e)) = (
+                    parts.get("c5 run_job request -> response").copied(),
+                    parts.get("s0 run_job head..handler end").copied(),
+                    parts.get("s6 exec").copied(),
+                ) {
+                    parts.insert("d1 run_job minus exec (client)", c - e);
+                    parts.insert("d2 handler minus exec (server)", h - e);
                 }
                 entry.1.push(parts);
             }

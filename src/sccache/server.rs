@@ -2,6 +2,11 @@
 //! around a [`JailBuilder`], with the semantics of `sccache-dist server` (sccache 0.19,
 //! `src/bin/sccache-dist/main.rs`, `impl ServerIncoming for Server`), and differences:
 //!
+//! - on `serve`'s HTTP side ([`JailServer::run_job_concurrent`]) the scheduler's Started
+//!   goes out while the build runs and Complete once the client has its response, so
+//!   neither round trip is part of the compile's latency; a failed Started still fails the
+//!   job, a failed Complete is logged (the client already has its result; the stock
+//!   server answers 500 then, discarding it);
 //! - a toolchain upload is written to a file outside the toolchain-cache lock and then
 //!   moved in, so one slow upload does not block every other job's toolchain lookup;
 //!   uploads larger than the cache are refused (`CannotCache`) instead of being read to the

@@ -523,6 +523,8 @@ fn serve_connection<B: Backend>(
         }
     };
     let handshake = Instant::now();
+    let resumed = ssl.ssl().session_reused();
+    let version = ssl.ssl().version_str();
     let mut conn = BufReader::new(ssl);
     let head = match conn::read_head(&mut conn) {
         Ok(h) => h,
@@ -571,13 +573,14 @@ fn serve_connection<B: Backend>(
     let _ = conn.get_mut().shutdown();
     // One line per request: where a request's time goes on this side (e2e-breakdown).
     log::debug!(
-        "{peer}: {} {} -> {}: timing: thread {:.3} ms, tls {:.3} ms, head {:.3} ms, \
+        "{peer}: {} {} -> {}: timing: thread {:.3} ms, tls {:.3} ms ({version}{}), head {:.3} ms, \
          handler {:.3} ms, drain {:.3} ms, response {:.3} ms ({} bytes)",
         head.method,
         head.path,
         response.status,
         ms(started.duration_since(accepted)),
         ms(handshake.duration_since(started)),
+        if resumed { ", resumed" } else { "" },
         ms(head_read.duration_since(handshake)),
         ms(handled.duration_since(head_read)),
         ms(drained.duration_since(handled)),

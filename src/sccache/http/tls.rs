@@ -1,24 +1,17 @@
-//! The build server's TLS certificate: a fresh self-signed one per start, as sccache
-//! 0.19's `create_https_cert_and_privkey` (src/dist/http.rs) makes it but for the key: an
-//! ECDSA P-256 key instead of RSA 2048. The scheduler receives its PEM and SHA-256 digest
-//! in every heartbeat and hands them to clients, which trust this one certificate for this
-//! server.
-//!
-//! Why not RSA: sccache's client and scheduler send `Connection: close` and keep no
-//! connection pool, so every request (the scheduler's assign_job, the client's run_job and
-//! submit_toolchain) is a new TLS handshake, and the server signs each one. An RSA-2048
-//! signature costs some 1-2 ms of CPU, an ECDSA P-256 one a few tens of microseconds; the
-//! stock client and scheduler (rustls, webpki) verify either.
+//! The build server's TLS certificate: a fresh self-signed one per start, exactly as
+//! sccache 0.19's `create_https_cert_and_privkey` (src/dist/http.rs) makes it. The
+//! scheduler receives its PEM and SHA-256 digest in every heartbeat and hands them to
+//! clients, which trust this one certificate for this server.
 
 use std::net::SocketAddr;
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
 use openssl::ssl::{SslAcceptor, SslMethod};
 use openssl::x509::extension::{ExtendedKeyUsage, SubjectAlternativeName};
 use openssl::x509::{X509Name, X509};
@@ -45,15 +38,14 @@ pub struct Cert {
 }
 
 impl Cert {
-    /// ECDSA P-256, version 3, serial 0, valid from now for 365 days, subject = issuer = CN
+    /// RSA 2048, version 3, serial 0, valid from now for 365 days, subject = issuer = CN
     /// `addr`, SAN IP `addr.ip()`, EKU serverAuth, signed with SHA-256.
     pub fn generate(addr: SocketAddr) -> Result<Cert, TlsError> {
         Self::build(addr).map_err(|source| TlsError::Certificate { addr, source })
     }
 
     fn build(addr: SocketAddr) -> Result<Cert, ErrorStack> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-        let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
         let mut builder = X509::builder()?;
         builder.set_version(2)?;
         let serial = BigNum::from_u32(0)?.to_asn1_integer()?;
@@ -122,13 +114,6 @@ mod tests {
             .to_vec();
         let cn = String::from_utf8(cn).unwrap();
         assert_eq!(cn, "127.0.0.1:10501");
-        // ECDSA P-256: every request is a fresh handshake the server signs.
-        let key = x.public_key().unwrap();
-        assert_eq!(key.id(), openssl::pkey::Id::EC);
-        assert_eq!(
-            key.ec_key().unwrap().group().curve_name(),
-            Some(Nid::X9_62_PRIME256V1)
-        );
         let san = x.subject_alt_names().unwrap();
         assert_eq!(
             san.iter().next().unwrap().ipaddress().unwrap(),
