@@ -510,6 +510,11 @@ fn serve_connection<B: Backend>(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // Every request is one exchange (sccache's clients send `Connection: close`), each
+    // side writing a few small TLS records in a row (the handshake's flight, the session
+    // tickets, the response): Nagle's algorithm would hold the later ones until the first
+    // is acknowledged, which a peer waiting to read delays by up to its delayed-ACK time.
+    let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HEAD_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let Ok(socket) = stream.try_clone() else {
