@@ -398,13 +398,13 @@ fn find(lines: &[&str], from: usize, what: &str) -> Option<(usize, f64)> {
 /// The number after `key` in `line` (up to the next space, comma or semicolon).
 fn field(line: &str, key: &str) -> Option<f64> {
     let rest = &line[line.find(key)? + key.len()..];
-    let end = rest
-        .find(|c: char| c == ' ' || c == ',' || c == ';' || c == ')')
-        .unwrap_or(rest.len());
+    let end = rest.find([' ', ',', ';', ')']).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
 type Parts = BTreeMap<&'static str, f64>;
+/// Per server: the wall times (ms) and, in a traced pass, each compile's parts.
+type Results = BTreeMap<Kind, (Vec<f64>, Vec<Parts>)>;
 
 /// The client's parts of one compile, from its debug log slice.
 fn client_parts(log: &str, parts: &mut Parts) {
@@ -590,13 +590,7 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
 
 /// Runs one pass: both clusters up, warmed, `n` compiles each (ABBA); returns per kind the
 /// wall times and the parsed parts per compile.
-fn pass(
-    setup: &Setup,
-    kinds: &[Kind],
-    traced: bool,
-    args: &Args,
-    root: &Path,
-) -> Result<BTreeMap<Kind, (Vec<f64>, Vec<Parts>)>> {
+fn pass(setup: &Setup, kinds: &[Kind], traced: bool, args: &Args, root: &Path) -> Result<Results> {
     let label = if traced { "traced" } else { "quiet" };
     let mut clusters = Vec::new();
     for &k in kinds {
@@ -613,7 +607,7 @@ fn pass(
             c.compile()?;
         }
     }
-    let mut out: BTreeMap<Kind, (Vec<f64>, Vec<Parts>)> = BTreeMap::new();
+    let mut out = Results::new();
     let mut marks: BTreeMap<Kind, Vec<(u64, u64)>> = BTreeMap::new();
     for round in 0..args.compiles {
         // ABBA: the order flips every round.
@@ -781,7 +775,7 @@ fn run(args: Args) -> Result<()> {
             }
         );
     };
-    let walls = |m: &BTreeMap<Kind, (Vec<f64>, Vec<Parts>)>, k| {
+    let walls = |m: &Results, k| {
         m.get(&k)
             .map(|e| stats(e.0.clone()))
             .unwrap_or((f64::NAN, f64::NAN))
