@@ -785,7 +785,22 @@ fn run(args: Args) -> Result<()> {
         walls(&quiet, Kind::Serve),
         walls(&quiet, Kind::Stock),
     );
+    // Compiles i of both servers ran back to back: the median of their ratios is less
+    // exposed to the machine's load drifting during the pass than the ratio of medians.
+    let paired = |m: &Results| {
+        let (Some(a), Some(b)) = (m.get(&Kind::Serve), m.get(&Kind::Stock)) else {
+            return f64::NAN;
+        };
+        stats(a.0.iter().zip(&b.0).map(|(x, y)| x / y).collect()).0
+    };
+    println!(
+        "{:<36} {:>33} {:8.2}",
+        "wall ratio, median of round pairs",
+        "quiet pass",
+        paired(&quiet)
+    );
     if !traced.is_empty() {
+        println!("{:<36} {:>33} {:8.2}", "", "traced pass", paired(&traced));
         row(
             "wall, traced pass",
             walls(&traced, Kind::Serve),
