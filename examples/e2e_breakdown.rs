@@ -480,7 +480,7 @@ fn serve_parts(log: &str, parts: &mut Parts) {
             parts.insert("s5b inputs inflate", field(l, "inflate ").unwrap_or(0.0));
             parts.insert("s8 encode response", field(l, "encode ").unwrap_or(0.0));
         } else if l.contains("scheduler Started") || l.contains("scheduler Complete") {
-            // Concurrent with the build, or after the response, when the line says so.
+            // Concurrent with the build, or beside the response, when the line says so.
             if let Some(v) = field(l, "scheduler Started ") {
                 parts.insert("s4 scheduler Started", v);
             }
@@ -827,7 +827,7 @@ fn run(args: Args) -> Result<()> {
              stock: ms timestamps of its trace lines, whose resolution is 1 ms); '-': not \
              visible in that server's log. s0 counts from the request head (stock: once its \
              TLS handshake is done). serve sends Started concurrently with the build and \
-             Complete after the response when its log says so"
+             Complete beside the response when its log says so"
         );
     }
     if args.keep {

@@ -3,10 +3,10 @@
 //! `src/bin/sccache-dist/main.rs`, `impl ServerIncoming for Server`), and differences:
 //!
 //! - on `serve`'s HTTP side ([`JailServer::run_job_concurrent`]) the scheduler's Started
-//!   goes out while the build runs and Complete once the client has its response, so
+//!   goes out while the build runs and Complete beside the response's write, so
 //!   neither round trip is part of the compile's latency; a failed Started still fails the
-//!   job, a failed Complete is logged (the client already has its result; the stock
-//!   server answers 500 then, discarding it);
+//!   job, a failed Complete is logged and the response goes out regardless (the stock
+//!   server answers 500 then, discarding the compile's result);
 //! - a toolchain upload is written to a file outside the toolchain-cache lock and then
 //!   moved in, so one slow upload does not block every other job's toolchain lookup;
 //!   uploads larger than the cache are refused (`CannotCache`) instead of being read to the
@@ -162,8 +162,9 @@ impl<B: Backend> Drop for Busy<B> {
 }
 
 /// The scheduler's Complete for a job whose response is on its way: the HTTP side sends
-/// it once the client has the response ([`CompletePending::send`]), so the scheduler
-/// round trip is not part of the compile's latency. Counts as a running handler until
+/// it on a thread of its own while the response is written ([`CompletePending::send`]),
+/// so the scheduler round trip is not part of the compile's latency, and a client slow to
+/// read its response cannot hold the job open at the scheduler. Counts as a running handler until
 /// sent (shutdown waits for it).
 #[must_use = "the scheduler must learn that the job is complete"]
 pub struct CompletePending<B: Backend> {
@@ -172,12 +173,12 @@ pub struct CompletePending<B: Backend> {
 }
 
 impl<B: Backend> CompletePending<B> {
-    /// Sends Complete; a failure is logged (the client already has its result).
+    /// Sends Complete; a failure is logged (the client gets its result regardless).
     pub fn send(self, requester: &dyn ServerOutgoing) {
         let start = Instant::now();
         match update_state(requester, self.job, JobState::Complete) {
             Ok(()) => log::debug!(
-                "job {}: scheduler Complete {:.3} ms (after the response)",
+                "job {}: scheduler Complete {:.3} ms (beside the response)",
                 self.job,
                 super::http::ms(start.elapsed())
             ),
@@ -519,7 +520,7 @@ impl<B: Backend> JailServer<B> {
     /// [`JailServer::run_job`] with the scheduler's round trips off the compile's path:
     /// Started is sent on a thread of its own while the build runs (the build waits for it
     /// only at its end), Complete is left to the caller ([`CompletePending`]), who sends it
-    /// after the response. As `run_job`, a failed Started fails the job (the scheduler no
+    /// beside writing the response. As `run_job`, a failed Started fails the job (the scheduler no
     /// longer knows it; the client compiles locally) and sends no Complete.
     pub fn run_job_concurrent(
         &self,

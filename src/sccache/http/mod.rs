@@ -570,6 +570,7 @@ fn serve_connection<B: Backend>(
         body.drain(conn::DRAIN_BYTES);
         (response, after, handled)
     };
+    let after = after.map(Deferred::start);
     let drained = Instant::now();
     let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
     if let Err(e) = response.write_to(conn.get_mut()) {
@@ -592,8 +593,37 @@ fn serve_connection<B: Backend>(
         ms(drained.elapsed()),
         response.body.len(),
     );
-    if let Some(after) = after {
+    // In line when no thread could be had for it.
+    if let Some(after) = after.and_then(Deferred::take) {
         after();
+    }
+}
+
+/// What a handler left to do, run on a thread of its own beside the response's write: the
+/// scheduler's Complete neither waits for a client that is slow to read (or never reads)
+/// nor delays the response. [`Deferred::take`] returns it if no thread could be started.
+struct Deferred(Arc<Mutex<Option<After>>>);
+
+impl Deferred {
+    fn start(after: After) -> Deferred {
+        let slot = Arc::new(Mutex::new(Some(after)));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("jb-job-state".into())
+            .spawn(move || {
+                let job = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(f) = job {
+                    f();
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("no thread for the deferred work ({e}): running it after the response");
+        }
+        Deferred(slot)
+    }
+
+    fn take(self) -> Option<After> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 

@@ -441,3 +441,14 @@ fn the_server_speaks_tls_on_its_port() {
         assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
     }
 }
+
+#[test]
+fn deferred_work_runs_once_on_its_own_thread() {
+    // Not waiting for the connection thread (which may be stuck writing to a client that
+    // does not read): it runs without `take`, exactly once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = super::Deferred::start(Box::new(move || tx.send(()).unwrap()));
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the deferred work ran on its own");
+    assert!(d.take().is_none(), "and is not run a second time");
+}
