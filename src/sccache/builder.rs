@@ -248,6 +248,15 @@ impl<B: Backend> JailBuilder<B> {
                     t.outputs.as_secs_f64(),
                     res.outputs.len(),
                 );
+                log::debug!(
+                    "{label}: build timing: image {:.3} ms, container {:.3} ms, unpack {:.3} ms, exec {:.3} ms, outputs {:.3} ms, total {:.3} ms",
+                    t.image.as_secs_f64() * 1e3,
+                    t.container.as_secs_f64() * 1e3,
+                    t.unpack.as_secs_f64() * 1e3,
+                    t.exec.as_secs_f64() * 1e3,
+                    t.outputs.as_secs_f64() * 1e3,
+                    t.total.as_secs_f64() * 1e3,
+                );
             }
             Err(e @ JobError::SandboxLimit { .. }) => log::warn!(
                 "{label} toolchain {tc_short}: after {:.3}s: {e}",

@@ -2,6 +2,11 @@
 //! around a [`JailBuilder`], with the semantics of `sccache-dist server` (sccache 0.19,
 //! `src/bin/sccache-dist/main.rs`, `impl ServerIncoming for Server`), and differences:
 //!
+//! - on `serve`'s HTTP side ([`JailServer::run_job_concurrent`]) the scheduler's Started
+//!   goes out while the build runs and Complete beside the response's write, so
+//!   neither round trip is part of the compile's latency; a failed Started still fails the
+//!   job, a failed Complete is logged and the response goes out regardless (the stock
+//!   server answers 500 then, discarding the compile's result);
 //! - a toolchain upload is written to a file outside the toolchain-cache lock and then
 //!   moved in, so one slow upload does not block every other job's toolchain lookup;
 //!   uploads larger than the cache are refused (`CannotCache`) instead of being read to the
@@ -137,22 +142,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counts a running handler for [`JailServer::wait_idle`].
-struct Busy<'a, B: Backend>(&'a Inner<B>);
+/// Counts a running handler for [`JailServer::wait_idle`]. Owns its share of the server,
+/// so that it can outlive the handler call ([`CompletePending`]).
+struct Busy<B: Backend>(Arc<Inner<B>>);
 
-impl<'a, B: Backend> Busy<'a, B> {
-    fn enter(inner: &'a Inner<B>) -> Self {
+impl<B: Backend> Busy<B> {
+    fn enter(inner: &Arc<Inner<B>>) -> Self {
         *lock(&inner.busy) += 1;
-        Busy(inner)
+        Busy(Arc::clone(inner))
     }
 }
 
-impl<B: Backend> Drop for Busy<'_, B> {
+impl<B: Backend> Drop for Busy<B> {
     fn drop(&mut self) {
         let mut n = lock(&self.0.busy);
         *n = n.saturating_sub(1);
         if *n == 0 {
             self.0.idle.notify_all();
+        }
+    }
+}
+
+/// The scheduler's Complete for a job whose response is on its way: the HTTP side sends
+/// it on a thread of its own while the response is written ([`CompletePending::send`]),
+/// so the scheduler round trip is not part of the compile's latency, and a client slow to
+/// read its response cannot hold the job open at the scheduler. Counts as a running handler until
+/// sent (shutdown waits for it).
+#[must_use = "the scheduler must learn that the job is complete"]
+pub struct CompletePending<B: Backend> {
+    job: JobId,
+    _busy: Busy<B>,
+}
+
+impl<B: Backend> CompletePending<B> {
+    /// Sends Complete; a failure is logged (the client gets its result regardless).
+    pub fn send(self, requester: &dyn ServerOutgoing) {
+        let start = Instant::now();
+        match update_state(requester, self.job, JobState::Complete) {
+            Ok(()) => log::debug!(
+                "job {}: scheduler Complete {:.3} ms (beside the response)",
+                self.job,
+                super::http::ms(start.elapsed())
+            ),
+            Err(e) => log::warn!("job {}: {e}", self.job),
         }
     }
 }
@@ -487,8 +519,86 @@ impl<B: Backend> JailServer<B> {
     ) -> Result<RunJobResult, ServerError> {
         let _busy = Busy::enter(&self.inner);
         update_state(requester, job, JobState::Started)?;
+        let result = self.build_job(job, command, outputs, inputs);
+        update_state(requester, job, JobState::Complete)?;
+        result
+    }
+
+    /// [`JailServer::run_job`] with the scheduler's round trips off the compile's path:
+    /// Started is sent on a thread of its own while the build runs (the build waits for it
+    /// only at its end), Complete is left to the caller ([`CompletePending`]), who sends it
+    /// beside writing the response. As `run_job`, a failed Started fails the job (the scheduler no
+    /// longer knows it; the client compiles locally) and sends no Complete.
+    pub fn run_job_concurrent(
+        &self,
+        requester: &(dyn ServerOutgoing + Sync),
+        job: JobId,
+        command: CompileCommand,
+        outputs: Vec<String>,
+        inputs: &mut dyn Read,
+    ) -> (
+        Result<RunJobResult, ServerError>,
+        Option<CompletePending<B>>,
+    ) {
+        let busy = Busy::enter(&self.inner);
+        let start = Instant::now();
+        // Ok(the build's result), or Err(the failed Started).
+        let (outcome, started_time, build_time) = std::thread::scope(|scope| {
+            let started = std::thread::Builder::new()
+                .name("jb-job-state".into())
+                .spawn_scoped(scope, move || {
+                    let r = update_state(requester, job, JobState::Started);
+                    (r, start.elapsed())
+                });
+            match started {
+                Ok(handle) => {
+                    let mark = Instant::now();
+                    let result = self.build_job(job, command, outputs, inputs);
+                    let build_time = mark.elapsed();
+                    let (started, started_time) = handle.join().unwrap_or_else(|_| {
+                        let message = "the Started update panicked".to_string();
+                        (
+                            Err(ServerError::Scheduler { job, message }),
+                            start.elapsed(),
+                        )
+                    });
+                    (started.map(|()| result), started_time, build_time)
+                }
+                // No thread to spare: in line, as run_job.
+                Err(e) => {
+                    log::debug!("job {job}: no thread for the Started update ({e})");
+                    let started = update_state(requester, job, JobState::Started);
+                    let started_time = start.elapsed();
+                    let mark = Instant::now();
+                    let outcome = started.map(|()| self.build_job(job, command, outputs, inputs));
+                    (outcome, started_time, mark.elapsed())
+                }
+            }
+        });
+        log::debug!(
+            "job {job}: run_job: scheduler Started {:.3} ms (concurrent), build {:.3} ms, \
+             run_job {:.3} ms",
+            super::http::ms(started_time),
+            super::http::ms(build_time),
+            super::http::ms(start.elapsed()),
+        );
+        match outcome {
+            Err(e) => (Err(e), None),
+            Ok(result) => (result, Some(CompletePending { job, _busy: busy })),
+        }
+    }
+
+    /// The build of a Started job: `JobNotFound` if it was never assigned (or claimed
+    /// twice).
+    fn build_job(
+        &self,
+        job: JobId,
+        command: CompileCommand,
+        outputs: Vec<String>,
+        inputs: &mut dyn Read,
+    ) -> Result<RunJobResult, ServerError> {
         let assigned = lock(&self.inner.jobs).remove(&job);
-        let result = match assigned {
+        match assigned {
             None => Ok(RunJobResult::JobNotFound),
             Some(a) => self
                 .inner
@@ -508,9 +618,7 @@ impl<B: Backend> JailServer<B> {
                     })
                 })
                 .map_err(ServerError::from),
-        };
-        update_state(requester, job, JobState::Complete)?;
-        result
+        }
     }
 
     /// A job whose run_job request was refused before it ran (a bad body): forgets it and

@@ -903,3 +903,57 @@ fn the_adapter_file_names_only_what_a_copy_in_sccache_has() {
         }
     }
 }
+
+#[test]
+fn run_job_concurrent_defers_complete_to_its_caller() {
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    h.assign(1, &tc);
+    h.sched.take();
+    let tar = tar_of(&[("src/a.c", b"int a;\n")]);
+    let (res, pending) = h.server.run_job_concurrent(
+        &h.sched,
+        JobId(1),
+        cc(&["-c", "a.c", "-o", "a.o"]),
+        vec!["a.o".into()],
+        &mut tar.as_slice(),
+    );
+    let c = complete(res);
+    assert_eq!(output_bytes(&c.outputs[0].1), b"int a;\n");
+    // Started went out (from its own thread, joined before returning); Complete waits for
+    // the caller, and until then the job counts as a running handler.
+    assert_eq!(h.sched.take(), [JobState::Started]);
+    assert!(!h.server.wait_idle(std::time::Duration::from_millis(50)));
+    pending.expect("a Complete to send").send(&h.sched);
+    assert_eq!(h.sched.take(), [JobState::Complete]);
+    assert!(h.server.wait_idle(std::time::Duration::from_secs(5)));
+
+    // A scheduler that refuses Started fails the job, as run_job does, and gets no
+    // Complete.
+    struct Refusing(Scheduler);
+    impl ServerOutgoing for Refusing {
+        fn do_update_job_state(
+            &self,
+            job_id: JobId,
+            state: JobState,
+        ) -> sccache::errors::Result<UpdateJobStateResult> {
+            self.0.do_update_job_state(job_id, state)?;
+            Ok(UpdateJobStateResult::Fail {
+                msg: "unknown job".into(),
+            })
+        }
+    }
+    h.assign(2, &tc);
+    let refusing = Refusing(Scheduler::default());
+    let (res, pending) = h.server.run_job_concurrent(
+        &refusing,
+        JobId(2),
+        cc(&["-c", "a.c", "-o", "a.o"]),
+        vec!["a.o".into()],
+        &mut tar.as_slice(),
+    );
+    assert!(matches!(res, Err(ServerError::Scheduler { .. })));
+    assert!(pending.is_none());
+    assert_eq!(refusing.0.take(), [JobState::Started]);
+    assert!(h.server.wait_idle(std::time::Duration::from_secs(5)));
+}

@@ -16,6 +16,8 @@ pub const MAX_HEAD_BYTES: usize = 16 << 10;
 /// After the response is decided, this much of an unread body is read away so that closing
 /// the socket does not reset the connection under the response.
 pub const DRAIN_BYTES: u64 = 1 << 20;
+/// A response body up to this size is written together with the head.
+const ONE_WRITE_BYTES: usize = 64 << 10;
 /// A chunk-size line or a trailer line.
 const MAX_LINE: usize = 1024;
 
@@ -298,8 +300,16 @@ impl Response {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        w.write_all(head.as_bytes())?;
-        w.write_all(&self.body)?;
+        // A small response goes out as one write (over TLS: one record, one segment): the
+        // client reads nothing until it has all of it.
+        if self.body.len() <= ONE_WRITE_BYTES {
+            let mut all = head.into_bytes();
+            all.extend_from_slice(&self.body);
+            w.write_all(&all)?;
+        } else {
+            w.write_all(head.as_bytes())?;
+            w.write_all(&self.body)?;
+        }
         w.flush()
     }
 }

@@ -29,7 +29,7 @@ use std::convert::Infallible;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flate2::read::ZlibDecoder;
 use sccache::dist::{JobId, ServerOutgoing, Toolchain};
@@ -39,7 +39,7 @@ use self::auth::JobAuth;
 use self::conn::{Body, Head, Response};
 use self::heartbeat::SchedulerClient;
 use self::tls::{Cert, TlsError};
-use self::wire::{BodyError, LimitedReader, RunJobHttpRequest};
+use self::wire::{BodyError, LimitedReader, ReadClock, RunJobHttpRequest};
 use super::JailServer;
 use crate::backend::{Backend, ToolchainId};
 use crate::untrusted::UnpackLimits;
@@ -94,6 +94,14 @@ pub fn inputs_limit(limits: &UnpackLimits) -> u64 {
         .saturating_add(limits.max_entries.saturating_mul(1024))
         .saturating_add(1 << 20)
 }
+
+/// Milliseconds, for the debug timing lines.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Work left once a response is written (a run_job's Complete for the scheduler).
+type After = Box<dyn FnOnce() + Send>;
 
 /// The scheduler as the request handlers see it (job-state updates).
 type Requester = dyn ServerOutgoing + Send + Sync;
@@ -219,24 +227,25 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    fn handle(&self, head: &Head, body: &mut Body<'_>) -> Response {
+    /// The response, and what is left to do once it is written.
+    fn handle(&self, head: &Head, body: &mut Body<'_>) -> (Response, Option<After>) {
         let Some(rest) = head.path.strip_prefix("/api/v1/distserver/") else {
-            return not_found();
+            return (not_found(), None);
         };
         let Some((route, id)) = rest.split_once('/') else {
-            return not_found();
+            return (not_found(), None);
         };
         let Ok(job) = id.parse::<JobId>() else {
-            return not_found();
+            return (not_found(), None);
         };
         if head.method != "POST" {
-            return not_found();
+            return (not_found(), None);
         }
         match route {
-            "assign_job" => self.assign_job(head, job, body),
-            "submit_toolchain" => self.submit_toolchain(head, job, body),
+            "assign_job" => (self.assign_job(head, job, body), None),
+            "submit_toolchain" => (self.submit_toolchain(head, job, body), None),
             "run_job" => self.run_job(head, job, body),
-            _ => not_found(),
+            _ => (not_found(), None),
         }
     }
 
@@ -298,11 +307,12 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    fn run_job(&self, head: &Head, job: JobId, body: &mut Body<'_>) -> Response {
+    fn run_job(&self, head: &Head, job: JobId, body: &mut Body<'_>) -> (Response, Option<After>) {
         if let Err(e) = self.auth.begin_run(job, head.bearer()) {
             log::warn!("job {job}: run_job refused: {e}");
-            return unauthorized(&e);
+            return (unauthorized(&e), None);
         }
+        let start = Instant::now();
         let request = (|| -> Result<RunJobHttpRequest, Refused> {
             let mut len = [0u8; 4];
             let got = wire::read_capped(&mut (&mut *body).take(4), 4)?;
@@ -330,11 +340,18 @@ impl<B: Backend> Shared<B> {
                 log::warn!("job {job}: run_job: bad request: {e}");
                 self.server.abandon_job(&*self.requester, job);
                 self.auth.finish(job);
-                return error_response(e.status(), &e);
+                return (error_response(e.status(), &e), None);
             }
         };
-        let mut inputs = LimitedReader::new(ZlibDecoder::new(&mut *body), self.inputs_limit);
-        let res = self.server.run_job(
+        let decoded = start.elapsed();
+        // The clocks split the inputs' time into the body's transfer (inner) and its
+        // inflation (outer minus inner); the tar unpack is the engine's unpack phase minus
+        // both.
+        let mut inputs = ReadClock::new(LimitedReader::new(
+            ZlibDecoder::new(ReadClock::new(&mut *body)),
+            self.inputs_limit,
+        ));
+        let (res, complete) = self.server.run_job_concurrent(
             &*self.requester,
             job,
             request.command,
@@ -342,10 +359,31 @@ impl<B: Backend> Shared<B> {
             &mut inputs,
         );
         self.auth.finish(job);
-        match res {
+        let mark = Instant::now();
+        let response = match res {
             Ok(res) => reply(head, &res),
             Err(e) => error_response(500, &e),
+        };
+        if log::log_enabled!(log::Level::Debug) {
+            let wire = inputs.get_ref().get_ref().get_ref();
+            log::debug!(
+                "job {job}: run_job timing: header {:.3} ms; inputs {} -> {} bytes, read {:.3} ms, \
+                 inflate {:.3} ms; handler {:.3} ms; encode {:.3} ms ({} bytes)",
+                ms(decoded),
+                wire.bytes,
+                inputs.bytes,
+                ms(wire.spent),
+                ms(inputs.spent.saturating_sub(wire.spent)),
+                ms(mark.duration_since(start) - decoded),
+                ms(mark.elapsed()),
+                response.body.len(),
+            );
         }
+        let after = complete.map(|c| {
+            let requester = Arc::clone(&self.requester);
+            Box::new(move || c.send(&*requester)) as After
+        });
+        (response, after)
     }
 }
 
@@ -418,6 +456,7 @@ impl<B: Backend> HttpServer<B> {
                     continue;
                 }
             };
+            let accepted = Instant::now();
             let (shared, acceptor, counter) = (
                 Arc::clone(&self.shared),
                 Arc::clone(&acceptor),
@@ -426,7 +465,7 @@ impl<B: Backend> HttpServer<B> {
             let spawned = std::thread::Builder::new()
                 .name("http".into())
                 .spawn(move || {
-                    serve_connection(&shared, &acceptor, stream);
+                    serve_connection(&shared, &acceptor, stream, accepted);
                     counter.release();
                 });
             if let Err(e) = spawned {
@@ -464,11 +503,18 @@ fn serve_connection<B: Backend>(
     shared: &Shared<B>,
     acceptor: &openssl::ssl::SslAcceptor,
     stream: TcpStream,
+    accepted: Instant,
 ) {
+    let started = Instant::now();
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // Every request is one exchange (sccache's clients send `Connection: close`), each
+    // side writing a few small TLS records in a row (the handshake's flight, the session
+    // tickets, the response): Nagle's algorithm would hold the later ones until the first
+    // is acknowledged, which a peer waiting to read delays by up to its delayed-ACK time.
+    let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HEAD_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let Ok(socket) = stream.try_clone() else {
@@ -481,6 +527,9 @@ fn serve_connection<B: Backend>(
             return;
         }
     };
+    let handshake = Instant::now();
+    let resumed = ssl.ssl().session_reused();
+    let version = ssl.ssl().version_str();
     let mut conn = BufReader::new(ssl);
     let head = match conn::read_head(&mut conn) {
         Ok(h) => h,
@@ -497,7 +546,7 @@ fn serve_connection<B: Backend>(
             return;
         }
     };
-    log::debug!("{peer}: {} {}", head.method, head.path);
+    let head_read = Instant::now();
     let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
     if head
         .header("Expect")
@@ -511,20 +560,71 @@ fn serve_connection<B: Backend>(
             return;
         }
     }
-    let response = {
+    let (response, after, handled) = {
         let mut body = Body::new(&mut conn, &head);
-        let response = shared.handle(&head, &mut body);
+        let (response, after) = shared.handle(&head, &mut body);
+        let handled = Instant::now();
         // Read away what the handler left (bounded) so that the close does not reset the
         // connection under the response.
         let _ = socket.set_read_timeout(Some(DRAIN_TIMEOUT));
         body.drain(conn::DRAIN_BYTES);
-        response
+        (response, after, handled)
     };
+    let after = after.map(Deferred::start);
+    let drained = Instant::now();
     let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
     if let Err(e) = response.write_to(conn.get_mut()) {
         log::debug!("{peer}: writing the response: {e}");
     }
     let _ = conn.get_mut().shutdown();
+    // One line per request: where a request's time goes on this side (e2e-breakdown).
+    log::debug!(
+        "{peer}: {} {} -> {}: timing: thread {:.3} ms, tls {:.3} ms ({version}{}), head {:.3} ms, \
+         handler {:.3} ms, drain {:.3} ms, response {:.3} ms ({} bytes)",
+        head.method,
+        head.path,
+        response.status,
+        ms(started.duration_since(accepted)),
+        ms(handshake.duration_since(started)),
+        if resumed { ", resumed" } else { "" },
+        ms(head_read.duration_since(handshake)),
+        ms(handled.duration_since(head_read)),
+        ms(drained.duration_since(handled)),
+        ms(drained.elapsed()),
+        response.body.len(),
+    );
+    // In line when no thread could be had for it.
+    if let Some(after) = after.and_then(Deferred::take) {
+        after();
+    }
+}
+
+/// What a handler left to do, run on a thread of its own beside the response's write: the
+/// scheduler's Complete neither waits for a client that is slow to read (or never reads)
+/// nor delays the response. [`Deferred::take`] returns it if no thread could be started.
+struct Deferred(Arc<Mutex<Option<After>>>);
+
+impl Deferred {
+    fn start(after: After) -> Deferred {
+        let slot = Arc::new(Mutex::new(Some(after)));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("jb-job-state".into())
+            .spawn(move || {
+                let job = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(f) = job {
+                    f();
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("no thread for the deferred work ({e}): running it after the response");
+        }
+        Deferred(slot)
+    }
+
+    fn take(self) -> Option<After> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 #[cfg(test)]

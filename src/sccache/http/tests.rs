@@ -70,7 +70,12 @@ impl Rig {
         let mut r = BufReader::new(&bytes[..]);
         let head = read_head(&mut r).unwrap();
         let mut b = Body::new(&mut r, &head);
-        self.shared.handle(&head, &mut b)
+        let (response, after) = self.shared.handle(&head, &mut b);
+        // As serve_connection: what is left runs once the response is out.
+        if let Some(after) = after {
+            after();
+        }
+        response
     }
 
     fn assign(&self, job: u64, tc: &Toolchain) -> Response {
@@ -435,4 +440,15 @@ fn the_server_speaks_tls_on_its_port() {
         let r = post("/nowhere", "x", 0, b"");
         assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
     }
+}
+
+#[test]
+fn deferred_work_runs_once_on_its_own_thread() {
+    // Not waiting for the connection thread (which may be stuck writing to a client that
+    // does not read): it runs without `take`, exactly once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = super::Deferred::start(Box::new(move || tx.send(()).unwrap()));
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the deferred work ran on its own");
+    assert!(d.take().is_none(), "and is not run a second time");
 }

@@ -12,6 +12,7 @@
 //! for field (bincode encodes fields in declaration order, without names).
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 use bincode::Options;
 use sccache::dist::{CompileCommand, ServerNonce};
@@ -129,6 +130,12 @@ impl<R: Read> LimitedReader<R> {
     }
 }
 
+impl<R> LimitedReader<R> {
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
 impl<R: Read> Read for LimitedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
@@ -151,6 +158,40 @@ impl<R: Read> Read for LimitedReader<R> {
         let n = self.inner.read(&mut buf[..max])?;
         self.left -= n as u64;
         Ok(n)
+    }
+}
+
+/// Counts the time spent in, and the bytes out of, the wrapped reader's `read`: the
+/// run_job timing line tells the body's transfer (TLS, socket) from its inflation.
+pub struct ReadClock<R> {
+    inner: R,
+    pub spent: Duration,
+    pub bytes: u64,
+}
+
+impl<R> ReadClock<R> {
+    pub fn new(inner: R) -> Self {
+        ReadClock {
+            inner,
+            spent: Duration::ZERO,
+            bytes: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: Read> Read for ReadClock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let start = Instant::now();
+        let res = self.inner.read(buf);
+        self.spent += start.elapsed();
+        if let Ok(n) = res {
+            self.bytes += n as u64;
+        }
+        res
     }
 }
 
