@@ -697,7 +697,20 @@ fn the_sandbox_mount_table_is_its_root_and_proc_whatever_the_host_has() {
     let mut c = f.backend.create_container(&img).unwrap();
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(host.lines().count() > 20, "{host}");
+    let state = f.backend.state_dir().to_path_buf();
+    let mut host_before = mounts_beneath(&state);
+    host_before.sort();
     for round in 0..2 {
+        // While a command runs (its /proc mounted), the host sees none of its mounts: the
+        // container root's clone is private, so nothing propagates back.
+        std::thread::scope(|s| {
+            let running = s.spawn(|| sh(&f.backend, &c, "sleep 0.5; echo done"));
+            std::thread::sleep(Duration::from_millis(250));
+            let mut now = mounts_beneath(&state);
+            now.sort();
+            assert_eq!(now, host_before, "round {round}");
+            assert_eq!(stdout(&running.join().unwrap()), "done\n");
+        });
         let o = sh(&f.backend, &c, "cat /proc/self/mountinfo");
         let table = stdout(&o);
         let points: Vec<&str> = table

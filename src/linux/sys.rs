@@ -248,6 +248,21 @@ fn clone_mount(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Makes the mount at `target` private. A clone made by open_tree(OPEN_TREE_CLONE) joins
+/// the peer group of its source when that is shared (clone_mnt in fs/namespace.c), and the
+/// host's mounts under a shared / usually are: without this, the /proc each sandboxed
+/// command mounts would propagate to the container root's mount on the host.
+fn make_private(target: &str) -> io::Result<()> {
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io)
+}
+
 /// move_mount(2) of the detached tree `tree` onto `target` in this thread's namespace.
 fn attach_mount(tree: &OwnedFd, target: &str) -> io::Result<()> {
     let to =
@@ -343,12 +358,14 @@ pub(super) fn pin_new_namespaces(
                 nix::sched::setns(seed, CloneFlags::CLONE_NEWNS).map_err(|e| attach_err(io(e)))?;
                 unshare(CloneFlags::CLONE_NEWNS).map_err(|e| unshare_err(io(e)))?;
                 attach_mount(&tree, SEED_ATTACH).map_err(attach_err)?;
+                make_private(SEED_ATTACH).map_err(attach_err)?;
                 fds.push((open_ns_at(&proc, "thread-self/ns/mnt")?, *pin));
             }
             (Some(tree), Some(MntPin::Replace { ns, .. })) => {
                 nix::sched::setns(*ns, CloneFlags::CLONE_NEWNS).map_err(|e| attach_err(io(e)))?;
                 umount2(SEED_ATTACH, MntFlags::MNT_DETACH).map_err(|e| attach_err(io(e)))?;
                 attach_mount(&tree, SEED_ATTACH).map_err(attach_err)?;
+                make_private(SEED_ATTACH).map_err(attach_err)?;
             }
             _ => {}
         }

@@ -653,6 +653,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        #[cfg(not(target_os = "linux"))]
+        {
+            report.census_note = Some(
+                "strace is Linux's; on FreeBSD the kernel calls of a warm compile (one: the \
+                 exec) and of a reset (six) are checked on the fake kernel's call log \
+                 (src/freebsd/tests_engine.rs)"
+                    .into(),
+            );
+        }
         Ok(report)
     })();
     bench.bar.lock().unwrap().finish();
