@@ -53,4 +53,4 @@ pub mod sccache;
 pub type NativeBackend = linux::LinuxBackend;
 /// The backend this platform builds by default.
 #[cfg(target_os = "freebsd")]
-pub type NativeBackend = freebsd::FreeBsdBackend<freebsd::RealKernel>;
+pub type NativeBackend = freebsd::FreeBsdBackend<freebsd::Counted<freebsd::RealKernel>>;

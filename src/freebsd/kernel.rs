@@ -421,77 +421,107 @@ pub trait Kernel: Send + Sync + 'static {
     fn rctl_remove_rule(&self, filter: &str) -> KResult<()>;
 }
 
-/// Shares one kernel between a backend and a test that inspects it.
-impl<K: Kernel> Kernel for Arc<K> {
-    fn zfs_create(&self, name: &str, props: &[ZfsProp]) -> KResult<()> {
-        (**self).zfs_create(name, props)
+/// The [`Kernel`] methods of a wrapper, each calling `$note(method name)` and then the same
+/// method of `$target` (an expression of `$self_`): one list for every forwarding impl.
+macro_rules! forward_kernel {
+    ($self_:ident, $target:expr, $note:expr) => {
+    fn zfs_create(&$self_, name: &str, props: &[ZfsProp]) -> KResult<()> {
+        $note("zfs_create");
+        $target.zfs_create(name, props)
     }
-    fn zfs_clone(&self, fs: &str, origin: &str, props: &[ZfsProp]) -> KResult<()> {
-        (**self).zfs_clone(fs, origin, props)
+    fn zfs_clone(&$self_, fs: &str, origin: &str, props: &[ZfsProp]) -> KResult<()> {
+        $note("zfs_clone");
+        $target.zfs_clone(fs, origin, props)
     }
-    fn zfs_snapshot(&self, snaps: &[String]) -> KResult<()> {
-        (**self).zfs_snapshot(snaps)
+    fn zfs_snapshot(&$self_, snaps: &[String]) -> KResult<()> {
+        $note("zfs_snapshot");
+        $target.zfs_snapshot(snaps)
     }
-    fn zfs_rollback_to(&self, fs: &str, snap: &str) -> KResult<()> {
-        (**self).zfs_rollback_to(fs, snap)
+    fn zfs_rollback_to(&$self_, fs: &str, snap: &str) -> KResult<()> {
+        $note("zfs_rollback_to");
+        $target.zfs_rollback_to(fs, snap)
     }
-    fn zfs_destroy(&self, name: &str) -> KResult<()> {
-        (**self).zfs_destroy(name)
+    fn zfs_destroy(&$self_, name: &str) -> KResult<()> {
+        $note("zfs_destroy");
+        $target.zfs_destroy(name)
     }
-    fn zfs_destroy_snaps(&self, snaps: &[String], defer: bool) -> KResult<()> {
-        (**self).zfs_destroy_snaps(snaps, defer)
+    fn zfs_destroy_snaps(&$self_, snaps: &[String], defer: bool) -> KResult<()> {
+        $note("zfs_destroy_snaps");
+        $target.zfs_destroy_snaps(snaps, defer)
     }
-    fn zfs_exists(&self, name: &str) -> bool {
-        (**self).zfs_exists(name)
+    fn zfs_exists(&$self_, name: &str) -> bool {
+        $note("zfs_exists");
+        $target.zfs_exists(name)
     }
-    fn mount_zfs(&self, dataset: &str, fspath: &Path) -> KResult<()> {
-        (**self).mount_zfs(dataset, fspath)
+    fn mount_zfs(&$self_, dataset: &str, fspath: &Path) -> KResult<()> {
+        $note("mount_zfs");
+        $target.mount_zfs(dataset, fspath)
     }
-    fn mount_devfs(&self, fspath: &Path, ruleset: u16) -> KResult<()> {
-        (**self).mount_devfs(fspath, ruleset)
+    fn mount_devfs(&$self_, fspath: &Path, ruleset: u16) -> KResult<()> {
+        $note("mount_devfs");
+        $target.mount_devfs(fspath, ruleset)
     }
-    fn unmount(&self, fspath: &Path, force: bool) -> KResult<()> {
-        (**self).unmount(fspath, force)
+    fn unmount(&$self_, fspath: &Path, force: bool) -> KResult<()> {
+        $note("unmount");
+        $target.unmount(fspath, force)
     }
-    fn jail_create(&self, params: &JailParams) -> KResult<i32> {
-        (**self).jail_create(params)
+    fn jail_create(&$self_, params: &JailParams) -> KResult<i32> {
+        $note("jail_create");
+        $target.jail_create(params)
     }
-    fn jail_remove(&self, jid: i32) -> KResult<()> {
-        (**self).jail_remove(jid)
+    fn jail_remove(&$self_, jid: i32) -> KResult<()> {
+        $note("jail_remove");
+        $target.jail_remove(jid)
     }
-    fn jail_wait_gone(&self, jid: i32, timeout: Duration) -> KResult<()> {
-        (**self).jail_wait_gone(jid, timeout)
+    fn jail_wait_gone(&$self_, jid: i32, timeout: Duration) -> KResult<()> {
+        $note("jail_wait_gone");
+        $target.jail_wait_gone(jid, timeout)
     }
-    fn jail_kill_processes(&self, jid: i32) -> KResult<u32> {
-        (**self).jail_kill_processes(jid)
+    fn jail_kill_processes(&$self_, jid: i32) -> KResult<u32> {
+        $note("jail_kill_processes");
+        $target.jail_kill_processes(jid)
     }
-    fn devfs_ruleset_rules(&self, ruleset: u16) -> KResult<Option<u32>> {
-        (**self).devfs_ruleset_rules(ruleset)
+    fn devfs_ruleset_rules(&$self_, ruleset: u16) -> KResult<Option<u32>> {
+        $note("devfs_ruleset_rules");
+        $target.devfs_ruleset_rules(ruleset)
     }
-    fn jail_find(&self, name: &str) -> KResult<Option<i32>> {
-        (**self).jail_find(name)
+    fn jail_find(&$self_, name: &str) -> KResult<Option<i32>> {
+        $note("jail_find");
+        $target.jail_find(name)
     }
-    fn jail_list(&self) -> KResult<Vec<JailInfo>> {
-        (**self).jail_list()
+    fn jail_list(&$self_) -> KResult<Vec<JailInfo>> {
+        $note("jail_list");
+        $target.jail_list()
     }
     fn exec(
-        &self,
+        &$self_,
         plan: &ExecPlan,
         command: &PreparedCommand,
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> KResult<ExecOutcome> {
-        (**self).exec(plan, command, limits, cancel)
+        $note("exec");
+        $target.exec(plan, command, limits, cancel)
     }
-    fn racct_enabled(&self) -> bool {
-        (**self).racct_enabled()
+    fn racct_enabled(&$self_) -> bool {
+        $note("racct_enabled");
+        $target.racct_enabled()
     }
-    fn rctl_add_rule(&self, rule: &str) -> KResult<()> {
-        (**self).rctl_add_rule(rule)
+    fn rctl_add_rule(&$self_, rule: &str) -> KResult<()> {
+        $note("rctl_add_rule");
+        $target.rctl_add_rule(rule)
     }
-    fn rctl_remove_rule(&self, filter: &str) -> KResult<()> {
-        (**self).rctl_remove_rule(filter)
+    fn rctl_remove_rule(&$self_, filter: &str) -> KResult<()> {
+        $note("rctl_remove_rule");
+        $target.rctl_remove_rule(filter)
     }
+    };
+}
+pub(crate) use forward_kernel;
+
+/// Shares one kernel between a backend and a test that inspects it.
+impl<K: Kernel> Kernel for Arc<K> {
+    forward_kernel!(self, (**self), |_: &'static str| ());
 }
 
 /// Rounds of [`Kernel::jail_kill_processes`] [`kill_jail`] makes at most: each round

@@ -6,7 +6,9 @@ use std::time::Duration;
 use super::ProbeItem;
 use crate::config::BuilderConfig;
 use crate::freebsd::probe::probe_kernel;
-use crate::freebsd::{FreeBsdBackend, FreeBsdConfig, FreeBsdError, JailLimits, RealKernel, Step};
+use crate::freebsd::{
+    Counted, FreeBsdBackend, FreeBsdConfig, FreeBsdError, JailLimits, RealKernel, Step,
+};
 use crate::untrusted::UnpackLimits;
 
 pub type NativeError = FreeBsdError;
@@ -39,13 +41,17 @@ fn freebsd_config(cfg: &BuilderConfig) -> Result<FreeBsdConfig, FreeBsdError> {
     })
 }
 
-pub fn open_backend(cfg: &BuilderConfig) -> Result<FreeBsdBackend<RealKernel>, FreeBsdError> {
+/// The backend over the real kernel, its calls counted ([`Counted`]: a lock and an add per
+/// call, next to system calls that each cost far more).
+pub fn open_backend(
+    cfg: &BuilderConfig,
+) -> Result<FreeBsdBackend<Counted<RealKernel>>, FreeBsdError> {
     let kernel = RealKernel::new().map_err(|source| FreeBsdError::Kernel {
         step: Step::Init,
         what: "/dev/zfs".into(),
         source,
     })?;
-    FreeBsdBackend::new(kernel, freebsd_config(cfg)?)
+    FreeBsdBackend::new(Counted::new(kernel), freebsd_config(cfg)?)
 }
 
 /// What the backend configured as `cfg` needs, probed with that configuration.

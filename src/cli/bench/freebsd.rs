@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::report::Census;
 use super::strategy::{check_compile, env_vars, Job, SeedCleanups, Spawner, Strategy};
 use super::workload::CWD;
 
@@ -226,4 +227,44 @@ impl Strategy for CliPot {
         }
         Ok(())
     }
+}
+
+/// The FreeBSD census: the kernel calls (the backend's [`Kernel`] seam, counted by
+/// [`jailbuilder::freebsd::Counted`]) that `jobs` compiles of native and their resets make,
+/// per compile. `exec` is the only call on a compile's path (pdfork + jail_attach + execve
+/// of the compiler); everything else is the recycler's reset. None for other strategies.
+///
+/// [`Kernel`]: jailbuilder::freebsd::Kernel
+pub fn census(s: &dyn Strategy, jobs: &[Job<'_>]) -> anyhow::Result<Option<Census>> {
+    let Some(backend) = s.native_backend() else {
+        return Ok(None);
+    };
+    let before = backend.kernel().calls();
+    for job in jobs {
+        s.compile(job)?;
+        s.settle();
+    }
+    let n = jobs.len().max(1) as f64;
+    let mut compile = Vec::new();
+    let mut reset = Vec::new();
+    for (name, count) in backend.kernel().calls() {
+        let k = (count - before.get(name).copied().unwrap_or(0)) as f64 / n;
+        if k > 0.0 {
+            let side = if name == "exec" {
+                &mut compile
+            } else {
+                &mut reset
+            };
+            side.push((name.to_string(), k));
+        }
+    }
+    reset.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Some(Census {
+        strategy: s.name(),
+        compiles: jobs.len(),
+        per_compile: compile.iter().map(|c| c.1).sum(),
+        per_reset: reset.iter().map(|c| c.1).sum(),
+        top_compile: compile,
+        top_reset: reset,
+    }))
 }

@@ -653,14 +653,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(target_os = "freebsd")]
         {
-            report.census_note = Some(
-                "strace is Linux's; on FreeBSD the kernel calls of a warm compile (one: the \
-                 exec) and of a reset (six) are checked on the fake kernel's call log \
-                 (src/freebsd/tests_engine.rs)"
-                    .into(),
-            );
+            let n = if args.quick { 2 } else { 16 };
+            let jobs = &bench.jobs[warm..(warm + n).min(bench.jobs.len())];
+            report.census_what = "kernel calls (the FreeBSD backend's Kernel seam, counted; \
+                                  exec = pdfork + jail_attach + execve, each other call one \
+                                  system call or ZFS ioctl, jail_wait_gone a jail_get poll)";
+            for s in &strategies {
+                if let Some(c) = freebsd::census(s.as_ref(), jobs)? {
+                    report.census.push(c);
+                }
+            }
         }
         Ok(report)
     })();

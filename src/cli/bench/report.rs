@@ -131,6 +131,8 @@ pub struct Report {
     pub census: Vec<Census>,
     /// Why there is no census.
     pub census_note: Option<String>,
+    /// What the census counted, for the table's heading.
+    pub census_what: &'static str,
 }
 
 /// native compared with another strategy at one level.
@@ -191,6 +193,7 @@ impl Report {
             load_after: String::new(),
             census: Vec::new(),
             census_note: None,
+            census_what: "syscalls (strace -ff; compile path = the bench's threads + the child until its execve)",
         }
     }
 
@@ -437,8 +440,8 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "\nsyscalls (strace -ff, {} compiles each at concurrency 1; compile path = the bench's threads + the child until its execve):",
-            first.compiles
+            "\n{}, {} compiles each at concurrency 1:",
+            self.census_what, first.compiles
         );
         let calls = |v: &[(String, f64)]| {
             v.iter()
@@ -467,7 +470,7 @@ impl Report {
         if let (Some(n), Some(b)) = (by("native"), by("bare")) {
             let _ = writeln!(
                 s,
-                "  native makes {:+.1} system calls per compile on the compile path vs bare, plus {:.1} per reset off it",
+                "  native makes {:+.1} calls per compile on the compile path vs bare, plus {:.1} per reset off it",
                 n.per_compile - b.per_compile,
                 n.per_reset
             );

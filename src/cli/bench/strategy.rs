@@ -69,6 +69,12 @@ pub trait Strategy: Send + Sync {
     fn shutdown(&self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The platform backend under the engine (native only): the FreeBSD census reads its
+    /// kernel-call counts (Linux counts with strace instead).
+    #[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
+    fn native_backend(&self) -> Option<&NativeBackend> {
+        None
+    }
 }
 
 /// Counts the processes the bench spawns.
@@ -291,6 +297,10 @@ impl Strategy for Native {
     fn shutdown(&self) -> anyhow::Result<()> {
         self.engine.shutdown();
         Ok(())
+    }
+
+    fn native_backend(&self) -> Option<&NativeBackend> {
+        Some(&self.engine.backend().inner)
     }
 }
 
