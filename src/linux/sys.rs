@@ -191,14 +191,7 @@ pub(super) fn seed_mount_namespace(dir: &Path) -> Result<OwnedFd, LinuxError> {
         let proc = open_proc_dir().map_err(err)?;
         unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(|e| err(io(e)))?;
         // Private first: the tmpfs below must not propagate to the host's peer group.
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(|e| err(io(e)))?;
+        make_private("/").map_err(err)?;
         mount(
             Some("jailbuilder-seed"),
             dir,
@@ -396,14 +389,10 @@ fn pivot_into(root: &Path) -> Result<(), LinuxError> {
         root: root.to_path_buf(),
         source: io(e),
     };
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(err)?;
+    make_private("/").map_err(|source| LinuxError::PivotRoot {
+        root: root.to_path_buf(),
+        source,
+    })?;
     nix::unistd::chdir(root).map_err(err)?;
     nix::unistd::pivot_root(".", ".").map_err(err)?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err)?;

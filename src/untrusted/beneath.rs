@@ -97,10 +97,12 @@ impl RootDir {
     }
 }
 
-/// Splits a client path into components: `/` and `.` are dropped (absolute paths are taken
-/// relative to the root), `..` is refused, as are NUL, over-long names and empty paths.
-pub(crate) fn split(path: &[u8]) -> Result<Vec<&[u8]>, BeneathError> {
-    let bad = |reason| BeneathError::BadPath {
+/// Refuses a path over [`MAX_PATH_BYTES`] or with a NUL; returns the maker of `path`'s
+/// other refusals.
+fn check_length_and_nul(
+    path: &[u8],
+) -> Result<impl Fn(&'static str) -> BeneathError + '_, BeneathError> {
+    let bad = move |reason| BeneathError::BadPath {
         path: lossy(path),
         reason,
     };
@@ -110,6 +112,13 @@ pub(crate) fn split(path: &[u8]) -> Result<Vec<&[u8]>, BeneathError> {
     if path.contains(&0) {
         return Err(bad("contains a NUL byte"));
     }
+    Ok(bad)
+}
+
+/// Splits a client path into components: `/` and `.` are dropped (absolute paths are taken
+/// relative to the root), `..` is refused, as are NUL, over-long names and empty paths.
+pub(crate) fn split(path: &[u8]) -> Result<Vec<&[u8]>, BeneathError> {
+    let bad = check_length_and_nul(path)?;
     let mut out = Vec::new();
     for c in path.split(|b| *b == b'/') {
         match c {
@@ -141,16 +150,7 @@ pub(crate) enum DotDot {
 /// `../obj/a.o` is then read back from where it wrote it. No `..` is ever handed to
 /// openat(2): the resolver pops its own stack of directories opened beneath the root.
 pub(crate) fn split_resolving(path: &[u8], dotdot: DotDot) -> Result<Vec<&[u8]>, BeneathError> {
-    let bad = |reason| BeneathError::BadPath {
-        path: lossy(path),
-        reason,
-    };
-    if path.len() > MAX_PATH_BYTES {
-        return Err(bad("longer than 4096 bytes"));
-    }
-    if path.contains(&0) {
-        return Err(bad("contains a NUL byte"));
-    }
+    let bad = check_length_and_nul(path)?;
     let mut out = Vec::new();
     for c in path.split(|b| *b == b'/') {
         match c {
