@@ -60,8 +60,8 @@ impl<K: Kernel> Kernel for Counted<K> {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::test_support::{toolchain_tar_gz, USER};
-    use super::super::{FakeKernel, FakeRun, FreeBsdBackend, FreeBsdConfig};
+    use super::super::test_support::{config, toolchain_tar_gz, USER};
+    use super::super::{FakeKernel, FakeRun, FreeBsdBackend};
     use super::*;
     use crate::backend::{Backend, ExitStatus, ToolchainId};
     use crate::exec::CommandSpec;
@@ -73,15 +73,7 @@ mod tests {
     fn a_compile_is_one_kernel_call_and_a_reset_six() {
         let fake = Arc::new(FakeKernel::new());
         fake.register_program("/usr/bin/cc", |_| FakeRun::exit(0));
-        let b = FreeBsdBackend::new(
-            Counted::new(fake.clone()),
-            FreeBsdConfig {
-                dataset_root: "pool/jb".into(),
-                mount_root: fake.base().join("mnt"),
-                ..FreeBsdConfig::default()
-            },
-        )
-        .unwrap();
+        let b = FreeBsdBackend::new(Counted::new(fake.clone()), config(&fake)).unwrap();
         b.remove_leftovers().unwrap();
         let img = b
             .create_image(

@@ -1,12 +1,37 @@
 //! What the FreeBSD orchestration tests share: the backend type over the fake kernel, a
 //! build user, and a small toolchain archive.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use super::{FakeKernel, FreeBsdBackend};
+use super::{FakeKernel, FreeBsdBackend, FreeBsdConfig};
 use crate::backend::BuildUser;
 
 pub(super) type Fb = FreeBsdBackend<Arc<FakeKernel>>;
+
+/// The tests' configuration: datasets under `pool/jb`, mounts under the fake's `mnt/`.
+pub(super) fn config(fake: &FakeKernel) -> FreeBsdConfig {
+    FreeBsdConfig {
+        dataset_root: "pool/jb".into(),
+        mount_root: fake.base().join("mnt"),
+        ..FreeBsdConfig::default()
+    }
+}
+
+/// A backend on `fake` with [`config`], not yet started.
+pub(super) fn backend_on(fake: &Arc<FakeKernel>) -> Fb {
+    FreeBsdBackend::new(fake.clone(), config(fake)).unwrap()
+}
+
+/// The names in `dir`, sorted.
+pub(super) fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
 
 pub(super) const USER: BuildUser = BuildUser {
     uid: 1000,

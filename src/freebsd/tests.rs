@@ -1,25 +1,13 @@
 //! Orchestration tests over the fake kernel: exact call order, failure at every step,
 //! reset failure, leftover clean-up, the instance lock, and the fake's own rules.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::test_support::*;
 use super::*;
 use crate::backend::{Backend, ExitStatus, Limits, ToolchainId};
 use crate::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
-
-fn config(fake: &FakeKernel) -> FreeBsdConfig {
-    FreeBsdConfig {
-        dataset_root: "pool/jb".into(),
-        mount_root: fake.base().join("mnt"),
-        ..FreeBsdConfig::default()
-    }
-}
-
-fn backend_on(fake: &Arc<FakeKernel>) -> Fb {
-    FreeBsdBackend::new(fake.clone(), config(fake)).unwrap()
-}
 
 /// A started backend (lock taken, dataset root made) with an empty call log.
 fn setup() -> (Arc<FakeKernel>, Fb) {
@@ -49,17 +37,15 @@ fn cmd(exe: &str) -> PreparedCommand {
     .unwrap()
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Nothing but the image (if any) is left: no container dataset, mount, jail or directory.
 fn assert_only_images(fake: &FakeKernel, images: &[&str]) {
+    assert_only_image_storage(fake, images);
+    assert_eq!(fake.jails(), vec![]);
+}
+
+/// Of datasets, snapshots, mounts and directories, only the images' are left (jails are
+/// the caller's to check).
+fn assert_only_image_storage(fake: &FakeKernel, images: &[&str]) {
     let mut want = vec!["pool".to_string(), "pool/jb".to_string()];
     want.extend(images.iter().map(|i| format!("pool/jb/i-{i}")));
     assert_eq!(fake.datasets(), want);
@@ -69,7 +55,6 @@ fn assert_only_images(fake: &FakeKernel, images: &[&str]) {
         .collect();
     assert_eq!(fake.snapshots(), snaps);
     assert_eq!(fake.mounts(), vec![]);
-    assert_eq!(fake.jails(), vec![]);
     let mut dirs = vec![".jailbuilder.lock".to_string()];
     dirs.extend(images.iter().map(|i| format!("i-{i}")));
     assert_eq!(entries(&fake.base().join("mnt")), dirs);
@@ -472,24 +457,13 @@ fn leftovers_of_a_dead_instance_are_removed_in_a_legal_order() {
 }
 
 fn assert_only_images_except_other(fake: &FakeKernel, images: &[&str]) {
-    let mut want = vec!["pool".to_string(), "pool/jb".to_string()];
-    want.extend(images.iter().map(|i| format!("pool/jb/i-{i}")));
-    assert_eq!(fake.datasets(), want);
-    let snaps: Vec<String> = images
-        .iter()
-        .map(|i| format!("pool/jb/i-{i}@image"))
-        .collect();
-    assert_eq!(fake.snapshots(), snaps);
-    assert_eq!(fake.mounts(), vec![]);
+    assert_only_image_storage(fake, images);
     let live: Vec<String> = fake
         .live_jails()
         .into_iter()
         .map(|j| j.params.name)
         .collect();
     assert_eq!(live, ["other"]);
-    let mut dirs = vec![".jailbuilder.lock".to_string()];
-    dirs.extend(images.iter().map(|i| format!("i-{i}")));
-    assert_eq!(entries(&fake.base().join("mnt")), dirs);
 }
 
 #[test]

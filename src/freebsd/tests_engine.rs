@@ -58,15 +58,7 @@ fn setup(max: usize) -> Setup {
             },
         }
     });
-    let backend = FreeBsdBackend::new(
-        fake.clone(),
-        FreeBsdConfig {
-            dataset_root: "pool/jb".into(),
-            mount_root: fake.base().join("mnt"),
-            ..FreeBsdConfig::default()
-        },
-    )
-    .unwrap();
+    let backend = super::test_support::backend_on(&fake);
     let engine = Engine::start(
         backend,
         EngineConfig {

@@ -40,12 +40,10 @@ fn fake() -> Arc<FakeKernel> {
 
 fn backend(fake: &Arc<FakeKernel>) -> Fb {
     let cfg = FreeBsdConfig {
-        dataset_root: "pool/jb".into(),
-        mount_root: fake.base().join("mnt"),
         jail_limits: JAIL_LIMITS,
         container_quota_bytes: 1 << 30,
         jail_gone_timeout: Duration::from_millis(10),
-        ..FreeBsdConfig::default()
+        ..super::test_support::config(fake)
     };
     FreeBsdBackend::new(fake.clone(), cfg).unwrap()
 }

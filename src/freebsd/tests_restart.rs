@@ -2,16 +2,14 @@
 //! a restart and are adopted; partial, foreign, other-version and wrong-id ones and every
 //! container are destroyed; the engine serves from an adopted image without creating it.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::test_support::{backend_on, entries, Fb};
 use super::*;
 use crate::backend::{Backend, BuildUser, Limits, ToolchainId};
 use crate::engine::{BuildRequest, Engine, EngineConfig};
 use crate::exec::{CommandSpec, PreparedCommand};
-
-type Fb = FreeBsdBackend<Arc<FakeKernel>>;
 
 fn toolchain_tar_gz() -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -23,18 +21,6 @@ fn toolchain_tar_gz() -> Vec<u8> {
         tar.append_data(&mut h, path, body).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
-}
-
-fn backend(fake: &Arc<FakeKernel>) -> Fb {
-    FreeBsdBackend::new(
-        fake.clone(),
-        FreeBsdConfig {
-            dataset_root: "pool/jb".into(),
-            mount_root: fake.base().join("mnt"),
-            ..FreeBsdConfig::default()
-        },
-    )
-    .unwrap()
 }
 
 fn image(b: &Fb, id: &str) -> FreeBsdImage {
@@ -49,20 +35,11 @@ fn marker(fake: &FakeKernel, leaf: &str) -> std::path::PathBuf {
         .join(crate::image_marker::FILE)
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_restart_adopts_complete_images_and_destroys_everything_else() {
     let fake = Arc::new(FakeKernel::new());
     {
-        let dead = backend(&fake);
+        let dead = backend_on(&fake);
         dead.remove_leftovers().unwrap();
         let good = image(&dead, "good");
         // A container of it, mounted and jailed when the instance dies.
@@ -101,7 +78,7 @@ fn a_restart_adopts_complete_images_and_destroys_everything_else() {
     assert_eq!(fake.live_jails().len(), 1);
     fake.take_calls();
 
-    let b = backend(&fake);
+    let b = backend_on(&fake);
     let report = b.remove_leftovers().unwrap();
     for (leaf, why) in [
         ("i-nosnap", "no snapshot"),
@@ -168,7 +145,7 @@ fn a_restart_adopts_complete_images_and_destroys_everything_else() {
 #[test]
 fn clean_all_removes_kept_images_too() {
     let fake = Arc::new(FakeKernel::new());
-    let b = backend(&fake);
+    let b = backend_on(&fake);
     b.remove_leftovers().unwrap();
     std::mem::forget(image(&b, "tc1"));
     b.clean_all().unwrap();
@@ -190,7 +167,7 @@ fn engine(fake: &Arc<FakeKernel>, keep_images: bool) -> Engine<Fb> {
         keep_images,
         ..EngineConfig::default()
     };
-    Engine::start(backend(fake), cfg).unwrap()
+    Engine::start(backend_on(fake), cfg).unwrap()
 }
 
 fn build(e: &Engine<Fb>) {
