@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,7 +23,8 @@ use std::time::Duration;
 
 use common::mounts_beneath;
 use common::sccache::{
-    dist_compiles, prerequisites, served_jobs, wait_for, Cluster, ClusterOptions, ServerKind,
+    dist_compiles, prerequisites, served_jobs, slow_c_functions, wait_for, Cluster, ClusterOptions,
+    ServerKind,
 };
 
 /// `chattr +i` on a directory, undone however the test ends.
@@ -169,16 +169,7 @@ fn unhealthy_refusal_recovery_and_drain_on_sigterm() {
 
     // 2. Drain: SIGTERM while compiles run on the server.
     let proj = cluster.proj();
-    let mut src = String::new();
-    for i in 0..300 {
-        writeln!(
-            src,
-            "int f{i}(int x) {{ int s = 0; for (int i = 0; i < x; i++) {{ s += i * {i}; \
-             if (s % 7 == {}) s ^= x; }} return s; }}",
-            i % 7
-        )
-        .unwrap();
-    }
+    let src = slow_c_functions(300);
     let started_jobs = |c: &Cluster| {
         c.scheduler
             .log()

@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::fs;
 use std::process::Command;
 
-use common::sccache::{prerequisites, Cluster};
+use common::sccache::{prerequisites, slow_c_functions, Cluster};
 
 #[test]
 fn a_compile_over_the_servers_time_limit_is_built_locally() {
@@ -23,16 +22,7 @@ fn a_compile_over_the_servers_time_limit_is_built_locally() {
     // One second on the server; the file below takes about 3 s at -O2 on a 2-core machine.
     let cluster = Cluster::start(&bin, "timeout_secs = 1\nmax_containers = 2\n");
     let proj = cluster.proj();
-    let mut src = String::new();
-    for i in 0..500 {
-        writeln!(
-            src,
-            "int f{i}(int x) {{ int s = 0; for (int i = 0; i < x; i++) {{ s += i * {i}; \
-             if (s % 7 == {}) s ^= x; }} return s; }}",
-            i % 7
-        )
-        .unwrap();
-    }
+    let mut src = slow_c_functions(500);
     src.push_str("int main(void) { return f499(3) == f499(3) ? 0 : 1; }\n");
     fs::write(proj.join("slow.c"), &src).unwrap();
 

@@ -552,3 +552,20 @@ impl Cluster {
         format!("127.0.0.1:{}", self.server_port)
     }
 }
+
+/// A C file of `n` loop functions `f0`..`f{n-1}` (no `main`), slow to compile at -O2 (about
+/// 6 ms a function on 2 cores): a compile that outlasts a server limit or a signal.
+pub fn slow_c_functions(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut src = String::new();
+    for i in 0..n {
+        writeln!(
+            src,
+            "int f{i}(int x) {{ int s = 0; for (int i = 0; i < x; i++) {{ s += i * {i}; \
+             if (s % 7 == {}) s ^= x; }} return s; }}",
+            i % 7
+        )
+        .unwrap();
+    }
+    src
+}
