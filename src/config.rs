@@ -30,6 +30,10 @@ pub struct BuilderConfig {
     /// controllers; otherwise, or when false, per-process rlimits. `jailbuilder doctor`
     /// shows which is active.
     pub cgroup_v2: bool,
+    /// Linux: reset a container by emptying its writable layer in place when the build
+    /// changed nothing of the layers below (faster: the overlay's lookups stay cached);
+    /// false always mounts a fresh tmpfs and overlay.
+    pub reset_in_place: bool,
 
     /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".
     pub dataset_root: String,
@@ -115,6 +119,7 @@ impl Default for BuilderConfig {
             base_dir: None,
             container_tmpfs_bytes: 4 << 30,
             cgroup_v2: true,
+            reset_in_place: true,
             dataset_root: "zroot/jailbuilder".into(),
             mount_root: PathBuf::from("/var/jailbuilder"),
             base_snapshot: None,

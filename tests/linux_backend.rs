@@ -1,4 +1,4 @@
-//! The Linux backend for real: overlayfs, namespaces, pivot_root. Needs root; without it
+//! The Linux backend for real: overlayfs, namespaces, a chroot into a private overlay clone. Needs root; without it
 //! each test prints "SKIP: <reason>" and passes, unless JAILBUILDER_CI=1 (then it fails).
 //!
 //! The toolchain is a statically linked busybox (Debian's busybox-static) packed into a
@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::host_processes_with;
+use common::{host_processes_with, mounts_beneath};
 use jailbuilder::backend::{Backend, BuildUser, ExitStatus, Limits, ToolchainId};
 use jailbuilder::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
 use jailbuilder::linux::{probe, LinuxBackend, LinuxConfig, LinuxContainer, LinuxError};
@@ -145,17 +145,6 @@ fn sh(b: &LinuxBackend, c: &LinuxContainer, script: &str) -> jailbuilder::backen
 
 fn stdout(o: &jailbuilder::backend::ExecOutcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Mount points at or beneath `dir` in this process's mount namespace.
-fn mounts_beneath(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = dir.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

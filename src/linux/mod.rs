@@ -45,6 +45,9 @@ mod probe;
 mod seccomp;
 mod spawn;
 mod sys;
+mod upper;
+
+pub use upper::NotReusable;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
@@ -94,6 +97,11 @@ pub struct LinuxConfig {
     /// hierarchy offers the memory and pids controllers (else rlimits): see
     /// [`LimitMechanism`].
     pub cgroup_v2: bool,
+    /// Reset a container by emptying its overlay's upper layer in place, keeping the
+    /// overlay and its warm dentry cache, when the build changed nothing of the lower
+    /// layers (the `upper` module's argument); else, and always when false, by mounting
+    /// a fresh tmpfs and overlay.
+    pub reset_in_place: bool,
 }
 
 impl Default for LinuxConfig {
@@ -104,8 +112,18 @@ impl Default for LinuxConfig {
             tmpfs_size_bytes: 2 << 30,
             image_limits: UnpackLimits::default(),
             cgroup_v2: true,
+            reset_in_place: true,
         }
     }
+}
+
+/// How the backend's resets went (see [`LinuxConfig::reset_in_place`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResetCounts {
+    /// Upper layer emptied, overlay kept.
+    pub in_place: u64,
+    /// Fresh tmpfs and overlay.
+    pub fresh: u64,
 }
 
 /// The Linux backend. One instance per state directory (enforced by a lock).
@@ -125,6 +143,9 @@ pub struct LinuxBackend {
     seccomp: seccomp::Filters,
     /// The seed of every container's mount namespace (see `sys::seed_mount_namespace`).
     seed_mnt: OwnedFd,
+    reset_in_place: bool,
+    resets_in_place: AtomicU64,
+    resets_fresh: AtomicU64,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -173,6 +194,8 @@ pub struct LinuxContainer {
     ns_dir: PathBuf,
     lowers: Vec<PathBuf>,
     tmpfs_size: u64,
+    /// Inodes in use on the tmpfs right after the overlay was mounted.
+    fresh_inodes: u64,
     net: Option<OwnedFd>,
     ipc: Option<OwnedFd>,
     uts: Option<OwnedFd>,
@@ -231,7 +254,7 @@ impl LinuxContainer {
     }
 
     /// Mounts the tmpfs, creates upper/ and work/ in it, mounts the overlay.
-    fn mount_layers(&self) -> Result<(), LinuxError> {
+    fn mount_layers(&mut self) -> Result<(), LinuxError> {
         sys::mount_tmpfs(&self.tmp, self.tmpfs_size).map_err(|source| LinuxError::MountTmpfs {
             path: self.tmp.clone(),
             source,
@@ -245,6 +268,20 @@ impl LinuxContainer {
                 root: self.root.clone(),
                 source,
             }
+        })?;
+        // A failed count only disables the in-place reset (it cannot match later).
+        self.fresh_inodes = upper::inodes_in_use(&self.tmp).unwrap_or(u64::MAX);
+        Ok(())
+    }
+
+    /// Empties the upper layer in place (see the `upper` module).
+    fn empty_upper(&self) -> Result<(), NotReusable> {
+        upper::empty(&upper::Layers {
+            overlay: &self.root,
+            upper: &self.upper(),
+            lowers: &self.lowers,
+            tmpfs: &self.tmp,
+            fresh_inodes: self.fresh_inodes,
         })
     }
 
@@ -492,6 +529,9 @@ impl LinuxBackend {
             skel_lock: Mutex::new(()),
             seccomp,
             seed_mnt,
+            reset_in_place: config.reset_in_place,
+            resets_in_place: AtomicU64::new(0),
+            resets_fresh: AtomicU64::new(0),
         };
         for d in [backend.images_dir(), backend.containers_dir()] {
             DirBuilder::new()
@@ -508,6 +548,14 @@ impl LinuxBackend {
     }
 
     /// How memory and process limits are enforced here (`jailbuilder doctor` shows it).
+    /// How this backend's resets went so far.
+    pub fn reset_counts(&self) -> ResetCounts {
+        ResetCounts {
+            in_place: self.resets_in_place.load(Ordering::Relaxed),
+            fresh: self.resets_fresh.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn limit_mechanism(&self) -> &LimitMechanism {
         &self.limit_mechanism
     }
@@ -1080,6 +1128,7 @@ impl Backend for LinuxBackend {
             dir,
             lowers,
             tmpfs_size: self.tmpfs_size,
+            fresh_inodes: 0,
             net: None,
             ipc: None,
             uts: None,
@@ -1114,12 +1163,36 @@ impl Backend for LinuxBackend {
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
         container.sweep()?;
-        // Fresh layers (a new tmpfs upper, a new overlay), a new ipc namespace, and the
-        // container's mount namespace given a clone of the new overlay in place of the old:
-        // no file, SysV object or POSIX queue of the previous build survives.
+        // A new ipc namespace, and either the upper layer emptied in place (see the
+        // `upper` module) or fresh layers (a new tmpfs upper, a new overlay) with the
+        // container's mount namespace given a clone of the new overlay in place of the
+        // old: no file, SysV object or POSIX queue of the previous build survives.
         let ipc = container.ns_path("ipc");
         container.ipc = None;
         sys::umount_if_mounted(&ipc)?;
+        let emptied = if self.reset_in_place {
+            container.empty_upper().map_err(|why| {
+                log::debug!("{}: fresh layers: {why}", container.name);
+            })
+        } else {
+            Err(())
+        };
+        if emptied.is_ok() {
+            self.resets_in_place.fetch_add(1, Ordering::Relaxed);
+            sys::pin_new_namespaces(
+                &sys::NsPins {
+                    net: None,
+                    ipc: Some(&ipc),
+                    uts: None,
+                    mnt: None,
+                },
+                SANDBOX_HOSTNAME,
+                &self.seed_mnt,
+            )?;
+            container.ipc = Some(sys::open_ns(&ipc)?);
+            return Ok(());
+        }
+        self.resets_fresh.fetch_add(1, Ordering::Relaxed);
         container.unmount_layers()?;
         container.mount_layers()?;
         let Some(mnt) = &container.mnt else {

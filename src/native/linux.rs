@@ -17,6 +17,7 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<LinuxBackend, LinuxError> {
             max_entries: cfg.max_toolchain_entries,
         },
         cgroup_v2: cfg.cgroup_v2,
+        reset_in_place: cfg.reset_in_place,
     })
 }
 

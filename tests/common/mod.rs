@@ -330,16 +330,114 @@ pub fn host_processes_of_uid(uid: u32) -> Vec<u32> {
     pids
 }
 
-/// Mount points at or beneath `dir` in this process's mount namespace (a space in a
-/// path, escaped as `\040` in mountinfo, unescaped).
+/// Mount points at or beneath `dir` in this process's mount namespace, as one snapshot.
+///
+/// /proc/self/mountinfo cannot give one: it is a seq_file, filled a page at a time with
+/// the namespace lock taken and dropped per page (fs/seq_file.c `seq_read_iter`,
+/// fs/namespace.c `m_start`/`m_stop`), so a read that spans a reset lists the unmounted
+/// layer (already printed) and its replacement (appended at the end) both: two mounts
+/// that never coexisted. listmount(2) (Linux 6.8) copies the namespace's mount ids under
+/// one hold of that lock; a mount gone before its statmount(2) is not counted, so the
+/// count is never above what was mounted at the listmount. Older kernels fall back to
+/// mountinfo.
 pub fn mounts_beneath(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let prefix = dir.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| p.replace("\\040", " "))
+    let points = mount_points_snapshot().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            // A space in a path is escaped as `\040` in mountinfo.
+            .map(|p| p.replace("\\040", " "))
+            .collect()
+    });
+    points
+        .into_iter()
         .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
         .collect()
+}
+
+/// Every mount point of this process's mount namespace from one listmount(2), or None
+/// where the kernel has no listmount (before 6.8).
+fn mount_points_snapshot() -> Option<Vec<String>> {
+    // include/uapi/linux/mount.h: the syscall numbers (the same on every architecture
+    // but alpha and mips), LSMT_ROOT, STATMOUNT_MNT_POINT, and `struct mnt_id_req`
+    // (MNT_ID_REQ_SIZE_VER0: u32 size, u32 spare, u64 mnt_id, u64 param).
+    const SYS_STATMOUNT: libc::c_long = 457;
+    const SYS_LISTMOUNT: libc::c_long = 458;
+    const LSMT_ROOT: u64 = u64::MAX;
+    const STATMOUNT_MNT_POINT: u64 = 0x10;
+    #[repr(C)]
+    struct MntIdReq {
+        size: u32,
+        spare: u32,
+        mnt_id: u64,
+        param: u64,
+    }
+    let req = |mnt_id, param| MntIdReq {
+        size: std::mem::size_of::<MntIdReq>() as u32,
+        spare: 0,
+        mnt_id,
+        param,
+    };
+    // One call with room for every mount of any test's namespace: a second page would
+    // be a second hold of the lock.
+    let mut ids = vec![0u64; 1 << 16];
+    let list = req(LSMT_ROOT, 0);
+    // SAFETY: listmount(2) reads `list` and writes at most `ids.len()` u64s into `ids`.
+    let n = unsafe {
+        libc::syscall(
+            SYS_LISTMOUNT,
+            &list as *const MntIdReq,
+            ids.as_mut_ptr(),
+            ids.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "listmount: {e}");
+        return None;
+    }
+    let n = usize::try_from(n).unwrap();
+    assert!(n < ids.len(), "listmount: {n} mounts fill the buffer");
+    // `struct statmount` is 512 bytes before its strings; `mnt_point` (u32 at offset 108)
+    // is the mount point's offset into them.
+    const STRINGS: usize = 512;
+    const MNT_POINT: usize = 108;
+    let mut buf = vec![0u64; 8192 / 8];
+    let mut points = Vec::with_capacity(n);
+    for &id in &ids[..n] {
+        let stat = req(id, STATMOUNT_MNT_POINT);
+        // SAFETY: statmount(2) reads `stat` and writes at most the buffer's byte length.
+        let r = unsafe {
+            libc::syscall(
+                SYS_STATMOUNT,
+                &stat as *const MntIdReq,
+                buf.as_mut_ptr(),
+                buf.len() * 8,
+                0,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            // Unmounted since the listmount.
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "statmount {id}: {e}");
+            continue;
+        }
+        // SAFETY: `buf` is 8192 initialised bytes; a u64 buffer is aligned for u8.
+        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), 8192) };
+        let mask = u64::from_ne_bytes(bytes[8..16].try_into().unwrap());
+        assert!(
+            mask & STATMOUNT_MNT_POINT != 0,
+            "statmount {id}: no mount point"
+        );
+        let at = u32::from_ne_bytes(bytes[MNT_POINT..MNT_POINT + 4].try_into().unwrap());
+        let s = &bytes[STRINGS + at as usize..];
+        let end = s.iter().position(|&b| b == 0).unwrap();
+        points.push(String::from_utf8_lossy(&s[..end]).into_owned());
+    }
+    Some(points)
 }
 
 /// Waits up to `patience` for `f` to hold.

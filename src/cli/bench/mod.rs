@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// Concurrency levels, comma-separated (default: 1 and the number of cores).
     #[arg(long, value_delimiter = ',', value_name = "N,N")]
     pub concurrency: Vec<usize>,
-    /// Strategies, comma-separated: native, cli, bwrap (Linux), bare.
+    /// Strategies, comma-separated: native, cli, bwrap (Linux), bare; also native-fresh
+    /// (Linux: native with `reset_in_place = false`).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_STRATEGIES, value_name = "S,S")]
     pub strategies: Vec<String>,
     /// Write the results as JSON.
@@ -335,6 +336,24 @@ fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
             let backend = jailbuilder::native::open_backend(&ctx.cfg)
                 .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
             Box::new(strategy::Native::start(
+                "native",
+                backend,
+                ctx.engine.clone(),
+                &ctx.archive,
+                ctx.id.clone(),
+                &ctx.compiler,
+            )?)
+        }
+        // The native backend as it was before resets emptied the upper layer in place.
+        #[cfg(target_os = "linux")]
+        "native-fresh" => {
+            let mut cfg = ctx.cfg.clone();
+            cfg.reset_in_place = false;
+            cfg.state_dir = ctx.root.join("native-fresh");
+            let backend = jailbuilder::native::open_backend(&cfg)
+                .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
+            Box::new(strategy::Native::start(
+                "native-fresh",
                 backend,
                 ctx.engine.clone(),
                 &ctx.archive,
@@ -381,8 +400,13 @@ fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
             )?)
         }
         other => bail!(
-            "unknown strategy {other:?} on {}: expected one of {DEFAULT_STRATEGIES}",
-            std::env::consts::OS
+            "unknown strategy {other:?} on {}: expected one of {DEFAULT_STRATEGIES}{}",
+            std::env::consts::OS,
+            if cfg!(target_os = "linux") {
+                ",native-fresh"
+            } else {
+                ""
+            }
         ),
     })
 }

@@ -352,7 +352,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<8} {:>4} {:>9} {:>9} {:>12} {:>11} {:>9} {:>9} {:>7} {:>7} {:>11}",
+            "{:<12} {:>4} {:>9} {:>9} {:>12} {:>11} {:>9} {:>9} {:>7} {:>7} {:>11}",
             "strategy",
             "conc",
             "p50 ms",
@@ -371,7 +371,7 @@ impl Report {
             for x in self.cells.iter().filter(|x| x.concurrency == c) {
                 let _ = writeln!(
                     s,
-                    "{:<8} {:>4} {:>9.2} {:>9.2} {:>12} {:>11.2} {:>9.2} {:>9} {:>7.2} {:>7} {:>11}",
+                    "{:<12} {:>4} {:>9.2} {:>9.2} {:>12} {:>11.2} {:>9.2} {:>9} {:>7.2} {:>7} {:>11}",
                     x.strategy,
                     c,
                     x.p50,
@@ -412,7 +412,7 @@ impl Report {
                     .map_or(String::new(), |o| format!("{o:.1}x less overhead, "));
                 let _ = writeln!(
                     s,
-                    "  vs {:<6} at concurrency {}: {ov}{:.2}x the throughput",
+                    "  vs {:<12} at concurrency {}: {ov}{:.2}x the throughput",
                     r.other, r.concurrency, r.throughput
                 );
             }

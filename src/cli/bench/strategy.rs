@@ -190,6 +190,8 @@ impl<B: Backend> Backend for Timed<B> {
 }
 
 pub struct Native {
+    /// "native", or "native-fresh" (Linux: every reset mounts fresh layers).
+    name: &'static str,
     engine: Engine<Timed<NativeBackend>>,
     phases: Mutex<Vec<PhaseTimings>>,
     id: ToolchainId,
@@ -199,6 +201,7 @@ pub struct Native {
 
 impl Native {
     pub fn start(
+        name: &'static str,
         backend: NativeBackend,
         engine: EngineConfig,
         archive: &Path,
@@ -213,6 +216,7 @@ impl Native {
             engine,
         )?;
         Ok(Native {
+            name,
             engine,
             phases: Mutex::default(),
             id,
@@ -224,7 +228,7 @@ impl Native {
 
 impl Strategy for Native {
     fn name(&self) -> &'static str {
-        "native"
+        self.name
     }
 
     fn compile(&self, job: &Job<'_>) -> anyhow::Result<Vec<u8>> {
@@ -242,7 +246,7 @@ impl Strategy for Native {
             outputs: vec![job.unit.object()],
         })?;
         check_compile(
-            "native",
+            self.name,
             job.unit,
             out.exec.status.success(),
             &out.exec.stderr,
