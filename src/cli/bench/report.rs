@@ -231,7 +231,10 @@ impl Report {
                 .filter(|o| o.concurrency == c && o.strategy != "native")
             {
                 let overhead = match (n.overhead, o.overhead) {
-                    (Some(a), Some(b)) if o.strategy != "bare" => Some(b / a.max(OVERHEAD_FLOOR)),
+                    // Below the floor the other's overhead is noise too: no ratio.
+                    (Some(a), Some(b)) if o.strategy != "bare" && b >= OVERHEAD_FLOOR => {
+                        Some(b / a.max(OVERHEAD_FLOOR))
+                    }
                     _ => None,
                 };
                 out.push(Ratio {
