@@ -51,9 +51,9 @@ pub(super) struct ChildPlan {
     pub gid: libc::gid_t,
     /// Limits to set (soft = hard); a value of 0 means "leave as is".
     pub rlimits: [(RlimitResource, u64); 4],
-    /// The seccomp programs, installed (after setting no_new_privs) as the last step
-    /// before execve; they point into the backend's [`super::seccomp::Filters`].
-    pub seccomp: [libc::sock_fprog; 2],
+    /// The seccomp program, installed (after setting no_new_privs) as the last step
+    /// before execve; it points into the backend's [`super::seccomp::Filters`].
+    pub seccomp: libc::sock_fprog,
 }
 
 fn exit(code: c_int) -> ! {

@@ -912,7 +912,7 @@ impl LinuxBackend {
                 (libc::RLIMIT_NOFILE, limits.max_open_files),
                 (libc::RLIMIT_FSIZE, limits.max_file_bytes),
             ],
-            seccomp: self.seccomp.programs(),
+            seccomp: self.seccomp.program(),
         };
 
         let pid = {

@@ -212,9 +212,8 @@ pub fn probe() -> Vec<ProbeItem> {
             "seccomp filter",
             true,
             format!(
-                "{} + {} BPF instructions for {}",
-                f.eperm.len(),
-                f.enosys.len(),
+                "{} BPF instructions for {}",
+                f.program().len,
                 std::env::consts::ARCH
             ),
         ),

@@ -3,13 +3,17 @@
 //! mounts they allow, keyrings, eBPF, io_uring, netlink and nf_tables, ptrace, modules...).
 //!
 //! Built once per backend with `seccompiler` (rust-vmm / firecracker's BPF compiler) into
-//! two classic-BPF programs; the child only installs them, as its last step before execve,
+//! one classic-BPF program; the child only installs it, as its last step before execve,
 //! with raw `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER)` calls on
-//! this memory (async-signal-safe: no allocation). Two programs because a seccompiler
-//! filter has one match action, and clone3 needs another errno than the rest:
+//! this memory (async-signal-safe: no allocation). A seccompiler filter has one match
+//! action, and clone3 needs another errno than the rest, so two filters are compiled and
+//! then chained ([`chain`]: the first's "allow" continues into the second), because each
+//! installed program costs the kernel a verification, a JIT and a pass over every system
+//! call number for its allow cache (kernel/seccomp.c `seccomp_attach_filter`,
+//! `seccomp_cache_prepare`):
 //!
-//! - [`Filters::eperm`]: default allow; the listed system calls fail with EPERM.
-//! - [`Filters::enosys`]: default allow; clone3 fails with ENOSYS. clone3's flags live in a
+//! - the EPERM filter: default allow; the listed system calls fail with EPERM.
+//! - the ENOSYS filter: default allow; clone3 fails with ENOSYS. clone3's flags live in a
 //!   `struct clone_args` in memory, which a seccomp filter cannot read (it sees the call's
 //!   number and raw arguments, `struct seccomp_data`, and cannot follow pointers), so it
 //!   cannot tell a plain thread from a new namespace; ENOSYS is what glibc (>= 2.34, clone3 in
@@ -19,13 +23,13 @@
 //!   the native calls but have other numbers, so a default-allow filter keyed on native
 //!   numbers would let `x32 unshare` through on a kernel built with CONFIG_X86_X32_ABI.
 //!
-//! Both programs start with seccompiler's architecture check: a system call of another ABI
+//! The program starts with seccompiler's architecture check: a system call of another ABI
 //! (i386 `int 0x80` on x86_64, AArch32 on aarch64) kills the process, since its numbers
 //! mean other calls. Compilers are 64-bit programs.
 //!
-//! When several filters are installed the kernel runs all of them and the action of
-//! highest precedence wins (seccomp(2), and seccomp_run_filters in kernel/seccomp.c);
-//! both are default-allow and deny disjoint sets, so their order does not matter. The
+//! Both filters are default-allow and deny disjoint sets, so chaining them gives what
+//! installing both would (the kernel runs every installed filter and the action of
+//! highest precedence wins: seccomp(2), seccomp_run_filters in kernel/seccomp.c). The
 //! default-allow calls cost next to nothing: the kernel caches "always allowed" per system
 //! call number and skips the filter for them (seccomp_cache_check_allow, Linux 5.11).
 
@@ -53,11 +57,16 @@ pub enum SeccompError {
     UnexpectedLayout,
 }
 
-/// The compiled programs, kept by the backend for its whole life: every child's
-/// `sock_fprog` points into them.
+/// The compiled program, kept by the backend for its whole life: every child's
+/// `sock_fprog` points into it.
 pub(super) struct Filters {
-    pub eperm: BpfProgram,
-    pub enosys: BpfProgram,
+    program: BpfProgram,
+}
+
+/// The two filters before [`chain`] joins them.
+struct Parts {
+    eperm: BpfProgram,
+    enosys: BpfProgram,
 }
 
 /// The CLONE_NEW* flags clone(2) can carry in its flags argument: a new namespace of any
@@ -128,21 +137,30 @@ const DENIED: &[libc::c_long] = &[
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 // Classic BPF opcodes (include/uapi/linux/bpf_common.h: BPF_LD 0x00, BPF_W 0x00, BPF_ABS
-// 0x20, BPF_JMP 0x05, BPF_JEQ 0x10, BPF_JGE 0x30, BPF_K 0x00, BPF_RET 0x06) and the
-// offset of `nr` in `struct seccomp_data` (include/uapi/linux/seccomp.h), for the x32
-// prelude.
+// 0x20, BPF_JMP 0x05, BPF_JA 0x00, BPF_JEQ 0x10, BPF_JGE 0x30, BPF_K 0x00, BPF_A 0x10,
+// BPF_RET 0x06) and the offset of `nr` in `struct seccomp_data`
+// (include/uapi/linux/seccomp.h), for the x32 prelude and the chaining.
 /// BPF_LD | BPF_W | BPF_ABS
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_LD_W_ABS: u16 = 0x20;
 /// BPF_JMP | BPF_JEQ | BPF_K
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_JMP_JEQ_K: u16 = 0x15;
 /// BPF_JMP | BPF_JGE | BPF_K
 #[cfg(target_arch = "x86_64")]
 const BPF_JMP_JGE_K: u16 = 0x35;
+/// BPF_JMP | BPF_JA (unconditional, offset in k)
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const BPF_JMP_JA: u16 = 0x05;
 /// BPF_RET | BPF_K
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_RET_K: u16 = 0x06;
+/// BPF_RET | BPF_A
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const BPF_RET_A: u16 = 0x16;
+/// The kernel's limit on a classic BPF program (include/uapi/linux/bpf_common.h).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const BPF_MAXINSNS: usize = 4096;
 #[cfg(target_arch = "x86_64")]
 const SECCOMP_DATA_NR_OFFSET: u32 = 0;
 
@@ -178,9 +196,12 @@ impl Filters {
         {
             let target =
                 TargetArch::try_from(arch).map_err(|_| SeccompError::UnsupportedArch { arch })?;
-            Self::build_for(target)
+            let parts = Parts::build_for(target)
                 .map_err(SeccompError::Compile)?
-                .finish()
+                .finish()?;
+            Ok(Filters {
+                program: chain(parts.eperm, parts.enosys)?,
+            })
         }
         // The system call lists below are written for these two; another architecture
         // gets no silently partial filter.
@@ -188,8 +209,20 @@ impl Filters {
         Err(SeccompError::UnsupportedArch { arch })
     }
 
+    /// The `sock_fprog` to hand to seccomp(2), pointing into `self`.
+    pub(super) fn program(&self) -> libc::sock_fprog {
+        libc::sock_fprog {
+            len: self.program.len() as libc::c_ushort,
+            // seccompiler's sock_filter is #[repr(C)] with the kernel's layout
+            // (include/uapi/linux/filter.h), like libc's; the kernel only reads it.
+            filter: self.program.as_ptr() as *mut libc::sock_filter,
+        }
+    }
+}
+
+impl Parts {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    fn build_for(arch: TargetArch) -> Result<Filters, seccompiler::BackendError> {
+    fn build_for(arch: TargetArch) -> Result<Parts, seccompiler::BackendError> {
         let mut eperm: BTreeMap<i64, Vec<SeccompRule>> =
             DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
         // clone(2): flags is argument 0 on both architectures (aarch64 is CLONE_BACKWARDS:
@@ -217,7 +250,7 @@ impl Filters {
         );
         let enosys: BTreeMap<i64, Vec<SeccompRule>> =
             [(libc::SYS_clone3, Vec::new())].into_iter().collect();
-        Ok(Filters {
+        Ok(Parts {
             eperm: compile(eperm, libc::EPERM, arch)?,
             enosys: compile(enosys, libc::ENOSYS, arch)?,
         })
@@ -225,18 +258,12 @@ impl Filters {
 
     /// Adds the x32 prelude to the ENOSYS program.
     #[cfg(target_arch = "x86_64")]
-    fn finish(mut self) -> Result<Filters, SeccompError> {
+    fn finish(mut self) -> Result<Parts, SeccompError> {
         use seccompiler::sock_filter;
-        // seccompiler's program begins: load arch; jeq AUDIT_ARCH_X86_64 +1; ret KILL.
-        // The prelude goes right after that check, where its jump lands; every jump of
-        // the rest is relative and stays inside the rest, so inserting is safe.
-        let arch_check_ok = self.enosys.len() > 3
-            && self.enosys[0].code == BPF_LD_W_ABS
-            && self.enosys[1].code == BPF_JMP_JEQ_K
-            && self.enosys[1].jt == 1
-            && self.enosys[2].code == BPF_RET_K
-            && self.enosys[2].k == libc::SECCOMP_RET_KILL_PROCESS;
-        if !arch_check_ok {
+        // The prelude goes right after the architecture check, where its jump lands;
+        // every jump of the rest is relative and stays inside the rest, so inserting is
+        // safe.
+        if !starts_with_arch_check(&self.enosys) {
             return Err(SeccompError::UnexpectedLayout);
         }
         let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
@@ -256,19 +283,52 @@ impl Filters {
 
     /// aarch64 has no second ABI with the same audit arch: nothing to add.
     #[cfg(target_arch = "aarch64")]
-    fn finish(self) -> Result<Filters, SeccompError> {
+    fn finish(self) -> Result<Parts, SeccompError> {
         Ok(self)
     }
+}
 
-    /// The `sock_fprog`s to hand to seccomp(2), pointing into `self`.
-    pub(super) fn programs(&self) -> [libc::sock_fprog; 2] {
-        [&self.eperm, &self.enosys].map(|p| libc::sock_fprog {
-            len: p.len() as libc::c_ushort,
-            // seccompiler's sock_filter is #[repr(C)] with the kernel's layout
-            // (include/uapi/linux/filter.h), like libc's; the kernel only reads it.
-            filter: p.as_ptr() as *mut libc::sock_filter,
-        })
+/// Instructions of seccompiler's architecture check: load arch; jeq ARCH +1; ret KILL.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const ARCH_CHECK_LEN: usize = 3;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn starts_with_arch_check(p: &BpfProgram) -> bool {
+    p.len() > ARCH_CHECK_LEN
+        && p[0].code == BPF_LD_W_ABS
+        && p[1].code == BPF_JMP_JEQ_K
+        && p[1].jt == 1
+        && p[2].code == BPF_RET_K
+        && p[2].k == libc::SECCOMP_RET_KILL_PROCESS
+}
+
+/// One program that does what installing `first` and then `second` would, for two
+/// default-allow filters that deny disjoint sets: each `ret ALLOW` of `first` becomes a
+/// jump to `second`'s code after its architecture check (`first` made the same check).
+/// One instruction replaces one, so `first`'s own jumps keep their targets; classic BPF
+/// jumps only forward (seccomp_check_filter, net/core/filter.c `bpf_check_classic`), so
+/// nothing of `second` jumps back into its dropped check.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn chain(mut first: BpfProgram, second: BpfProgram) -> Result<BpfProgram, SeccompError> {
+    if !starts_with_arch_check(&first)
+        || !starts_with_arch_check(&second)
+        || first[ARCH_CHECK_LEN..].iter().any(|i| i.code == BPF_RET_A)
+        || first.len() + second.len() - ARCH_CHECK_LEN > BPF_MAXINSNS
+    {
+        return Err(SeccompError::UnexpectedLayout);
     }
+    // The arch check's `ret KILL` stays.
+    let end = first.len();
+    for (i, insn) in first.iter_mut().enumerate().skip(ARCH_CHECK_LEN) {
+        if insn.code == BPF_RET_K && insn.k == libc::SECCOMP_RET_ALLOW {
+            insn.code = BPF_JMP_JA;
+            insn.jt = 0;
+            insn.jf = 0;
+            insn.k = (end - i - 1) as u32;
+        }
+    }
+    first.extend_from_slice(&second[ARCH_CHECK_LEN..]);
+    Ok(first)
 }
 
 /// Sets no_new_privs and installs `programs`. Async-signal-safe (raw system calls on memory
@@ -276,25 +336,23 @@ impl Filters {
 /// an unprivileged process may install a filter only with it set (seccomp(2)), and it
 /// makes execve refuse to grant privileges (set-user-ID bits, file capabilities) that the
 /// filter's owner did not have (prctl(2) PR_SET_NO_NEW_PRIVS).
-pub(super) fn install(programs: &[libc::sock_fprog; 2]) -> Result<(), (SetupStep, i32)> {
+pub(super) fn install(program: &libc::sock_fprog) -> Result<(), (SetupStep, i32)> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, 0, 0, 0) } != 0 {
         return Err((SetupStep::NoNewPrivs, errno()));
     }
-    for p in programs {
-        // SAFETY: seccomp(2) copies the program the sock_fprog points to (alive in the
-        // backend, shared by fork) and never writes to it.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER as c_ulong,
-                0 as c_ulong,
-                p as *const libc::sock_fprog,
-            )
-        };
-        if r != 0 {
-            return Err((SetupStep::Seccomp, errno()));
-        }
+    // SAFETY: seccomp(2) copies the program the sock_fprog points to (alive in the
+    // backend, shared with the child) and never writes to it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as c_ulong,
+            0 as c_ulong,
+            program as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err((SetupStep::Seccomp, errno()));
     }
     Ok(())
 }
@@ -362,13 +420,13 @@ mod tests {
     #[test]
     fn a_filtered_child_is_refused_what_it_should_be() {
         let f = Filters::build().unwrap();
-        let programs = f.programs();
+        let program = f.program();
         // SAFETY: fork(2) in a threaded test binary: the child makes raw system calls on
         // memory prepared before the fork and leaves with _exit(2).
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let code = match install(&programs) {
+            let code = match install(&program) {
                 Err(_) => 100,
                 Ok(()) => checks(),
             };
@@ -389,11 +447,33 @@ mod tests {
     #[test]
     fn builds_for_this_architecture() {
         let f = Filters::build().unwrap();
-        assert!(f.eperm.len() > DENIED.len());
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(f.enosys[4].k, X32_SYSCALL_BIT);
-        for p in f.programs() {
-            assert!(p.len > 0 && (p.len as usize) < 4096);
+        assert!(f.program.len() > DENIED.len());
+        assert!(starts_with_arch_check(&f.program));
+        // Only the second filter's `ret ALLOW`s are left: the first's continue into it.
+        let allow = |p: &BpfProgram| {
+            p.iter()
+                .filter(|i| i.code == BPF_RET_K && i.k == libc::SECCOMP_RET_ALLOW)
+                .count()
+        };
+        let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
+        let parts = Parts::build_for(arch).unwrap().finish().unwrap();
+        assert!(allow(&parts.eperm) > 0);
+        assert_eq!(allow(&f.program), allow(&parts.enosys));
+        assert_eq!(
+            f.program.len(),
+            parts.eperm.len() + parts.enosys.len() - ARCH_CHECK_LEN
+        );
+        // Every jump lands inside the program.
+        for (i, insn) in f.program.iter().enumerate() {
+            if insn.code == BPF_JMP_JA {
+                assert!(i + 1 + (insn.k as usize) < f.program.len());
+            } else if insn.code & 0x07 == 0x05 {
+                let far = i + 1 + usize::from(insn.jt.max(insn.jf));
+                assert!(far < f.program.len(), "jump at {i}");
+            }
         }
+        #[cfg(target_arch = "x86_64")]
+        assert!(f.program.iter().any(|i| i.k == X32_SYSCALL_BIT));
+        assert!(f.program().len as usize <= BPF_MAXINSNS);
     }
 }
