@@ -31,7 +31,8 @@ pub struct BuilderConfig {
     /// shows which is active.
     pub cgroup_v2: bool,
     /// Linux: reset a container by emptying its writable layer in place when the build
-    /// changed nothing of the layers below (faster: the overlay's lookups stay cached);
+    /// changed nothing of the layers below (faster: no unmount and remount, and the
+    /// overlay's lookups stay cached);
     /// false always mounts a fresh tmpfs and overlay.
     pub reset_in_place: bool,
 

@@ -547,7 +547,6 @@ impl LinuxBackend {
         &self.state
     }
 
-    /// How memory and process limits are enforced here (`jailbuilder doctor` shows it).
     /// How this backend's resets went so far.
     pub fn reset_counts(&self) -> ResetCounts {
         ResetCounts {
@@ -556,6 +555,7 @@ impl LinuxBackend {
         }
     }
 
+    /// How memory and process limits are enforced here (`jailbuilder doctor` shows it).
     pub fn limit_mechanism(&self) -> &LimitMechanism {
         &self.limit_mechanism
     }
@@ -1170,46 +1170,40 @@ impl Backend for LinuxBackend {
         let ipc = container.ns_path("ipc");
         container.ipc = None;
         sys::umount_if_mounted(&ipc)?;
-        let emptied = if self.reset_in_place {
-            container.empty_upper().map_err(|why| {
-                log::debug!("{}: fresh layers: {why}", container.name);
-            })
-        } else {
-            Err(())
-        };
-        if emptied.is_ok() {
+        let in_place = self.reset_in_place
+            && match container.empty_upper() {
+                Ok(()) => true,
+                Err(why) => {
+                    log::debug!("{}: fresh layers: {why}", container.name);
+                    false
+                }
+            };
+        if in_place {
             self.resets_in_place.fetch_add(1, Ordering::Relaxed);
-            sys::pin_new_namespaces(
-                &sys::NsPins {
-                    net: None,
-                    ipc: Some(&ipc),
-                    uts: None,
-                    mnt: None,
-                },
-                SANDBOX_HOSTNAME,
-                &self.seed_mnt,
-            )?;
-            container.ipc = Some(sys::open_ns(&ipc)?);
-            return Ok(());
+        } else {
+            self.resets_fresh.fetch_add(1, Ordering::Relaxed);
+            container.unmount_layers()?;
+            container.mount_layers()?;
         }
-        self.resets_fresh.fetch_add(1, Ordering::Relaxed);
-        container.unmount_layers()?;
-        container.mount_layers()?;
-        let Some(mnt) = &container.mnt else {
-            return Err(LinuxError::Setns {
-                path: container.ns_path("mnt"),
-                source: io::Error::from_raw_os_error(libc::EBADF),
-            });
+        let mnt = match (in_place, &container.mnt) {
+            (true, _) => None,
+            (false, Some(ns)) => Some(sys::MntPin::Replace {
+                ns,
+                root: &container.root,
+            }),
+            (false, None) => {
+                return Err(LinuxError::Setns {
+                    path: container.ns_path("mnt"),
+                    source: io::Error::from_raw_os_error(libc::EBADF),
+                })
+            }
         };
         sys::pin_new_namespaces(
             &sys::NsPins {
                 net: None,
                 ipc: Some(&ipc),
                 uts: None,
-                mnt: Some(sys::MntPin::Replace {
-                    ns: mnt,
-                    root: &container.root,
-                }),
+                mnt,
             },
             SANDBOX_HOSTNAME,
             &self.seed_mnt,

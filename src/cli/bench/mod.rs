@@ -330,36 +330,34 @@ fn env_or(flag: &Option<PathBuf>, var: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(default))
 }
 
+/// The native backend of `cfg` under the engine, reported as `name`.
+fn native_strategy(
+    name: &'static str,
+    cfg: &jailbuilder::config::BuilderConfig,
+    ctx: &Ctx,
+) -> anyhow::Result<Box<dyn Strategy>> {
+    let backend = jailbuilder::native::open_backend(cfg)
+        .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
+    Ok(Box::new(strategy::Native::start(
+        name,
+        backend,
+        ctx.engine.clone(),
+        &ctx.archive,
+        ctx.id.clone(),
+        &ctx.compiler,
+    )?))
+}
+
 fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
     Ok(match name {
-        "native" => {
-            let backend = jailbuilder::native::open_backend(&ctx.cfg)
-                .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
-            Box::new(strategy::Native::start(
-                "native",
-                backend,
-                ctx.engine.clone(),
-                &ctx.archive,
-                ctx.id.clone(),
-                &ctx.compiler,
-            )?)
-        }
+        "native" => native_strategy("native", &ctx.cfg, ctx)?,
         // The native backend as it was before resets emptied the upper layer in place.
         #[cfg(target_os = "linux")]
         "native-fresh" => {
             let mut cfg = ctx.cfg.clone();
             cfg.reset_in_place = false;
             cfg.state_dir = ctx.root.join("native-fresh");
-            let backend = jailbuilder::native::open_backend(&cfg)
-                .context("opening the sandbox backend (try `jailbuilder doctor`)")?;
-            Box::new(strategy::Native::start(
-                "native-fresh",
-                backend,
-                ctx.engine.clone(),
-                &ctx.archive,
-                ctx.id.clone(),
-                &ctx.compiler,
-            )?)
+            native_strategy("native-fresh", &cfg, ctx)?
         }
         "bare" => Box::new(strategy::Bare::new(
             &ctx.root.join("work/bare"),
