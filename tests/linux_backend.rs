@@ -430,8 +430,8 @@ fn destroy_leaves_no_mount_and_no_directory() {
         !f.backend.root(&c2).join("work/x").exists(),
         "containers share files"
     );
-    // Per container: tmpfs, overlay and 4 namespace pins (net, ipc, uts, mnt).
-    assert_eq!(mounts_beneath(&state).len(), 12);
+    // Per container: tmpfs, overlay and 3 namespace pins (net, uts, mnt).
+    assert_eq!(mounts_beneath(&state).len(), 10);
     f.backend.destroy_container(c1).unwrap();
     f.backend.destroy_container(c2).unwrap();
     let dir = img.dir().to_path_buf();
@@ -591,7 +591,7 @@ fn leftovers_of_a_crashed_instance_are_removed() {
     child.wait().unwrap();
     let leftover_mounts = mounts_beneath(&state).len();
     assert!(
-        leftover_mounts >= 6,
+        leftover_mounts >= 5,
         "the crash left {leftover_mounts} mounts"
     );
 

@@ -238,6 +238,50 @@ fn a_job_runs_with_no_new_privs_and_a_seccomp_filter() {
     assert!(s.contains("Seccomp:\t2"), "{s}");
 }
 
+/// The probe's SysV key and POSIX queue name (tests/isolation/probe.c).
+const PROBE_SHM_KEY: libc::key_t = 0x4a42;
+const PROBE_MQ_NAME: &std::ffi::CStr = c"/jailbuilder-probe";
+
+#[test]
+fn sysv_objects_and_posix_queues_die_with_the_command() {
+    let bin = require_probe!();
+    let f = fixture();
+    // Each command has its own ipc namespace: what one leaves behind, the next (in this
+    // container or another) cannot find, and the host never sees.
+    for round in 0..3 {
+        let r = run_probe(&f, bin, "ipc");
+        assert_eq!(
+            r.get("shm_create").map(String::as_str),
+            Some("ok"),
+            "round {round}: {r:?}"
+        );
+        assert_eq!(
+            r.get("mq_create").map(String::as_str),
+            Some("ok"),
+            "round {round}: {r:?}"
+        );
+    }
+    // SAFETY: shmget(2) looking a key up (size 0, no flags): creates nothing.
+    let shm = unsafe { libc::shmget(PROBE_SHM_KEY, 0, 0) };
+    assert_eq!(
+        (shm, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::ENOENT)),
+        "the sandbox's segment is visible on the host"
+    );
+    // SAFETY: mq_open(3) without O_CREAT on a NUL-terminated name: opens or fails.
+    let mq = unsafe { libc::mq_open(PROBE_MQ_NAME.as_ptr(), libc::O_RDONLY) };
+    let mq_errno = std::io::Error::last_os_error().raw_os_error();
+    if mq >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::mq_close(mq) };
+    }
+    assert_eq!(
+        (mq, mq_errno),
+        (-1, Some(libc::ENOENT)),
+        "the sandbox's queue is on the host"
+    );
+}
+
 #[test]
 fn core_dumps_are_off_and_cannot_be_turned_on() {
     require_root!();

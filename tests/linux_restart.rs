@@ -98,7 +98,7 @@ fn a_restart_after_a_crash_adopts_the_image_and_removes_everything_else() {
         std::mem::forget(c);
     }
     let crashed = mounts_beneath(&state);
-    assert_eq!(crashed.len(), 6, "{crashed:?}");
+    assert_eq!(crashed.len(), 5, "{crashed:?}");
     assert_eq!(entries(&state.join("containers")).len(), 1);
     // And what else may be found there: a half-unpacked toolchain, an image without a
     // marker (a crash before the marker, or an older version's layout), a foreign marker,

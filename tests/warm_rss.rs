@@ -42,7 +42,7 @@ fn sixty_four_warm_containers_fit_in_fifty_mib() {
         f.engine.stats()
     );
     let warm = start.elapsed();
-    assert_eq!(mounts_beneath(&f.state()).len(), 64 * 6);
+    assert_eq!(mounts_beneath(&f.state()).len(), 64 * 5);
     // A few builds on the warm pool, then measure.
     for _ in 0..16 {
         f.sh("true").unwrap();

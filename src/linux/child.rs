@@ -5,10 +5,10 @@
 //! failed step is reported with [`child_fail`] on the error pipe at fd 3.
 //!
 //! One child, cloned by the server straight into a new pid namespace (clone(2) with
-//! CLONE_NEWPID: allowed in a threaded process, unlike setns into a mount namespace, which
-//! the child does), sharing the server's memory until its execve ([`super::spawn`]). As pid 1 of that namespace it joins the container's cgroup (if any),
+//! CLONE_NEWPID and CLONE_NEWIPC: allowed in a threaded process, unlike setns into a mount
+//! namespace, which the child does), sharing the server's memory until its execve ([`super::spawn`]). As pid 1 of that namespace it joins the container's cgroup (if any),
 //! dies with the server (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the
-//! container's net/ipc/uts namespaces and its mount namespace (the seed's empty tmpfs with
+//! container's net/uts namespaces and its mount namespace (the seed's empty tmpfs with
 //! a clone of the container root at `/r`), chroots into `/r`, unshares a private copy
 //! of the latter (and a cgroup namespace), leaves the server's session, mounts /proc,
 //! drops to the build user, sets rlimits, installs the seccomp filter and execs the
@@ -38,9 +38,10 @@ pub(super) struct ChildPlan {
     pub stdout: c_int,
     pub stderr: c_int,
     pub error: c_int,
-    /// (descriptor, CLONE_NEW* type) of the net, ipc, uts and mount namespaces to join;
-    /// the mount namespace is the container's (its root attached at `sys::SANDBOX_ROOT`).
-    pub ns: [(c_int, c_int); 4],
+    /// (descriptor, CLONE_NEW* type) of the net, uts and mount namespaces to join; the
+    /// mount namespace is the container's (its root attached at `sys::SANDBOX_ROOT`).
+    /// The ipc namespace is the child's own, new with its clone.
+    pub ns: [(c_int, c_int); 3],
     /// An open `cgroup.procs` of the container's cgroup (written "0" to join it), or -1.
     pub cgroup_procs: c_int,
     pub cwd: *const c_char,
@@ -100,7 +101,6 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
         p.ns[0].0,
         p.ns[1].0,
         p.ns[2].0,
-        p.ns[3].0,
         p.parent_fd,
     ];
     for fd in fds.iter_mut() {
@@ -109,7 +109,7 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
         check(p.error, SetupStep::Dup2, moved as c_long);
         *fd = moved;
     }
-    let [stdin, stdout, stderr, error, net, ipc, uts, mnt, parent] = fds;
+    let [stdin, stdout, stderr, error, net, uts, mnt, parent] = fds;
     for (from, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
         // SAFETY: dup2(2) between descriptors we hold; the new one is not close-on-exec.
         let r = unsafe { libc::dup2(from, to) };
@@ -125,7 +125,7 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     check(ERR_FD, SetupStep::Dup2, r as c_long);
 
     // Joining the mount namespace moves root and cwd to its root (the seed's tmpfs).
-    for (fd, (_, nstype)) in [net, ipc, uts, mnt].into_iter().zip(p.ns) {
+    for (fd, (_, nstype)) in [net, uts, mnt].into_iter().zip(p.ns) {
         // SAFETY: setns(2) with a namespace descriptor we hold and its type.
         let r = unsafe { libc::setns(fd, nstype) };
         check(ERR_FD, SetupStep::Setns, r as c_long);

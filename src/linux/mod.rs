@@ -14,7 +14,7 @@
 //!                       empty /proc, /tmp (1777): per-container reset needs no mknod
 //! containers/c<n>/tmp/  per-container tmpfs holding upper/ and work/
 //! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
-//! containers/c<n>/ns/{net,ipc,uts,mnt}  bind mounts pinning the container's namespaces;
+//! containers/c<n>/ns/{net,uts,mnt}  bind mounts pinning the container's namespaces;
 //!                       mnt holds the seed's empty tmpfs and a clone of root/'s mount
 //!                       at /r (reset swaps the clone); exec chroots into /r
 //! ```
@@ -28,8 +28,10 @@
 //! untrusted, and with skel on top it cannot replace /dev/null with a file or turn /proc
 //! into a symlink that the sandbox's proc mount would follow.
 //!
-//! `exec` clones one child straight into a new pid namespace (`clone(CLONE_NEWPID)`). It
-//! joins the container's pinned net/ipc/uts namespaces and its mount namespace (a copy of
+//! `exec` clones one child straight into new pid and ipc namespaces
+//! (`clone(CLONE_NEWPID | CLONE_NEWIPC)`: no SysV object or POSIX queue outlives the
+//! command, and a reset has no ipc namespace to replace). It
+//! joins the container's pinned net/uts namespaces and its mount namespace (a copy of
 //! a one-mount seed with the root attached at /r, so neither exec nor reset costs grow with
 //! the host's mount table) and chroots into /r, unshares a private copy of the latter and a cgroup
 //! namespace, leaves the server's session (no controlling terminal), mounts /proc (pid
@@ -79,7 +81,7 @@ pub const SANDBOX_HOSTNAME: &str = "jailbuilder";
 const KILL_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The namespaces pinned per container, by their /proc/<pid>/ns/ names.
-const NS_KINDS: [&str; 4] = ["net", "ipc", "uts", "mnt"];
+const NS_KINDS: [&str; 3] = ["net", "uts", "mnt"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinuxConfig {
@@ -183,7 +185,7 @@ struct ImageScan {
     invalid: Vec<(PathBuf, String)>,
 }
 
-/// A container: a tmpfs-backed overlay root plus pinned net/ipc/uts namespaces. Dropping it
+/// A container: a tmpfs-backed overlay root plus pinned net/uts/mount namespaces. Dropping it
 /// without [`Backend::destroy_container`] tears it down best-effort, errors ignored.
 #[derive(Debug)]
 pub struct LinuxContainer {
@@ -197,7 +199,6 @@ pub struct LinuxContainer {
     /// Inodes in use on the tmpfs right after the overlay was mounted.
     fresh_inodes: u64,
     net: Option<OwnedFd>,
-    ipc: Option<OwnedFd>,
     uts: Option<OwnedFd>,
     /// The container's mount namespace: the seed's empty tmpfs with a clone of `root`'s
     /// mount at /r (`sys::MntPin`). exec setns's into it and chroots into /r instead of
@@ -293,7 +294,6 @@ impl LinuxContainer {
 
     fn open_namespaces(&mut self) -> Result<(), LinuxError> {
         self.net = Some(sys::open_ns(&self.ns_path("net"))?);
-        self.ipc = Some(sys::open_ns(&self.ns_path("ipc"))?);
         self.uts = Some(sys::open_ns(&self.ns_path("uts"))?);
         self.mnt = Some(sys::open_ns(&self.ns_path("mnt"))?);
         if let Some(net) = &self.net {
@@ -309,7 +309,6 @@ impl LinuxContainer {
     fn teardown(&mut self) -> Result<(), LinuxError> {
         let swept = self.sweep();
         self.net = None;
-        self.ipc = None;
         self.uts = None;
         self.mnt = None;
         // The pinned mount namespace holds a reference to the overlay: release it first.
@@ -826,11 +825,10 @@ impl LinuxBackend {
             );
         }
         c.mount_layers()?;
-        let [net, ipc, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
+        let [net, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
         sys::pin_new_namespaces(
             &sys::NsPins {
                 net: Some(&net),
-                ipc: Some(&ipc),
                 uts: Some(&uts),
                 mnt: Some(sys::MntPin::New {
                     pin: &mnt,
@@ -854,12 +852,8 @@ impl LinuxBackend {
         limits: &Limits,
         cancel: Option<&CancelToken>,
     ) -> Result<ExecOutcome, LinuxError> {
-        let (Some(net), Some(ipc), Some(uts), Some(mnt)) = (
-            &container.net,
-            &container.ipc,
-            &container.uts,
-            &container.mnt,
-        ) else {
+        let (Some(net), Some(uts), Some(mnt)) = (&container.net, &container.uts, &container.mnt)
+        else {
             return Err(LinuxError::Setns {
                 path: container.ns_dir.clone(),
                 source: io::Error::from_raw_os_error(libc::EBADF),
@@ -895,7 +889,6 @@ impl LinuxBackend {
             error: ep_w.as_raw_fd(),
             ns: [
                 (net.as_raw_fd(), libc::CLONE_NEWNET),
-                (ipc.as_raw_fd(), libc::CLONE_NEWIPC),
                 (uts.as_raw_fd(), libc::CLONE_NEWUTS),
                 (mnt.as_raw_fd(), libc::CLONE_NEWNS),
             ],
@@ -920,7 +913,7 @@ impl LinuxBackend {
                 .stack
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            spawn::clone_child(&plan, &mut stack, libc::CLONE_NEWPID)
+            spawn::clone_child(&plan, &mut stack, libc::CLONE_NEWPID | libc::CLONE_NEWIPC)
                 .map_err(|source| LinuxError::Fork { source })?
         };
         drop((out_w, err_w, ep_w));
@@ -1130,7 +1123,6 @@ impl Backend for LinuxBackend {
             tmpfs_size: self.tmpfs_size,
             fresh_inodes: 0,
             net: None,
-            ipc: None,
             uts: None,
             mnt: None,
             netns_id: (0, 0),
@@ -1163,13 +1155,11 @@ impl Backend for LinuxBackend {
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
         container.sweep()?;
-        // A new ipc namespace, and either the upper layer emptied in place (see the
-        // `upper` module) or fresh layers (a new tmpfs upper, a new overlay) with the
-        // container's mount namespace given a clone of the new overlay in place of the
-        // old: no file, SysV object or POSIX queue of the previous build survives.
-        let ipc = container.ns_path("ipc");
-        container.ipc = None;
-        sys::umount_if_mounted(&ipc)?;
+        // Either the upper layer emptied in place (see the `upper` module) or fresh layers
+        // (a new tmpfs upper, a new overlay) with the container's mount namespace given a
+        // clone of the new overlay in place of the old: no file of the previous build
+        // survives. (Its SysV objects and POSIX queues died with its command's own ipc
+        // namespace.)
         let in_place = self.reset_in_place
             && match container.empty_upper() {
                 Ok(()) => true,
@@ -1180,36 +1170,29 @@ impl Backend for LinuxBackend {
             };
         if in_place {
             self.resets_in_place.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.resets_fresh.fetch_add(1, Ordering::Relaxed);
-            container.unmount_layers()?;
-            container.mount_layers()?;
+            return Ok(());
         }
-        let mnt = match (in_place, &container.mnt) {
-            (true, _) => None,
-            (false, Some(ns)) => Some(sys::MntPin::Replace {
-                ns,
-                root: &container.root,
-            }),
-            (false, None) => {
-                return Err(LinuxError::Setns {
-                    path: container.ns_path("mnt"),
-                    source: io::Error::from_raw_os_error(libc::EBADF),
-                })
-            }
+        self.resets_fresh.fetch_add(1, Ordering::Relaxed);
+        container.unmount_layers()?;
+        container.mount_layers()?;
+        let Some(ns) = &container.mnt else {
+            return Err(LinuxError::Setns {
+                path: container.ns_path("mnt"),
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
         };
         sys::pin_new_namespaces(
             &sys::NsPins {
                 net: None,
-                ipc: Some(&ipc),
                 uts: None,
-                mnt,
+                mnt: Some(sys::MntPin::Replace {
+                    ns,
+                    root: &container.root,
+                }),
             },
             SANDBOX_HOSTNAME,
             &self.seed_mnt,
-        )?;
-        container.ipc = Some(sys::open_ns(&ipc)?);
-        Ok(())
+        )
     }
 
     fn destroy_container(&self, mut container: LinuxContainer) -> Result<(), LinuxError> {

@@ -137,7 +137,6 @@ pub(super) fn umount_if_mounted(path: &Path) -> Result<bool, LinuxError> {
 /// Which namespaces to create, and the files to pin them on.
 pub(super) struct NsPins<'a> {
     pub net: Option<&'a Path>,
-    pub ipc: Option<&'a Path>,
     pub uts: Option<&'a Path>,
     /// The container's mount namespace: made, or given a fresh root.
     pub mnt: Option<MntPin<'a>>,
@@ -280,7 +279,7 @@ fn attach_mount(tree: &OwnedFd, target: &str) -> io::Result<()> {
 
 /// Creates new namespaces and pins each with a bind mount of its nsfs file onto an existing
 /// empty file, without creating a process: a short-lived thread unshares (a thread of a
-/// multi-threaded process may unshare net, ipc, uts, and with CLONE_FS a mount namespace)
+/// multi-threaded process may unshare net, uts, and with CLONE_FS a mount namespace)
 /// and opens `/proc/thread-self/ns/<kind>`. The mount namespace is a copy of `seed` (see
 /// [`seed_mount_namespace`]) with a clone of the container root's mount attached at
 /// [`SANDBOX_ROOT`] ([`MntPin`]); no pivot_root, which walks every task on the machine
@@ -291,9 +290,8 @@ pub(super) fn pin_new_namespaces(
     hostname: &str,
     seed: &OwnedFd,
 ) -> Result<(), LinuxError> {
-    let kinds: [(CloneFlags, &str, Option<&Path>); 3] = [
+    let kinds: [(CloneFlags, &str, Option<&Path>); 2] = [
         (CloneFlags::CLONE_NEWNET, "net", pins.net),
-        (CloneFlags::CLONE_NEWIPC, "ipc", pins.ipc),
         (CloneFlags::CLONE_NEWUTS, "uts", pins.uts),
     ];
     let first = kinds

@@ -5,6 +5,9 @@
  *   probe tty       the controlling terminal: open /dev/tty, write to it, TIOCSTI into it
  *   probe syscalls  each system call the seccomp filter refuses, in a forked child each
  *   probe info      what compilers ask glibc about the machine (CPUs, memory)
+ *   probe ipc       creates a SysV shared memory segment and a POSIX message queue under
+ *                   fixed names, exclusively (EEXIST if one is already there), and leaves
+ *                   them behind
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -12,6 +15,7 @@
 #include <linux/io_uring.h>
 #include <linux/keyctl.h>
 #include <linux/perf_event.h>
+#include <mqueue.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -19,8 +23,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/ipc.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/sysinfo.h>
 #include <sys/syscall.h>
@@ -225,6 +231,17 @@ static int info(void) {
     return 0;
 }
 
+/* The names tests/linux_isolation.rs looks for on the host. */
+#define PROBE_SHM_KEY 0x4a42
+#define PROBE_MQ_NAME "/jailbuilder-probe"
+
+static int ipc(void) {
+    report("shm_create", shmget(PROBE_SHM_KEY, 4096, IPC_CREAT | IPC_EXCL | 0600));
+    struct mq_attr attr = {.mq_maxmsg = 1, .mq_msgsize = 8};
+    report("mq_create", mq_open(PROBE_MQ_NAME, O_CREAT | O_EXCL | O_RDWR, 0600, &attr));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "tty") == 0)
         return tty();
@@ -232,6 +249,8 @@ int main(int argc, char **argv) {
         return syscalls();
     if (argc == 2 && strcmp(argv[1], "info") == 0)
         return info();
-    fprintf(stderr, "usage: probe tty|syscalls|info\n");
+    if (argc == 2 && strcmp(argv[1], "ipc") == 0)
+        return ipc();
+    fprintf(stderr, "usage: probe tty|syscalls|info|ipc\n");
     return 2;
 }
