@@ -23,6 +23,11 @@
 //!   the native calls but have other numbers, so a default-allow filter keyed on native
 //!   numbers would let `x32 unshare` through on a kernel built with CONFIG_X86_X32_ABI.
 //!
+//! In front of the rules goes a binary search on the system call number ([`dispatch`]):
+//! a call no rule lists is allowed after a handful of comparisons instead of passing
+//! seccompiler's linear chain, which the kernel otherwise walks once per system call
+//! number when the program is installed, to fill the cache described below.
+//!
 //! The program starts with seccompiler's architecture check: a system call of another ABI
 //! (i386 `int 0x80` on x86_64, AArch32 on aarch64) kills the process, since its numbers
 //! mean other calls. Compilers are 64-bit programs.
@@ -67,6 +72,9 @@ pub(super) struct Filters {
 struct Parts {
     eperm: BpfProgram,
     enosys: BpfProgram,
+    /// Every system call number either filter has a rule for, ascending: all others are
+    /// allowed by both (their default action).
+    listed: Vec<u32>,
 }
 
 /// The CLONE_NEW* flags clone(2) can carry in its flags argument: a new namespace of any
@@ -147,7 +155,7 @@ const BPF_LD_W_ABS: u16 = 0x20;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_JMP_JEQ_K: u16 = 0x15;
 /// BPF_JMP | BPF_JGE | BPF_K
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_JMP_JGE_K: u16 = 0x35;
 /// BPF_JMP | BPF_JA (unconditional, offset in k)
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -161,7 +169,7 @@ const BPF_RET_A: u16 = 0x16;
 /// The kernel's limit on a classic BPF program (include/uapi/linux/bpf_common.h).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_MAXINSNS: usize = 4096;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SECCOMP_DATA_NR_OFFSET: u32 = 0;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -199,8 +207,9 @@ impl Filters {
             let parts = Parts::build_for(target)
                 .map_err(SeccompError::Compile)?
                 .finish()?;
+            let listed = parts.listed.clone();
             Ok(Filters {
-                program: chain(parts.eperm, parts.enosys)?,
+                program: dispatch(chain(parts.eperm, parts.enosys)?, &listed)?,
             })
         }
         // The system call lists below are written for these two; another architecture
@@ -250,9 +259,17 @@ impl Parts {
         );
         let enosys: BTreeMap<i64, Vec<SeccompRule>> =
             [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+        let mut listed: Vec<u32> = eperm
+            .keys()
+            .chain(enosys.keys())
+            .map(|nr| *nr as u32)
+            .collect();
+        listed.sort_unstable();
+        listed.dedup();
         Ok(Parts {
             eperm: compile(eperm, libc::EPERM, arch)?,
             enosys: compile(enosys, libc::ENOSYS, arch)?,
+            listed,
         })
     }
 
@@ -329,6 +346,89 @@ fn chain(mut first: BpfProgram, second: BpfProgram) -> Result<BpfProgram, Seccom
     }
     first.extend_from_slice(&second[ARCH_CHECK_LEN..]);
     Ok(first)
+}
+
+/// `program` with a binary search on the system call number in front of it: a call that
+/// no rule lists (`listed`, ascending) is allowed after about log2(len) comparisons, the
+/// rest continue into `program`'s rules unchanged (and on x86_64 so does every x32
+/// number, for the ENOSYS prelude). seccompiler lays its rules out as one linear chain
+/// (two instructions per listed call passed), and the kernel runs the whole program once
+/// per system call number when it installs it, to fill its always-allowed cache
+/// (kernel/seccomp.c `seccomp_cache_prepare_bitmap`, `seccomp_is_const_allow`, with
+/// interrupts off under the siglock): on the exec path that pass was most of the cost of
+/// installing the filter. The search goes right after the architecture check, where that
+/// check's jump lands; every jump of the rest stays inside the rest, as in [`chain`].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn dispatch(program: BpfProgram, listed: &[u32]) -> Result<BpfProgram, SeccompError> {
+    use seccompiler::sock_filter;
+    if !starts_with_arch_check(&program) || listed.is_empty() {
+        return Err(SeccompError::UnexpectedLayout);
+    }
+    /// Where a jump of the search goes: the next instruction, the shared `ret ALLOW`, the
+    /// original rules, or (as an index into the search) a subtree.
+    #[derive(Clone, Copy)]
+    enum To {
+        Next,
+        Allow,
+        Rules,
+        At(usize),
+    }
+    fn search(v: &[u32], out: &mut Vec<(u16, To, To, u32)>) {
+        if let [only] = v {
+            out.push((BPF_JMP_JEQ_K, To::Rules, To::Allow, *only));
+            return;
+        }
+        let (low, high) = v.split_at(v.len() / 2);
+        let at = out.len();
+        out.push((BPF_JMP_JGE_K, To::Next, To::Next, high[0]));
+        search(low, out);
+        out[at].1 = To::At(out.len());
+        search(high, out);
+    }
+    let mut tree = Vec::new();
+    // x32 numbers (x86_64 only) are above every native one: to the rules.
+    #[cfg(target_arch = "x86_64")]
+    tree.push((BPF_JMP_JGE_K, To::Rules, To::Next, X32_SYSCALL_BIT));
+    search(listed, &mut tree);
+    // Layout: ld nr; tree; ret ALLOW; the rules.
+    let allow = 1 + tree.len();
+    let rules = allow + 1;
+    let mut prelude = vec![sock_filter {
+        code: BPF_LD_W_ABS,
+        jt: 0,
+        jf: 0,
+        k: SECCOMP_DATA_NR_OFFSET,
+    }];
+    for (i, (code, jt, jf, k)) in tree.into_iter().enumerate() {
+        let here = 1 + i;
+        let offset = |to: To| -> Result<u8, SeccompError> {
+            let target = match to {
+                To::Next => here + 1,
+                To::Allow => allow,
+                To::Rules => rules,
+                To::At(j) => 1 + j,
+            };
+            u8::try_from(target - here - 1).map_err(|_| SeccompError::UnexpectedLayout)
+        };
+        prelude.push(sock_filter {
+            code,
+            jt: offset(jt)?,
+            jf: offset(jf)?,
+            k,
+        });
+    }
+    prelude.push(sock_filter {
+        code: BPF_RET_K,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    });
+    if program.len() + prelude.len() > BPF_MAXINSNS {
+        return Err(SeccompError::UnexpectedLayout);
+    }
+    let mut out = program;
+    out.splice(ARCH_CHECK_LEN..ARCH_CHECK_LEN, prelude);
+    Ok(out)
 }
 
 /// Sets no_new_privs and installs `programs`. Async-signal-safe (raw system calls on memory
@@ -458,11 +558,17 @@ mod tests {
         let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
         let parts = Parts::build_for(arch).unwrap().finish().unwrap();
         assert!(allow(&parts.eperm) > 0);
-        assert_eq!(allow(&f.program), allow(&parts.enosys));
-        assert_eq!(
-            f.program.len(),
-            parts.eperm.len() + parts.enosys.len() - ARCH_CHECK_LEN
-        );
+        let (eperm_len, enosys_len, listed) =
+            (parts.eperm.len(), parts.enosys.len(), parts.listed.len());
+        let enosys_allow = allow(&parts.enosys);
+        let chained = chain(parts.eperm, parts.enosys).unwrap();
+        assert_eq!(allow(&chained), enosys_allow);
+        assert_eq!(chained.len(), eperm_len + enosys_len - ARCH_CHECK_LEN);
+        // The search adds one `ret ALLOW`, a load and one comparison per node of a binary
+        // tree with `listed` leaves (and the x32 test).
+        assert_eq!(allow(&f.program), enosys_allow + 1);
+        let x32 = usize::from(cfg!(target_arch = "x86_64"));
+        assert_eq!(f.program.len(), chained.len() + 2 + x32 + 2 * listed - 1);
         // Every jump lands inside the program.
         for (i, insn) in f.program.iter().enumerate() {
             if insn.code == BPF_JMP_JA {
@@ -475,5 +581,92 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         assert!(f.program.iter().any(|i| i.k == X32_SYSCALL_BIT));
         assert!(f.program().len as usize <= BPF_MAXINSNS);
+    }
+
+    /// Runs a classic BPF seccomp program on (nr, arch, args) as the kernel's interpreter
+    /// would (net/core/filter.c; only the instructions seccompiler and this module emit):
+    /// the action and how many instructions ran.
+    fn run(p: &[seccompiler::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> (u32, usize) {
+        let word = |off: u32| -> u32 {
+            match off {
+                0 => nr,
+                4 => arch,
+                16..=63 => {
+                    let a = args[(off as usize - 16) / 8];
+                    if off.is_multiple_of(8) {
+                        a as u32
+                    } else {
+                        (a >> 32) as u32
+                    }
+                }
+                _ => panic!("load at {off}"),
+            }
+        };
+        let (mut pc, mut acc, mut steps) = (0usize, 0u32, 0usize);
+        loop {
+            let i = &p[pc];
+            steps += 1;
+            let jump = |taken: bool| pc + 1 + usize::from(if taken { i.jt } else { i.jf });
+            pc = match i.code {
+                BPF_LD_W_ABS => {
+                    acc = word(i.k);
+                    pc + 1
+                }
+                0x54 => {
+                    acc &= i.k;
+                    pc + 1
+                }
+                BPF_JMP_JA => pc + 1 + i.k as usize,
+                BPF_JMP_JEQ_K => jump(acc == i.k),
+                BPF_JMP_JGE_K => jump(acc >= i.k),
+                0x25 => jump(acc > i.k),
+                0x45 => jump(acc & i.k != 0),
+                BPF_RET_K => return (i.k, steps),
+                BPF_RET_A => return (acc, steps),
+                c => panic!("opcode {c:#x} at {pc}"),
+            };
+        }
+    }
+
+    #[test]
+    fn the_number_search_changes_no_decision_and_shortens_the_allowed_path() {
+        let f = Filters::build().unwrap();
+        let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
+        let parts = Parts::build_for(arch).unwrap().finish().unwrap();
+        let listed = parts.listed.clone();
+        let plain = chain(parts.eperm, parts.enosys).unwrap();
+        let native = u32::from_le_bytes(plain[1].k.to_le_bytes());
+        let mut args: Vec<[u64; 6]> = vec![[0; 6], [u64::MAX; 6]];
+        for flag in CLONE_NEW_FLAGS {
+            args.push([flag as u32 as u64 | libc::SIGCHLD as u64, 0, 0, 0, 0, 0]);
+        }
+        for family in [libc::AF_NETLINK, libc::AF_UNIX, libc::AF_INET] {
+            args.push([family as u64, 0, 0, 0, 0, 0]);
+        }
+        let mut numbers: Vec<u32> = (0..1024).collect();
+        numbers.extend((0..1024).map(|n| n | 0x4000_0000));
+        numbers.extend([u32::MAX, 0x7fff_ffff, 0x8000_0000]);
+        let mut longest_allowed = 0;
+        for nr in numbers {
+            for a in &args {
+                for arch in [native, 0x4000_0003] {
+                    let (want, _) = run(&plain, nr, arch, *a);
+                    let (got, steps) = run(&f.program, nr, arch, *a);
+                    assert_eq!(got, want, "nr {nr:#x} arch {arch:#x} args {a:?}");
+                    if arch == native && nr < 0x4000_0000 && listed.binary_search(&nr).is_err() {
+                        assert_eq!(got, libc::SECCOMP_RET_ALLOW, "nr {nr}");
+                        longest_allowed = longest_allowed.max(steps);
+                    }
+                }
+            }
+        }
+        // arch check (3), load, the x32 test, the search, ret: a handful, not one per rule.
+        let depth = (usize::BITS - listed.len().leading_zeros()) as usize;
+        assert!(
+            longest_allowed <= 3 + 3 + depth + 1,
+            "{longest_allowed} instructions"
+        );
+        let (_, before) = run(&plain, 1023, native, [0; 6]);
+        assert!(before > 2 * listed.len(), "{before}");
     }
 }
