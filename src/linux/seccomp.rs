@@ -204,12 +204,15 @@ impl Filters {
         {
             let target =
                 TargetArch::try_from(arch).map_err(|_| SeccompError::UnsupportedArch { arch })?;
-            let parts = Parts::build_for(target)
+            let Parts {
+                eperm,
+                enosys,
+                listed,
+            } = Parts::build_for(target)
                 .map_err(SeccompError::Compile)?
                 .finish()?;
-            let listed = parts.listed.clone();
             Ok(Filters {
-                program: dispatch(chain(parts.eperm, parts.enosys)?, &listed)?,
+                program: dispatch(chain(eperm, enosys)?, &listed)?,
             })
         }
         // The system call lists below are written for these two; another architecture
@@ -632,9 +635,12 @@ mod tests {
     fn the_number_search_changes_no_decision_and_shortens_the_allowed_path() {
         let f = Filters::build().unwrap();
         let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
-        let parts = Parts::build_for(arch).unwrap().finish().unwrap();
-        let listed = parts.listed.clone();
-        let plain = chain(parts.eperm, parts.enosys).unwrap();
+        let Parts {
+            eperm,
+            enosys,
+            listed,
+        } = Parts::build_for(arch).unwrap().finish().unwrap();
+        let plain = chain(eperm, enosys).unwrap();
         let native = u32::from_le_bytes(plain[1].k.to_le_bytes());
         let mut args: Vec<[u64; 6]> = vec![[0; 6], [u64::MAX; 6]];
         for flag in CLONE_NEW_FLAGS {
