@@ -9,8 +9,9 @@
 //! includes from a sibling directory), C++, a Rust workspace of several library crates built
 //! by cargo with the stock client as `RUSTC_WRAPPER` (dependency `.rlib`/`.rmeta` files cross
 //! the wire), restrictive modes (a 0600 source, a 0700 include directory, umask 077 for the
-//! client and the whole cargo build), and the compile probes of build systems (autoconf
-//! `conftest.c`, a cmake try_compile, meson `-Werror` checks, kernel-style cc-option tests).
+//! client and the whole cargo build: 0600 metadata, stricter than the 0640 of umask 027), and
+//! the compile probes of build systems (autoconf `conftest.c`, a cmake try_compile, meson
+//! `-Werror` checks, kernel-style cc-option tests).
 //!
 //! Both clusters compile in the same absolute directory (wiped in between), so paths in
 //! objects, dep-info files and messages are equal and the files compare byte for byte.
@@ -800,6 +801,11 @@ fn stock_and_jailbuilder_agree_on_one_corpus() {
     let rustc = rustc.unwrap();
     let cxx = runs("g++", &["--version"]);
     if !cxx {
+        // .ci/setup-debian installs g++ (build-essential): in CI its absence is a failure.
+        assert!(
+            std::env::var("JAILBUILDER_CI").as_deref() != Ok("1"),
+            "JAILBUILDER_CI=1 but g++ is not installed: the C++ cases cannot run"
+        );
         println!("{TEST}: g++ not installed: the C++ cases are left out");
     }
     let started = Instant::now();

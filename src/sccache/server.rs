@@ -205,7 +205,7 @@ fn update_state(
         }
         Err(e) => Err(ServerError::Scheduler {
             job,
-            message: format!("{e:#}"),
+            message: crate::error_chain::render(e.as_ref()),
         }),
     }
 }
@@ -238,7 +238,7 @@ impl<B: Backend> JailServer<B> {
         let cache =
             TcCache::new(&tc_dir, toolchain_cache_size).map_err(|e| ServerError::Cache {
                 path: tc_dir.clone(),
-                message: format!("{e:#}"),
+                message: crate::error_chain::render(e.as_ref()),
             })?;
         let incoming = cache_dir.join("incoming");
         let dir_err = |source| ServerError::Dir {
@@ -484,8 +484,9 @@ impl<B: Backend> JailServer<B> {
                         }
                         Err(e) => {
                             log::warn!(
-                                "job {job}: toolchain {} not cached: {e:#}",
-                                toolchain.archive_id
+                                "job {job}: toolchain {} not cached: {}",
+                                toolchain.archive_id,
+                                crate::error_chain::render(e.as_ref())
                             );
                             // sccache leaves a mismatching archive in the cache; do not.
                             if let Err(e) = cache.remove(&toolchain) {
