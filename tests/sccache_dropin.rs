@@ -1,6 +1,6 @@
 //! `jailbuilder serve` in place of `sccache-dist server`, with the stock 0.19.0 scheduler
-//! and client, on one cluster whose build server is replaced twice (same port, same
-//! `cache_dir`):
+//! and client, on one cluster whose build server is replaced three times (same port, same
+//! `cache_dir`, same state directory):
 //!
 //! 1. JWT server auth: the scheduler has `[server_auth] type = "jwt_hs256"`; `serve` with
 //!    a `jwt_token` signed with another key is refused (its heartbeats fail), so the client
@@ -10,6 +10,8 @@
 //! 3. `serve` with the right token on that `cache_dir`: it counts the stock server's
 //!    toolchain archive, serves a compile without the client uploading the toolchain
 //!    again, and its Prometheus endpoint counts the job.
+//! 4. `serve` restarted: it adopts the toolchain image the last one built (a warm restart)
+//!    and serves the next compile without building an image.
 //!
 //! Needs root, gcc, bwrap and the stock binaries, as tests/sccache_e2e.rs.
 #![cfg(all(feature = "sccache", target_os = "linux"))]
@@ -173,7 +175,7 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
         ServerKind::Jailbuilder("max_containers = 2\n"),
         &ClusterOptions {
             server_extra: format!("metrics_addr = \"127.0.0.1:{metrics_port}\"\n"),
-            ..right
+            ..right.clone()
         },
     );
     let before = scrape(metrics_port);
@@ -207,6 +209,40 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
         sample(&after, "jailbuilder_images_created_total"),
         Some(1.0),
         "{after}"
+    );
+
+    // 4. A warm restart (issue 12.4): serve again on the same state directory adopts the
+    // image the last one built, so the next compile unpacks no toolchain.
+    let metrics_port = free_port();
+    cluster.replace_server(
+        ServerKind::Jailbuilder("max_containers = 2\n"),
+        &ClusterOptions {
+            server_extra: format!("metrics_addr = \"127.0.0.1:{metrics_port}\"\n"),
+            ..right
+        },
+    );
+    compile(&cluster, "restarted", 6);
+    let stats = cluster.client.stats();
+    assert_eq!(
+        stats["dist_compiles"][server.as_str()].as_u64(),
+        Some(3),
+        "{stats}"
+    );
+    let log = cluster.serve.log();
+    assert!(
+        log.contains("adopted toolchain image"),
+        "the restarted server adopted the image: {log}"
+    );
+    let restarted = scrape(metrics_port);
+    assert_eq!(
+        sample(&restarted, "jailbuilder_images_created_total"),
+        Some(0.0),
+        "no image built after the restart: {restarted}"
+    );
+    assert_eq!(
+        sample(&restarted, "jailbuilder_jobs_total{outcome=\"ok\"}"),
+        Some(1.0),
+        "{restarted}"
     );
     eprintln!(
         "sccache_dropin: passed in {:.1}s",
