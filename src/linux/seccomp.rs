@@ -2,41 +2,43 @@
 //! that a hostile job cannot reach the kernel code behind it (new user namespaces and the
 //! mounts they allow, keyrings, eBPF, io_uring, netlink and nf_tables, ptrace, modules...).
 //!
-//! Built once per backend with `seccompiler` (rust-vmm / firecracker's BPF compiler) into
-//! one classic-BPF program; the child only installs it, as its last step before execve,
-//! with raw `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER)` calls on
-//! this memory (async-signal-safe: no allocation). A seccompiler filter has one match
-//! action, and clone3 needs another errno than the rest, so two filters are compiled and
-//! then chained ([`chain`]: the first's "allow" continues into the second), because each
-//! installed program costs the kernel a verification, a JIT and a pass over every system
-//! call number for its allow cache (kernel/seccomp.c `seccomp_attach_filter`,
-//! `seccomp_cache_prepare`):
+//! Built once per backend into one classic-BPF program; the child only installs it, as its
+//! last step before execve, with raw `prctl(PR_SET_NO_NEW_PRIVS)` and
+//! `seccomp(SECCOMP_SET_MODE_FILTER)` calls on this memory (async-signal-safe: no
+//! allocation). Each install costs the kernel a verification, a conversion to eBPF and a
+//! JIT, all in proportion to the program's length, and a pass over every system call
+//! number for its allow cache, in proportion to the path each number takes
+//! (kernel/seccomp.c `seccomp_attach_filter`, `seccomp_cache_prepare`): on a compile's
+//! critical path, so the program is kept short and its paths shallow ([`dispatch`]):
 //!
-//! - the EPERM filter: default allow; the listed system calls fail with EPERM.
-//! - the ENOSYS filter: default allow; clone3 fails with ENOSYS. clone3's flags live in a
+//! - a binary search on the system call number: a call no rule lists is allowed after a
+//!   handful of comparisons; a call refused whatever its arguments (the [`DENIED`] list:
+//!   EPERM; clone3: ENOSYS) is answered at its leaf;
+//! - the two calls whose arguments decide, clone(2) and socket(2), continue into
+//!   `seccompiler`'s rules (rust-vmm / firecracker's BPF compiler; EPERM on a match).
+//!
+//! What is refused:
+//!
+//! - EPERM: the [`DENIED`] calls, clone(2) with a CLONE_NEW* flag, socket(AF_NETLINK).
+//! - ENOSYS: clone3. clone3's flags live in a
 //!   `struct clone_args` in memory, which a seccomp filter cannot read (it sees the call's
 //!   number and raw arguments, `struct seccomp_data`, and cannot follow pointers), so it
 //!   cannot tell a plain thread from a new namespace; ENOSYS is what glibc (>= 2.34, clone3 in
 //!   `sysdeps/unix/sysv/linux/clone-internal.c`) treats as "old kernel" and falls back to
-//!   clone(2), whose flags argument the EPERM filter does check. On x86_64 this filter also
-//!   refuses every x32 system call (`__X32_SYSCALL_BIT`): those share AUDIT_ARCH_X86_64 with
-//!   the native calls but have other numbers, so a default-allow filter keyed on native
-//!   numbers would let `x32 unshare` through on a kernel built with CONFIG_X86_X32_ABI.
-//!
-//! In front of the rules goes a binary search on the system call number ([`dispatch`]):
-//! a call no rule lists is allowed after a handful of comparisons instead of passing
-//! seccompiler's linear chain, which the kernel otherwise walks once per system call
-//! number when the program is installed, to fill the cache described below.
+//!   clone(2), whose flags argument is checked. On x86_64 every x32 system call
+//!   (`__X32_SYSCALL_BIT`) gets ENOSYS too: those share AUDIT_ARCH_X86_64 with the native
+//!   calls but have other numbers, so a default-allow filter keyed on native numbers would
+//!   let `x32 unshare` through on a kernel built with CONFIG_X86_X32_ABI.
 //!
 //! The program starts with seccompiler's architecture check: a system call of another ABI
 //! (i386 `int 0x80` on x86_64, AArch32 on aarch64) kills the process, since its numbers
 //! mean other calls. Compilers are 64-bit programs.
 //!
-//! Both filters are default-allow and deny disjoint sets, so chaining them gives what
-//! installing both would (the kernel runs every installed filter and the action of
-//! highest precedence wins: seccomp(2), seccomp_run_filters in kernel/seccomp.c). The
-//! default-allow calls cost next to nothing: the kernel caches "always allowed" per system
-//! call number and skips the filter for them (seccomp_cache_check_allow, Linux 5.11).
+//! The unit tests hold the program to a reference built from seccompiler alone (one
+//! filter per errno, chained): the same action for every number, argument and arch. The
+//! default-allow calls cost next to nothing once installed: the kernel caches "always
+//! allowed" per system call number and skips the filter for them
+//! (seccomp_cache_check_allow, Linux 5.11).
 
 use std::collections::BTreeMap;
 use std::os::raw::c_ulong;
@@ -68,13 +70,29 @@ pub(super) struct Filters {
     program: BpfProgram,
 }
 
-/// The two filters before [`chain`] joins them.
+/// What the number search does with a system call it lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaf {
+    /// Return this action: the call is refused whatever its arguments.
+    Ret(u32),
+    /// Continue into seccompiler's rules, which look at the arguments.
+    Rules,
+}
+
+/// The program's parts before [`dispatch`] joins them.
 struct Parts {
-    eperm: BpfProgram,
-    enosys: BpfProgram,
-    /// Every system call number either filter has a rule for, ascending: all others are
-    /// allowed by both (their default action).
-    listed: Vec<u32>,
+    /// seccompiler's filter for the calls whose arguments decide (EPERM on a match,
+    /// default allow), starting with its architecture check.
+    rules: BpfProgram,
+    /// Every listed system call number, ascending, with what its leaf does: all others
+    /// are allowed.
+    leaves: Vec<(u32, Leaf)>,
+}
+
+/// `SECCOMP_RET_ERRNO` with `errno`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const fn ret_errno(errno: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | errno as u32
 }
 
 /// The CLONE_NEW* flags clone(2) can carry in its flags argument: a new namespace of any
@@ -158,13 +176,13 @@ const BPF_JMP_JEQ_K: u16 = 0x15;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_JMP_JGE_K: u16 = 0x35;
 /// BPF_JMP | BPF_JA (unconditional, offset in k)
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 const BPF_JMP_JA: u16 = 0x05;
 /// BPF_RET | BPF_K
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BPF_RET_K: u16 = 0x06;
 /// BPF_RET | BPF_A
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 const BPF_RET_A: u16 = 0x16;
 /// The kernel's limit on a classic BPF program (include/uapi/linux/bpf_common.h).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -204,15 +222,10 @@ impl Filters {
         {
             let target =
                 TargetArch::try_from(arch).map_err(|_| SeccompError::UnsupportedArch { arch })?;
-            let Parts {
-                eperm,
-                enosys,
-                listed,
-            } = Parts::build_for(target)
-                .map_err(SeccompError::Compile)?
-                .finish()?;
+            let Parts { rules, leaves } =
+                Parts::build_for(target).map_err(SeccompError::Compile)?;
             Ok(Filters {
-                program: dispatch(chain(eperm, enosys)?, &listed)?,
+                program: dispatch(rules, &leaves)?,
             })
         }
         // The system call lists below are written for these two; another architecture
@@ -232,79 +245,52 @@ impl Filters {
     }
 }
 
+/// The rules of the calls whose arguments decide: clone(2) with any CLONE_NEW* flag and
+/// socket(AF_NETLINK), each refused with EPERM.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    // clone(2): flags is argument 0 on both architectures (aarch64 is CLONE_BACKWARDS:
+    // only tls and child_tid swap places). One rule per flag: rules of a chain are
+    // alternatives, and "any of these bits set" is not one masked comparison.
+    let clone_rules = CLONE_NEW_FLAGS
+        .iter()
+        .map(|f| {
+            let f = *f as u32 as u64;
+            SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(f), f)?])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // socket(AF_NETLINK, ...): netlink is the interface to routing, nf_tables, audit,
+    // uevents, xfrm... A compile needs files and, at most, local sockets (the network
+    // namespace has only lo); the one netlink user in glibc, getaddrinfo asking for the
+    // local addresses (check_pf.c), assumes both IPv4 and IPv6 when it cannot ask.
+    let socket_rules = vec![SeccompRule::new(vec![condition(
+        0,
+        SeccompCmpOp::Eq,
+        libc::AF_NETLINK as u64,
+    )?])?];
+    Ok([
+        (libc::SYS_clone, clone_rules),
+        (libc::SYS_socket, socket_rules),
+    ]
+    .into_iter()
+    .collect())
+}
+
 impl Parts {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn build_for(arch: TargetArch) -> Result<Parts, seccompiler::BackendError> {
-        let mut eperm: BTreeMap<i64, Vec<SeccompRule>> =
-            DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
-        // clone(2): flags is argument 0 on both architectures (aarch64 is CLONE_BACKWARDS:
-        // only tls and child_tid swap places). One rule per flag: rules of a chain are
-        // alternatives, and "any of these bits set" is not one masked comparison.
-        let clone_rules = CLONE_NEW_FLAGS
+        let rules = argument_rules()?;
+        let mut leaves: Vec<(u32, Leaf)> = DENIED
             .iter()
-            .map(|f| {
-                let f = *f as u32 as u64;
-                SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(f), f)?])
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        eperm.insert(libc::SYS_clone, clone_rules);
-        // socket(AF_NETLINK, ...): netlink is the interface to routing, nf_tables, audit,
-        // uevents, xfrm... A compile needs files and, at most, local sockets (the network
-        // namespace has only lo); the one netlink user in glibc, getaddrinfo asking for the
-        // local addresses (check_pf.c), assumes both IPv4 and IPv6 when it cannot ask.
-        eperm.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(vec![condition(
-                0,
-                SeccompCmpOp::Eq,
-                libc::AF_NETLINK as u64,
-            )?])?],
-        );
-        let enosys: BTreeMap<i64, Vec<SeccompRule>> =
-            [(libc::SYS_clone3, Vec::new())].into_iter().collect();
-        let mut listed: Vec<u32> = eperm
-            .keys()
-            .chain(enosys.keys())
-            .map(|nr| *nr as u32)
+            .map(|nr| (*nr as u32, Leaf::Ret(ret_errno(libc::EPERM))))
+            .chain([(libc::SYS_clone3 as u32, Leaf::Ret(ret_errno(libc::ENOSYS)))])
+            .chain(rules.keys().map(|nr| (*nr as u32, Leaf::Rules)))
             .collect();
-        listed.sort_unstable();
-        listed.dedup();
+        leaves.sort_unstable_by_key(|(nr, _)| *nr);
         Ok(Parts {
-            eperm: compile(eperm, libc::EPERM, arch)?,
-            enosys: compile(enosys, libc::ENOSYS, arch)?,
-            listed,
+            rules: compile(rules, libc::EPERM, arch)?,
+            leaves,
         })
-    }
-
-    /// Adds the x32 prelude to the ENOSYS program.
-    #[cfg(target_arch = "x86_64")]
-    fn finish(mut self) -> Result<Parts, SeccompError> {
-        use seccompiler::sock_filter;
-        // The prelude goes right after the architecture check, where its jump lands;
-        // every jump of the rest is relative and stays inside the rest, so inserting is
-        // safe.
-        if !starts_with_arch_check(&self.enosys) {
-            return Err(SeccompError::UnexpectedLayout);
-        }
-        let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-        let prelude = [
-            insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET),
-            insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
-            insn(
-                BPF_RET_K,
-                0,
-                0,
-                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-            ),
-        ];
-        self.enosys.splice(3..3, prelude);
-        Ok(self)
-    }
-
-    /// aarch64 has no second ABI with the same audit arch: nothing to add.
-    #[cfg(target_arch = "aarch64")]
-    fn finish(self) -> Result<Parts, SeccompError> {
-        Ok(self)
     }
 }
 
@@ -328,7 +314,7 @@ fn starts_with_arch_check(p: &BpfProgram) -> bool {
 /// One instruction replaces one, so `first`'s own jumps keep their targets; classic BPF
 /// jumps only forward (seccomp_check_filter, net/core/filter.c `bpf_check_classic`), so
 /// nothing of `second` jumps back into its dropped check.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn chain(mut first: BpfProgram, second: BpfProgram) -> Result<BpfProgram, SeccompError> {
     if !starts_with_arch_check(&first)
         || !starts_with_arch_check(&second)
@@ -351,51 +337,79 @@ fn chain(mut first: BpfProgram, second: BpfProgram) -> Result<BpfProgram, Seccom
     Ok(first)
 }
 
-/// `program` with a binary search on the system call number in front of it: a call that
-/// no rule lists (`listed`, ascending) is allowed after about log2(len) comparisons, the
-/// rest continue into `program`'s rules unchanged (and on x86_64 so does every x32
-/// number, for the ENOSYS prelude). seccompiler lays its rules out as one linear chain
-/// (two instructions per listed call passed), and the kernel runs the whole program once
-/// per system call number when it installs it, to fill its always-allowed cache
-/// (kernel/seccomp.c `seccomp_cache_prepare_bitmap`, `seccomp_is_const_allow`, with
-/// interrupts off under the siglock): on the exec path that pass was most of the cost of
-/// installing the filter. The search goes right after the architecture check, where that
-/// check's jump lands; every jump of the rest stays inside the rest, as in [`chain`].
+/// `rules` with a binary search on the system call number in front of it: a call not in
+/// `leaves` (ascending, each number once) is allowed after about log2(len) comparisons, a
+/// listed one gets its leaf's action or continues into `rules` (and on x86_64 every x32
+/// number gets ENOSYS). The kernel runs the program once per system call number when it
+/// installs it, to fill its always-allowed cache (kernel/seccomp.c
+/// `seccomp_cache_prepare_bitmap`, `seccomp_is_const_allow`, with interrupts off under the
+/// siglock), and converts and JITs every instruction: a shallow search and no rule for the
+/// calls refused outright keep both short (seccompiler lays its rules out as one linear
+/// chain, two instructions per listed call passed). The search goes right after the
+/// architecture check, where that check's jump lands; every jump of `rules` stays inside
+/// `rules` (classic BPF jumps only forward: `bpf_check_classic`, net/core/filter.c).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn dispatch(program: BpfProgram, listed: &[u32]) -> Result<BpfProgram, SeccompError> {
+fn dispatch(rules: BpfProgram, leaves: &[(u32, Leaf)]) -> Result<BpfProgram, SeccompError> {
     use seccompiler::sock_filter;
-    if !starts_with_arch_check(&program) || listed.is_empty() {
+    if !starts_with_arch_check(&rules)
+        || leaves.is_empty()
+        || leaves.windows(2).any(|w| w[0].0 >= w[1].0)
+    {
         return Err(SeccompError::UnexpectedLayout);
     }
-    /// Where a jump of the search goes: the next instruction, the shared `ret ALLOW`, the
-    /// original rules, or (as an index into the search) a subtree.
+    /// Where a jump of the search goes: the next instruction, the shared `ret ALLOW`, one
+    /// of the shared returns (by index), the rules, or (as an index into the search) a
+    /// subtree.
     #[derive(Clone, Copy)]
     enum To {
         Next,
         Allow,
+        Ret(usize),
         Rules,
         At(usize),
     }
-    fn search(v: &[u32], out: &mut Vec<(u16, To, To, u32)>) {
-        if let [only] = v {
-            out.push((BPF_JMP_JEQ_K, To::Rules, To::Allow, *only));
+    // One `ret` per distinct action, after the `ret ALLOW`.
+    let mut rets: Vec<u32> = Vec::new();
+    let mut to = |leaf: Leaf| match leaf {
+        Leaf::Rules => To::Rules,
+        Leaf::Ret(k) => To::Ret(match rets.iter().position(|r| *r == k) {
+            Some(i) => i,
+            None => {
+                rets.push(k);
+                rets.len() - 1
+            }
+        }),
+    };
+    fn search(
+        v: &[(u32, Leaf)],
+        to: &mut dyn FnMut(Leaf) -> To,
+        out: &mut Vec<(u16, To, To, u32)>,
+    ) {
+        if let [(nr, leaf)] = v {
+            out.push((BPF_JMP_JEQ_K, to(*leaf), To::Allow, *nr));
             return;
         }
         let (low, high) = v.split_at(v.len() / 2);
         let at = out.len();
-        out.push((BPF_JMP_JGE_K, To::Next, To::Next, high[0]));
-        search(low, out);
+        out.push((BPF_JMP_JGE_K, To::Next, To::Next, high[0].0));
+        search(low, to, out);
         out[at].1 = To::At(out.len());
-        search(high, out);
+        search(high, to, out);
     }
     let mut tree = Vec::new();
-    // x32 numbers (x86_64 only) are above every native one: to the rules.
+    // x32 numbers (x86_64 only) are above every native one: ENOSYS.
     #[cfg(target_arch = "x86_64")]
-    tree.push((BPF_JMP_JGE_K, To::Rules, To::Next, X32_SYSCALL_BIT));
-    search(listed, &mut tree);
-    // Layout: ld nr; tree; ret ALLOW; the rules.
+    tree.push((
+        BPF_JMP_JGE_K,
+        to(Leaf::Ret(ret_errno(libc::ENOSYS))),
+        To::Next,
+        X32_SYSCALL_BIT,
+    ));
+    search(leaves, &mut to, &mut tree);
+    // Layout: ld nr; tree; ret ALLOW; the other returns; the rules.
     let allow = 1 + tree.len();
-    let rules = allow + 1;
+    let first_ret = allow + 1;
+    let rules_at = first_ret + rets.len();
     let mut prelude = vec![sock_filter {
         code: BPF_LD_W_ABS,
         jt: 0,
@@ -408,7 +422,8 @@ fn dispatch(program: BpfProgram, listed: &[u32]) -> Result<BpfProgram, SeccompEr
             let target = match to {
                 To::Next => here + 1,
                 To::Allow => allow,
-                To::Rules => rules,
+                To::Ret(r) => first_ret + r,
+                To::Rules => rules_at,
                 To::At(j) => 1 + j,
             };
             u8::try_from(target - here - 1).map_err(|_| SeccompError::UnexpectedLayout)
@@ -420,16 +435,18 @@ fn dispatch(program: BpfProgram, listed: &[u32]) -> Result<BpfProgram, SeccompEr
             k,
         });
     }
-    prelude.push(sock_filter {
-        code: BPF_RET_K,
-        jt: 0,
-        jf: 0,
-        k: libc::SECCOMP_RET_ALLOW,
-    });
-    if program.len() + prelude.len() > BPF_MAXINSNS {
+    for k in std::iter::once(libc::SECCOMP_RET_ALLOW).chain(rets) {
+        prelude.push(sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k,
+        });
+    }
+    if rules.len() + prelude.len() > BPF_MAXINSNS {
         return Err(SeccompError::UnexpectedLayout);
     }
-    let mut out = program;
+    let mut out = rules;
     out.splice(ARCH_CHECK_LEN..ARCH_CHECK_LEN, prelude);
     Ok(out)
 }
@@ -547,31 +564,57 @@ mod tests {
         );
     }
 
+    /// The reference: what seccompiler alone gives, one filter per errno (the EPERM
+    /// filter with every refused call, the ENOSYS filter with clone3 and, on x86_64, an
+    /// x32 prelude), chained.
+    fn reference() -> BpfProgram {
+        use seccompiler::sock_filter;
+        let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
+        let mut eperm: BTreeMap<i64, Vec<SeccompRule>> =
+            DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+        eperm.extend(argument_rules().unwrap());
+        let enosys = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+        let eperm = compile(eperm, libc::EPERM, arch).unwrap();
+        #[allow(unused_mut)]
+        let mut enosys = compile(enosys, libc::ENOSYS, arch).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(starts_with_arch_check(&enosys));
+            let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+            let prelude = [
+                insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET),
+                insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+                insn(BPF_RET_K, 0, 0, ret_errno(libc::ENOSYS)),
+            ];
+            enosys.splice(ARCH_CHECK_LEN..ARCH_CHECK_LEN, prelude);
+        }
+        chain(eperm, enosys).unwrap()
+    }
+
     #[test]
     fn builds_for_this_architecture() {
         let f = Filters::build().unwrap();
-        assert!(f.program.len() > DENIED.len());
         assert!(starts_with_arch_check(&f.program));
-        // Only the second filter's `ret ALLOW`s are left: the first's continue into it.
-        let allow = |p: &BpfProgram| {
-            p.iter()
-                .filter(|i| i.code == BPF_RET_K && i.k == libc::SECCOMP_RET_ALLOW)
-                .count()
-        };
         let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
-        let parts = Parts::build_for(arch).unwrap().finish().unwrap();
-        assert!(allow(&parts.eperm) > 0);
-        let (eperm_len, enosys_len, listed) =
-            (parts.eperm.len(), parts.enosys.len(), parts.listed.len());
-        let enosys_allow = allow(&parts.enosys);
-        let chained = chain(parts.eperm, parts.enosys).unwrap();
-        assert_eq!(allow(&chained), enosys_allow);
-        assert_eq!(chained.len(), eperm_len + enosys_len - ARCH_CHECK_LEN);
-        // The search adds one `ret ALLOW`, a load and one comparison per node of a binary
-        // tree with `listed` leaves (and the x32 test).
-        assert_eq!(allow(&f.program), enosys_allow + 1);
+        let Parts { rules, leaves } = Parts::build_for(arch).unwrap();
+        assert_eq!(leaves.len(), DENIED.len() + 1 + 2);
+        // Arch check, load, the search (a binary tree with one comparison per leaf and
+        // per inner node, and the x32 test), `ret ALLOW`, the EPERM and ENOSYS returns,
+        // and the argument rules after their own arch check.
         let x32 = usize::from(cfg!(target_arch = "x86_64"));
-        assert_eq!(f.program.len(), chained.len() + 2 + x32 + 2 * listed - 1);
+        assert_eq!(
+            f.program.len(),
+            ARCH_CHECK_LEN + 1 + x32 + 2 * leaves.len() - 1 + 3 + rules.len() - ARCH_CHECK_LEN
+        );
+        // Shorter than seccompiler's own chain even with the search in front (132 against
+        // 231 on x86_64): the kernel converts and JITs every instruction on each install.
+        let reference = reference();
+        assert!(
+            f.program.len() < reference.len(),
+            "{} vs {}",
+            f.program.len(),
+            reference.len()
+        );
         // Every jump lands inside the program.
         for (i, insn) in f.program.iter().enumerate() {
             if insn.code == BPF_JMP_JA {
@@ -584,6 +627,13 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         assert!(f.program.iter().any(|i| i.k == X32_SYSCALL_BIT));
         assert!(f.program().len as usize <= BPF_MAXINSNS);
+        // A number listed twice is a layout error, not a silently shadowed leaf.
+        let mut twice = leaves.clone();
+        twice.push(*leaves.last().unwrap());
+        assert!(matches!(
+            dispatch(rules, &twice),
+            Err(SeccompError::UnexpectedLayout)
+        ));
     }
 
     /// Runs a classic BPF seccomp program on (nr, arch, args) as the kernel's interpreter
@@ -635,12 +685,14 @@ mod tests {
     fn the_number_search_changes_no_decision_and_shortens_the_allowed_path() {
         let f = Filters::build().unwrap();
         let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
-        let Parts {
-            eperm,
-            enosys,
-            listed,
-        } = Parts::build_for(arch).unwrap().finish().unwrap();
-        let plain = chain(eperm, enosys).unwrap();
+        let Parts { leaves, .. } = Parts::build_for(arch).unwrap();
+        let listed: Vec<u32> = leaves.iter().map(|(nr, _)| *nr).collect();
+        let by_rules: Vec<u32> = leaves
+            .iter()
+            .filter(|(_, l)| *l == Leaf::Rules)
+            .map(|(nr, _)| *nr)
+            .collect();
+        let plain = reference();
         let native = u32::from_le_bytes(plain[1].k.to_le_bytes());
         let mut args: Vec<[u64; 6]> = vec![[0; 6], [u64::MAX; 6]];
         for flag in CLONE_NEW_FLAGS {
@@ -652,7 +704,7 @@ mod tests {
         let mut numbers: Vec<u32> = (0..1024).collect();
         numbers.extend((0..1024).map(|n| n | 0x4000_0000));
         numbers.extend([u32::MAX, 0x7fff_ffff, 0x8000_0000]);
-        let mut longest_allowed = 0;
+        let (mut longest_allowed, mut longest_refused) = (0, 0);
         for nr in numbers {
             for a in &args {
                 for arch in [native, 0x4000_0003] {
@@ -662,6 +714,8 @@ mod tests {
                     if arch == native && nr < 0x4000_0000 && listed.binary_search(&nr).is_err() {
                         assert_eq!(got, libc::SECCOMP_RET_ALLOW, "nr {nr}");
                         longest_allowed = longest_allowed.max(steps);
+                    } else if arch == native && !by_rules.contains(&nr) {
+                        longest_refused = longest_refused.max(steps);
                     }
                 }
             }
@@ -671,6 +725,11 @@ mod tests {
         assert!(
             longest_allowed <= 3 + 3 + depth + 1,
             "{longest_allowed} instructions"
+        );
+        // A call refused whatever its arguments is answered at its leaf, x32 at once.
+        assert!(
+            longest_refused <= 3 + 3 + depth + 1,
+            "{longest_refused} instructions"
         );
         let (_, before) = run(&plain, 1023, native, [0; 6]);
         assert!(before > 2 * listed.len(), "{before}");
