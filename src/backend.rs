@@ -138,6 +138,31 @@ pub struct ExecOutcome {
     /// True when the stream exceeded `Limits::output_stream_cap` and was cut.
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// The sandbox's own limit that ended (or broke) a command that did not succeed, when
+    /// the backend can tell: Linux with a cgroup v2 per container reads its OOM-kill and
+    /// pids.max counters. `None` everywhere else: with rlimits (Linux without cgroup v2,
+    /// FreeBSD) the kernel records no per-sandbox event, a compiler just sees ENOMEM or
+    /// EAGAIN and fails in its own way. The time limit is [`ExitStatus::TimedOut`].
+    pub limit_hit: Option<LimitHit>,
+}
+
+/// A sandbox limit (other than time) that fired during a failed command, with the
+/// configured value; displayed with the configuration key that sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `Limits::memory_bytes`: the sandbox's memory was exhausted (a process OOM-killed).
+    Memory { bytes: u64 },
+    /// `Limits::max_processes`: a fork failed at the sandbox's process limit.
+    Processes { max: u64 },
+}
+
+impl std::fmt::Display for LimitHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitHit::Memory { bytes } => write!(f, "memory limit (memory_bytes = {bytes})"),
+            LimitHit::Processes { max } => write!(f, "process limit (max_processes = {max})"),
+        }
+    }
 }
 
 /// A platform backend: images, containers, isolation. See DESIGN.md "The hot path".

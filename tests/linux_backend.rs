@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{host_processes_with, mounts_beneath};
-use jailbuilder::backend::{Backend, BuildUser, ExitStatus, Limits, ToolchainId};
+use jailbuilder::backend::{Backend, BuildUser, ExitStatus, LimitHit, Limits, ToolchainId};
 use jailbuilder::exec::{CommandSpec, ExecError, PreparedCommand, SetupStep};
-use jailbuilder::linux::{probe, LinuxBackend, LinuxConfig, LinuxContainer, LinuxError};
+use jailbuilder::linux::{
+    probe, LimitMechanism, LinuxBackend, LinuxConfig, LinuxContainer, LinuxError,
+};
 
 const BUSYBOX: &str = "/bin/busybox";
 const USER: BuildUser = BuildUser {
@@ -365,6 +367,60 @@ fn a_timeout_kills_a_looping_compile_promptly() {
     assert!(host_processes_with("987653").is_empty());
     f.backend.reset(&mut c).unwrap();
     assert_eq!(sh(&f.backend, &c, "echo alive").status, ExitStatus::Code(0));
+}
+
+/// With a cgroup per container, a failure the memory or process limit caused says so
+/// (`limit_hit`, from memory.events and pids.events); a plain failure after it does not.
+#[test]
+fn a_cgroups_memory_and_process_limits_are_named_when_they_end_a_command() {
+    require_root!();
+    let f = fixture();
+    let img = image(&f.backend);
+    let mut c = f.backend.create_container(&img).unwrap();
+    let run = |c: &LinuxContainer, lim: &Limits, script: &str| {
+        f.backend
+            .exec(c, &command(&["sh", "-c", script]), USER, lim, None)
+            .unwrap()
+    };
+    let lim = Limits {
+        max_processes: 4,
+        ..limits()
+    };
+    // ash gives up at the first fork the limit refuses.
+    let forks = "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; exit 3";
+    if let LimitMechanism::Rlimits { reason } = f.backend.limit_mechanism() {
+        // RLIMIT_NPROC refuses the fork with EAGAIN and leaves no event: the compiler's
+        // own failure, as far as anyone can tell.
+        let o = run(&c, &lim, forks);
+        assert!(!o.status.success(), "{o:?}");
+        assert_eq!(o.limit_hit, None, "{o:?}");
+        eprintln!("SKIP (the cgroup part): no cgroup v2 limits here: {reason}");
+        return;
+    }
+    let o = run(&c, &lim, forks);
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(o.limit_hit, Some(LimitHit::Processes { max: 4 }), "{o:?}");
+    // The counters seen are the baseline: the next failure is the command's own.
+    let o = run(&c, &lim, "exit 1");
+    assert_eq!((o.status, o.limit_hit), (ExitStatus::Code(1), None));
+    f.backend.reset(&mut c).unwrap();
+
+    let lim = Limits {
+        memory_bytes: 64 << 20,
+        ..limits()
+    };
+    let o = run(&c, &lim, "a=0123456789abcdef; while :; do a=$a$a; done");
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(
+        o.limit_hit,
+        Some(LimitHit::Memory { bytes: 64 << 20 }),
+        "{o:?}"
+    );
+    f.backend.reset(&mut c).unwrap();
+    let o = run(&c, &lim, "exit 1");
+    assert_eq!((o.status, o.limit_hit), (ExitStatus::Code(1), None));
+    let o = run(&c, &lim, "echo ok");
+    assert_eq!((o.status, o.limit_hit), (ExitStatus::Code(0), None));
 }
 
 #[test]

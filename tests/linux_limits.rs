@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use jailbuilder::backend::{BuildUser, ExitStatus, ToolchainId};
+use jailbuilder::backend::{BuildUser, ExitStatus, LimitHit, ToolchainId};
 use jailbuilder::engine::{BuildError, BuildRequest};
 use jailbuilder::exec::CancelToken;
 use jailbuilder::linux::LimitMechanism;
@@ -128,6 +128,17 @@ fn a_memory_hog_fails_alone() {
     // Refused (rlimit: malloc fails, dd exits 1) or killed (cgroup: OOM kill of dd).
     assert!(!out.contains("rc=0"), "the hog got its memory: {o:?}");
     eprintln!("memory hog: {out:?} {:?}", stderr(&o));
+    // The hog as the whole command: a cgroup's OOM kill is named as the memory limit (the
+    // sccache glue then fails the job); RLIMIT_AS's ENOMEM leaves no trace to go by.
+    let o = f
+        .sh("dd if=/dev/zero of=/dev/null bs=256M count=1")
+        .unwrap();
+    assert!(!o.exec.status.success(), "{o:?}");
+    let expected = match f.engine.backend().limit_mechanism() {
+        LimitMechanism::CgroupV2 { .. } => Some(LimitHit::Memory { bytes: 64 << 20 }),
+        LimitMechanism::Rlimits { .. } => None,
+    };
+    assert_eq!(o.exec.limit_hit, expected, "{o:?}");
     // Modest use still works under the limit.
     let o = f
         .sh("dd if=/dev/zero of=/dev/null bs=8M count=2 2>/dev/null; echo rc=$?")

@@ -143,6 +143,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if out.exec.status == jailbuilder::backend::ExitStatus::TimedOut {
         eprintln!("jailbuilder: the compile timed out and was killed");
+    } else if let Some(hit) = out.exec.limit_hit {
+        eprintln!("jailbuilder: the compile hit the sandbox's {hit}");
     }
     Ok(ExitCode::from(out.exec.status.code().clamp(0, 255) as u8))
 }

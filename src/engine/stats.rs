@@ -34,7 +34,9 @@ pub const PHASE_BUCKET_COUNT: usize = PHASE_BUCKETS_SECS.len() + 1;
 pub enum JobOutcome {
     /// The compiler ran and exited 0.
     Ok,
-    /// The compiler ran and failed: non-zero exit, killed by a signal or the time limit.
+    /// The compiler ran and failed: non-zero exit, killed by a signal, ended by the time
+    /// limit or another sandbox limit (`ExecOutcome::limit_hit`; the sccache glue turns
+    /// those into job errors, but the engine counts what the compiler did).
     CompileFailed,
     /// The request was at fault (bad command, inputs, outputs, toolchain).
     JobError,

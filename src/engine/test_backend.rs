@@ -240,6 +240,7 @@ pub(crate) fn outcome(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> ExecO
         stderr: stderr.to_vec(),
         stdout_truncated: false,
         stderr_truncated: false,
+        limit_hit: None,
     }
 }
 

@@ -297,5 +297,7 @@ pub fn supervise_cancellable(
         stderr: err.data,
         stdout_truncated: out.truncated,
         stderr_truncated: err.truncated,
+        // The backend that knows (Linux with a cgroup) fills it in.
+        limit_hit: None,
     })
 }

@@ -1038,6 +1038,9 @@ impl<K: Kernel> FreeBsdBackend<K> {
             limits
         };
         let plan = ExecPlan::new(jid, user, limits);
+        // The outcome's `limit_hit` stays None: rlimits and rctl's deny fail the
+        // allocation or fork (ENOMEM, EAGAIN) and the kernel records no per-jail event to
+        // attribute the failure to.
         self.kernel
             .exec(&plan, command, limits, cancel)
             .map_err(|e| match e {

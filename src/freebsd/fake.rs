@@ -1400,6 +1400,8 @@ impl FakeKernel {
             stderr,
             stdout_truncated,
             stderr_truncated,
+            // As on the real kernel: rlimits and rctl deny without a per-jail event.
+            limit_hit: None,
         })
     }
 }

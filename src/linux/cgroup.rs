@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::backend::{ExitStatus, LimitHit, Limits};
+
 /// How per-sandbox memory and process limits are enforced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LimitMechanism {
@@ -195,13 +197,75 @@ pub(super) fn kill_and_remove(dir: &Path, patience: Duration) -> io::Result<bool
     }
 }
 
+/// The counters of a container's cgroup that say one of its limits fired
+/// (Documentation/admin-guide/cgroup-v2.rst): `memory.events` `oom` (memory.max was
+/// reached and reclaim failed) and `oom_kill` (a process of the cgroup was OOM-killed),
+/// `pids.events` `max` (a fork failed at pids.max). They only grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct LimitEvents {
+    pub oom: u64,
+    pub oom_kill: u64,
+    pub pids_max: u64,
+}
+
+/// The value of `key` in a flat-keyed cgroup file's text ("key value" lines); 0 when the
+/// key is absent or its value is not a number.
+fn flat_keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl LimitEvents {
+    /// Reads the counters of the cgroup at `dir`; a missing file (a kernel without the
+    /// controller's events) counts as zeros.
+    pub fn read(dir: &Path) -> LimitEvents {
+        let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let (memory, pids) = (read("memory.events"), read("pids.events"));
+        LimitEvents {
+            oom: flat_keyed(&memory, "oom"),
+            oom_kill: flat_keyed(&memory, "oom_kill"),
+            pids_max: flat_keyed(&pids, "max"),
+        }
+    }
+}
+
+/// Which of the sandbox's limits a command that did not succeed hit, from the counters
+/// before and after it (unit-tested): the memory limit if a process was OOM-killed (or an
+/// OOM was declared), else the process limit if a fork failed at it. A limit that is not
+/// set (0) cannot have fired: an OOM kill then is the host's, not the sandbox's.
+pub(super) fn limit_hit(
+    status: ExitStatus,
+    before: LimitEvents,
+    after: LimitEvents,
+    memory_bytes: u64,
+    max_processes: u64,
+) -> Option<LimitHit> {
+    if status.success() {
+        return None;
+    }
+    let oom = after.oom_kill > before.oom_kill || after.oom > before.oom;
+    if oom && memory_bytes > 0 {
+        Some(LimitHit::Memory {
+            bytes: memory_bytes,
+        })
+    } else if after.pids_max > before.pids_max && max_processes > 0 {
+        Some(LimitHit::Processes { max: max_processes })
+    } else {
+        None
+    }
+}
+
 /// A container's leaf cgroup: its directory, the open `cgroup.procs` the sandbox's first
-/// child writes to, and the limits last written.
+/// child writes to, the limits last written, and its limit counters as last read.
 #[derive(Debug)]
 pub(super) struct ContainerCgroup {
     pub dir: PathBuf,
     pub procs: OwnedFd,
     applied: Mutex<Option<(u64, u64)>>,
+    seen: Mutex<LimitEvents>,
 }
 
 impl ContainerCgroup {
@@ -225,7 +289,38 @@ impl ContainerCgroup {
             dir,
             procs: procs.into(),
             applied: Mutex::new(None),
+            // A new cgroup's counters are zero: nothing to read.
+            seen: Mutex::new(LimitEvents::default()),
         })
+    }
+
+    /// Which limit a command that ended with `status` hit (see [`limit_hit`]). Reads the
+    /// counters only when the command did not succeed, so a successful compile costs no
+    /// read on its critical path; the counters seen become the next command's baseline,
+    /// and each reset reads them again ([`ContainerCgroup::refresh_limit_events`]), so
+    /// events of a build that succeeded anyway (a fork it retried) are not put down to
+    /// the next build of this container.
+    pub fn limit_hit(&self, status: ExitStatus, limits: &Limits) -> Option<LimitHit> {
+        if status.success() {
+            return None;
+        }
+        let after = LimitEvents::read(&self.dir);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let before = std::mem::replace(&mut *seen, after);
+        limit_hit(
+            status,
+            before,
+            after,
+            limits.memory_bytes,
+            limits.max_processes,
+        )
+    }
+
+    /// Takes in the current counters as the next command's baseline: after each reset, and
+    /// after a command that returned no outcome (cancelled, failed supervision).
+    pub fn refresh_limit_events(&self) {
+        let now = LimitEvents::read(&self.dir);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 
     /// Writes memory.max and pids.max (0 = "max") unless they already hold these values.
@@ -330,6 +425,118 @@ mod tests {
             cgroup2_mount_points(pure)[0],
             PathBuf::from("/sys/fs/cgroup")
         );
+    }
+
+    #[test]
+    fn limit_counters_parse_from_flat_keyed_files_missing_ones_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing there (no such controller): zeros.
+        assert_eq!(LimitEvents::read(dir.path()), LimitEvents::default());
+        fs::write(
+            dir.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 17\noom 2\noom_kill 3\noom_group_kill 0\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("pids.events"), "max 5\n").unwrap();
+        assert_eq!(
+            LimitEvents::read(dir.path()),
+            LimitEvents {
+                oom: 2,
+                oom_kill: 3,
+                pids_max: 5
+            }
+        );
+        // Keys match whole ("oom" does not answer "oom_kill", nor "max.imposed" "max");
+        // a malformed value or an empty file is 0.
+        assert_eq!(flat_keyed("oom 4\n", "oom_kill"), 0);
+        assert_eq!(flat_keyed("max 1\noom 4\n", "oom"), 4);
+        assert_eq!(flat_keyed("max.imposed 2\nmax 9\n", "max"), 9);
+        assert_eq!(flat_keyed("max x\n", "max"), 0);
+        assert_eq!(flat_keyed("", "max"), 0);
+    }
+
+    #[test]
+    fn a_failed_command_is_put_down_to_the_limit_whose_counter_grew() {
+        let z = LimitEvents::default();
+        let oom = LimitEvents {
+            oom: 1,
+            oom_kill: 1,
+            ..z
+        };
+        let forks = LimitEvents { pids_max: 3, ..z };
+        let killed = ExitStatus::Signal(libc::SIGKILL);
+        let (mem_hit, procs_hit) = (
+            LimitHit::Memory { bytes: 1 << 30 },
+            LimitHit::Processes { max: 64 },
+        );
+        let (mem, procs) = (Some(mem_hit), Some(procs_hit));
+        assert_eq!(limit_hit(killed, z, oom, 1 << 30, 64), mem);
+        // cc1 OOM-killed, the driver exits 1: still the memory limit.
+        assert_eq!(limit_hit(ExitStatus::Code(1), z, oom, 1 << 30, 64), mem);
+        // An OOM kill without the cgroup's own OOM (the host's OOM killer chose a sandbox
+        // process): still put down to memory, and a local retry suits that too.
+        let kill_only = LimitEvents { oom_kill: 1, ..z };
+        assert_eq!(limit_hit(killed, z, kill_only, 1 << 30, 64), mem);
+        assert_eq!(limit_hit(ExitStatus::Code(1), z, forks, 1 << 30, 64), procs);
+        // Both: the OOM kill is what ended it.
+        let both = LimitEvents { pids_max: 1, ..oom };
+        assert_eq!(limit_hit(killed, z, both, 1 << 30, 64), mem);
+        // Counters that did not move since the last read: the compiler's own failure.
+        assert_eq!(limit_hit(killed, both, both, 1 << 30, 64), None);
+        assert_eq!(limit_hit(ExitStatus::Code(1), z, z, 1 << 30, 64), None);
+        // A success is a success, whatever happened on the way.
+        assert_eq!(limit_hit(ExitStatus::Code(0), z, both, 1 << 30, 64), None);
+        // An unset limit (0) cannot have fired.
+        assert_eq!(limit_hit(killed, z, oom, 0, 64), None);
+        assert_eq!(limit_hit(killed, z, forks, 1 << 30, 0), None);
+        assert_eq!(
+            mem_hit.to_string(),
+            "memory limit (memory_bytes = 1073741824)"
+        );
+        assert_eq!(procs_hit.to_string(), "process limit (max_processes = 64)");
+    }
+
+    #[test]
+    fn a_containers_counters_are_read_after_failures_only_and_kept_as_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = ContainerCgroup {
+            dir: dir.path().to_path_buf(),
+            procs: fs::File::open("/dev/null").unwrap().into(),
+            applied: Mutex::new(None),
+            seen: Mutex::new(LimitEvents::default()),
+        };
+        let limits = Limits {
+            memory_bytes: 1 << 30,
+            max_processes: 64,
+            ..Limits::default()
+        };
+        let events = |oom_kill: u64, pids_max: u64| {
+            fs::write(
+                dir.path().join("memory.events"),
+                format!("max 0\noom {oom_kill}\noom_kill {oom_kill}\n"),
+            )
+            .unwrap();
+            fs::write(dir.path().join("pids.events"), format!("max {pids_max}\n")).unwrap();
+        };
+        let killed = ExitStatus::Signal(libc::SIGKILL);
+        // A compiler's own failure in a fresh cgroup (no events files yet, too).
+        assert_eq!(cg.limit_hit(ExitStatus::Code(1), &limits), None);
+        events(1, 0);
+        assert_eq!(
+            cg.limit_hit(killed, &limits),
+            Some(LimitHit::Memory { bytes: 1 << 30 })
+        );
+        // The same counters again: that OOM kill was the previous command's.
+        assert_eq!(cg.limit_hit(killed, &limits), None);
+        events(1, 2);
+        assert_eq!(
+            cg.limit_hit(ExitStatus::Code(2), &limits),
+            Some(LimitHit::Processes { max: 64 })
+        );
+        // A cancelled command's events are taken in, not put down to the next one.
+        events(2, 2);
+        cg.refresh_limit_events();
+        assert_eq!(cg.limit_hit(killed, &limits), None);
     }
 
     #[test]

@@ -983,6 +983,15 @@ impl LinuxBackend {
                 }
             }
         }
+        let mut result = result;
+        // Only a failure reads the cgroup's counters (none without a cgroup: rlimits leave
+        // no per-sandbox event to attribute a failure to).
+        if let Some(cg) = &container.cgroup {
+            match &mut result {
+                Ok(o) => o.limit_hit = cg.limit_hit(o.status, limits),
+                Err(_) => cg.refresh_limit_events(),
+            }
+        }
         result.map_err(|source| LinuxError::Exec {
             root: container.root.clone(),
             source,
@@ -1155,6 +1164,12 @@ impl Backend for LinuxBackend {
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
         container.sweep()?;
+        // The next build's baseline of the cgroup's limit counters, read here, off the
+        // critical path: a build that tripped a limit and still succeeded (a fork it
+        // retried) moved them, and its events must not be put down to the next one.
+        if let Some(cg) = &container.cgroup {
+            cg.refresh_limit_events();
+        }
         // Either the upper layer emptied in place (see the `upper` module) or fresh layers
         // (a new tmpfs upper, a new overlay) with the container's mount namespace given a
         // clone of the new overlay in place of the old: no file of the previous build

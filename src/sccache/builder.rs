@@ -313,13 +313,20 @@ impl<B: Backend> JailBuilder<B> {
             .map(|o| (o.path, o.data))
             .collect();
         let timeout = self.engine.config().limits.timeout.as_secs();
-        // Only the time limit is attributable for sure: a compiler that hits RLIMIT_AS or
-        // RLIMIT_NPROC sees ENOMEM/EAGAIN and fails or dies in its own way, and a cgroup's
-        // OOM kill looks like SIGKILL; those keep their exit code (128 + signal), as the
-        // stock overlay builder reports a compiler's own signal through bwrap.
+        // A limit of the sandbox's own that ended the compile fails the job: the time
+        // limit, and the memory or process limit where the backend can tell (Linux with a
+        // cgroup v2 per container reads its OOM-kill and pids.max counters). With rlimits
+        // only, a compiler that hits RLIMIT_AS or RLIMIT_NPROC sees ENOMEM/EAGAIN and fails
+        // or dies in its own way: that keeps its exit code (128 + signal), as the stock
+        // overlay builder reports a compiler's own signal through bwrap.
         if outcome.exec.status == ExitStatus::TimedOut {
             return Err(JobError::SandboxLimit {
                 limit: format!("time limit (timeout_secs = {timeout})"),
+            });
+        }
+        if let Some(hit) = outcome.exec.limit_hit {
+            return Err(JobError::SandboxLimit {
+                limit: hit.to_string(),
             });
         }
         Ok((

@@ -14,14 +14,15 @@ use sccache::dist::{
 
 use super::builder::{command_spec, process_output};
 use super::*;
-use crate::backend::{BuildUser, ExecOutcome, ExitStatus};
+use crate::backend::{BuildUser, ExecOutcome, ExitStatus, LimitHit};
 use crate::engine::test_backend::{outcome, TestBackend, TestError};
 use crate::engine::{Engine, EngineConfig};
 use crate::exec::PreparedCommand;
 
 /// The test backend's "compiler": concatenates its input arguments (relative to cwd) into
 /// `-o` output; `--fail`, `--signal`, `--timeout`, `--backend-fail` and `--env` do what they
-/// say.
+/// say; `--oom` and `--pids` end as the Linux backend reports a cgroup's memory and process
+/// limits (SIGKILL, exit 1) and `--kill` as a SIGKILL of the compiler's own.
 pub(crate) fn fake_compiler(root: &Path, cmd: &PreparedCommand) -> Result<ExecOutcome, TestError> {
     let spec = cmd.spec();
     let cwd = root.join(spec.cwd.trim_start_matches('/'));
@@ -39,6 +40,17 @@ pub(crate) fn fake_compiler(root: &Path, cmd: &PreparedCommand) -> Result<ExecOu
             }
             "--signal" => return Ok(outcome(ExitStatus::Signal(11), b"", b"")),
             "--timeout" => return Ok(outcome(ExitStatus::TimedOut, b"", b"")),
+            "--oom" => {
+                let mut o = outcome(ExitStatus::Signal(libc::SIGKILL), b"", b"");
+                o.limit_hit = Some(LimitHit::Memory { bytes: 1 << 30 });
+                return Ok(o);
+            }
+            "--pids" => {
+                let mut o = outcome(ExitStatus::Code(1), b"", b"fork: Resource unavailable\n");
+                o.limit_hit = Some(LimitHit::Processes { max: 64 });
+                return Ok(o);
+            }
+            "--kill" => return Ok(outcome(ExitStatus::Signal(libc::SIGKILL), b"", b"")),
             "--backend-fail" => return Err(TestError("injected".into(), false)),
             "--env" => {
                 let env = format!("{:?}", spec.env_vars);
@@ -319,6 +331,44 @@ fn a_compile_the_time_limit_ended_is_a_job_error_so_the_client_compiles_locally(
     assert!(h.server.builder().engine().is_healthy());
     h.assign(2, &tc);
     assert_eq!(complete(h.run(2, cc(&[]), &[], &[])).output.code, 0);
+}
+
+#[test]
+fn a_compile_the_memory_or_process_limit_ended_is_a_job_error_a_plain_kill_is_not() {
+    // Where the backend attributes a failure to the sandbox's memory or process limit
+    // (Linux with a cgroup), the job fails as for the time limit, naming the limit's key.
+    let h = harness(small_config());
+    let tc = good_toolchain();
+    for (n, (arg, key)) in [
+        ("--oom", "memory limit (memory_bytes = 1073741824)"),
+        ("--pids", "process limit (max_processes = 64)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job = n as u64 + 1;
+        h.assign(job, &tc);
+        let err = match h.run(job, cc(&[arg]), &["a.o"], &[]) {
+            Err(e) => e,
+            Ok(_) => panic!("a compile ended by the {key} completed"),
+        };
+        let msg = err.to_string();
+        assert!(msg.contains(key), "{msg}");
+        assert!(msg.contains("compile it locally"), "{msg}");
+        match &err {
+            ServerError::Job(j) => {
+                assert!(matches!(j, JobError::SandboxLimit { .. }), "{j:?}");
+                assert!(j.is_client_error());
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+    assert!(h.server.builder().engine().is_healthy());
+    // A SIGKILL no limit accounts for is the compiler's outcome: 128 + 9, as before.
+    h.assign(3, &tc);
+    let c = complete(h.run(3, cc(&["--kill"]), &[], &[]));
+    assert_eq!(c.output.code, 128 + 9);
+    assert!(String::from_utf8_lossy(&c.output.stderr).contains("killed by signal 9"));
 }
 
 #[test]
