@@ -306,40 +306,15 @@ fn killed_and_timed_out_compiles_report_shell_codes_and_say_why() {
 }
 
 #[test]
-fn a_compile_the_time_limit_ended_is_a_job_error_so_the_client_compiles_locally() {
+fn a_compile_a_sandbox_limit_ended_is_a_job_error_a_plain_kill_is_not() {
     // A compiler killed by its own signal is the compiler's outcome (128 + signal, as
     // above); one the sandbox's time limit killed is not: the job fails, and the stock
-    // client falls back to a local compile instead of reporting a compile error.
-    let h = harness(small_config());
-    let tc = good_toolchain();
-    h.assign(1, &tc);
-    let err = match h.run(1, cc(&["--timeout"]), &["a.o"], &[]) {
-        Err(e) => e,
-        Ok(_) => panic!("a timed-out compile completed"),
-    };
-    let msg = err.to_string();
-    assert!(msg.contains("time limit (timeout_secs = "), "{msg}");
-    assert!(msg.contains("compile it locally"), "{msg}");
-    match &err {
-        ServerError::Job(j) => {
-            assert!(matches!(j, JobError::SandboxLimit { .. }), "{j:?}");
-            assert!(j.is_client_error());
-        }
-        e => panic!("{e:?}"),
-    }
-    // Not a builder failure: the builder stays healthy and serves the next job.
-    assert!(h.server.builder().engine().is_healthy());
-    h.assign(2, &tc);
-    assert_eq!(complete(h.run(2, cc(&[]), &[], &[])).output.code, 0);
-}
-
-#[test]
-fn a_compile_the_memory_or_process_limit_ended_is_a_job_error_a_plain_kill_is_not() {
-    // Where the backend attributes a failure to the sandbox's memory or process limit
-    // (Linux with a cgroup), the job fails as for the time limit, naming the limit's key.
+    // client falls back to a local compile instead of reporting a compile error. So does
+    // one the backend puts down to the memory or process limit (Linux with a cgroup).
     let h = harness(small_config());
     let tc = good_toolchain();
     for (n, (arg, key)) in [
+        ("--timeout", "time limit (timeout_secs = "),
         ("--oom", "memory limit (memory_bytes = 1073741824)"),
         ("--pids", "process limit (max_processes = 64)"),
     ]
@@ -363,10 +338,11 @@ fn a_compile_the_memory_or_process_limit_ended_is_a_job_error_a_plain_kill_is_no
             e => panic!("{e:?}"),
         }
     }
+    // Not a builder failure: the builder stays healthy and serves the next job.
     assert!(h.server.builder().engine().is_healthy());
     // A SIGKILL no limit accounts for is the compiler's outcome: 128 + 9, as before.
-    h.assign(3, &tc);
-    let c = complete(h.run(3, cc(&["--kill"]), &[], &[]));
+    h.assign(4, &tc);
+    let c = complete(h.run(4, cc(&["--kill"]), &[], &[]));
     assert_eq!(c.output.code, 128 + 9);
     assert!(String::from_utf8_lossy(&c.output.stderr).contains("killed by signal 9"));
 }
