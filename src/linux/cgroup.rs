@@ -304,9 +304,7 @@ impl ContainerCgroup {
         if status.success() {
             return None;
         }
-        let after = LimitEvents::read(&self.dir);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let before = std::mem::replace(&mut *seen, after);
+        let (before, after) = self.take_limit_events();
         limit_hit(
             status,
             before,
@@ -319,8 +317,14 @@ impl ContainerCgroup {
     /// Takes in the current counters as the next command's baseline: after each reset, and
     /// after a command that returned no outcome (cancelled, failed supervision).
     pub fn refresh_limit_events(&self) {
+        self.take_limit_events();
+    }
+
+    /// Reads the counters and keeps them as the baseline: (the previous baseline, now).
+    fn take_limit_events(&self) -> (LimitEvents, LimitEvents) {
         let now = LimitEvents::read(&self.dir);
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::replace(&mut *seen, now), now)
     }
 
     /// Writes memory.max and pids.max (0 = "max") unless they already hold these values.

@@ -953,7 +953,7 @@ impl LinuxBackend {
             error_pipe: ep_r,
             exit_fd: pidfd,
         };
-        let result = supervise_cancellable(child, limits, cancel, &mut || kill_a());
+        let mut result = supervise_cancellable(child, limits, cancel, &mut || kill_a());
         match &result {
             // The command exited by itself; as pid 1 its exit waited for its whole pid
             // namespace. Nothing is left.
@@ -983,7 +983,6 @@ impl LinuxBackend {
                 }
             }
         }
-        let mut result = result;
         // Only a failure reads the cgroup's counters (none without a cgroup: rlimits leave
         // no per-sandbox event to attribute a failure to).
         if let Some(cg) = &container.cgroup {
