@@ -169,15 +169,20 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
     let tc = files(&cluster.dir().join("cache/tc"));
     assert_eq!(tc.len(), 1, "the stock server's toolchain cache: {tc:?}");
 
-    // 3. serve on the stock server's cache_dir, with metrics.
-    let metrics_port = free_port();
-    cluster.replace_server(
-        ServerKind::Jailbuilder("max_containers = 2\n"),
-        &ClusterOptions {
-            server_extra: format!("metrics_addr = \"127.0.0.1:{metrics_port}\"\n"),
-            ..right.clone()
-        },
-    );
+    // 3. serve on the stock server's cache_dir, with metrics (`serve_with_metrics`: serve
+    // in the build server's place, with a metrics endpoint; returns its port).
+    let serve_with_metrics = |cluster: &mut Cluster| {
+        let metrics_port = free_port();
+        cluster.replace_server(
+            ServerKind::Jailbuilder("max_containers = 2\n"),
+            &ClusterOptions {
+                server_extra: format!("metrics_addr = \"127.0.0.1:{metrics_port}\"\n"),
+                ..right.clone()
+            },
+        );
+        metrics_port
+    };
+    let metrics_port = serve_with_metrics(&mut cluster);
     let before = scrape(metrics_port);
     assert_eq!(
         sample(&before, "jailbuilder_toolchain_cache_archives"),
@@ -213,14 +218,7 @@ fn jwt_auth_a_stock_written_cache_dir_and_a_metrics_scrape() {
 
     // 4. A warm restart (issue 12.4): serve again on the same state directory adopts the
     // image the last one built, so the next compile unpacks no toolchain.
-    let metrics_port = free_port();
-    cluster.replace_server(
-        ServerKind::Jailbuilder("max_containers = 2\n"),
-        &ClusterOptions {
-            server_extra: format!("metrics_addr = \"127.0.0.1:{metrics_port}\"\n"),
-            ..right
-        },
-    );
+    let metrics_port = serve_with_metrics(&mut cluster);
     compile(&cluster, "restarted", 6);
     let stats = cluster.client.stats();
     assert_eq!(
