@@ -9,6 +9,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -525,6 +526,37 @@ fn a_second_instance_on_the_same_state_dir_is_refused() {
     drop(f.backend);
     // Once the first is gone, the lock is free.
     LinuxBackend::new(config(f.dir.path())).unwrap();
+}
+
+/// flock(2) locks belong to the open file description, which every child cloned while the
+/// backend lives shares until it closes its copy: a sibling's sandbox child before its
+/// close_range, a `Command` child before execve, or here a forked child that just waits.
+/// A dropped backend must free the lock even so, not when the last copy goes.
+#[test]
+fn a_dropped_instance_frees_the_lock_while_a_child_holds_a_copy_of_it() {
+    require_root!();
+    let f = fixture();
+    let (release_r, release_w) = nix::unistd::pipe().unwrap();
+    // SAFETY: the child calls only read(2) and _exit(2), both async-signal-safe, so the
+    // other threads of this test process (locks they held at fork) do not matter.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: read(2) into a local buffer; _exit(2) ends the child without unwinding.
+        unsafe {
+            libc::read(release_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(release_r);
+    drop(f.backend);
+    let reopened = LinuxBackend::new(config(f.dir.path()));
+    nix::unistd::write(&release_w, b"x").unwrap();
+    let mut status = 0;
+    // SAFETY: waitpid(2) on our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    reopened.unwrap();
 }
 
 #[test]

@@ -60,6 +60,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::backend::{
     Backend, BuildUser, CleanupReport, ExecOutcome, ExistingImage, ExitStatus, Limits, ToolchainId,
 };
@@ -134,8 +137,11 @@ pub struct LinuxBackend {
     base: Option<PathBuf>,
     tmpfs_size: u64,
     image_limits: UnpackLimits,
-    /// Holds the instance lock (flock) for the backend's life.
-    _lock: File,
+    /// Holds the instance lock (flock) for the backend's life. Dropping it unlocks
+    /// (LOCK_UN) rather than only closing: a flock belongs to the open file description,
+    /// which every child cloned meanwhile shares until it closes its copy (flock(2)), so a
+    /// close alone could leave the lock held past the backend by a child in mid-spawn.
+    _lock: Flock<File>,
     /// The host's /dev/null: stdin of every sandboxed command.
     dev_null: OwnedFd,
     next_container: AtomicU64,
@@ -464,7 +470,7 @@ impl LinuxBackend {
         };
 
         let lock_path = state.join("lock");
-        let lock = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -476,18 +482,18 @@ impl LinuxBackend {
                 path: lock_path.clone(),
                 source,
             })?;
-        // SAFETY: flock(2) on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let source = io::Error::last_os_error();
-            return Err(if source.kind() == io::ErrorKind::WouldBlock {
-                LinuxError::Locked { path: lock_path }
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == Errno::EWOULDBLOCK {
+                LinuxError::Locked {
+                    path: lock_path.clone(),
+                }
             } else {
                 LinuxError::Lock {
-                    path: lock_path,
-                    source,
+                    path: lock_path.clone(),
+                    source: sys::io(errno),
                 }
-            });
-        }
+            }
+        })?;
 
         let dev_null = nix::fcntl::open(
             "/dev/null",
