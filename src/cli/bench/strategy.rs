@@ -311,7 +311,10 @@ impl Strategy for Native {
 // ------------------------------------------------------------------------------ bare
 
 /// The host compiler, no sandbox: inputs unpacked into a fresh directory, the compiler
-/// spawned there, the object read back, the directory removed.
+/// spawned there with its temporary files (`TMPDIR`) beside them, the object read back,
+/// the directory removed. The directory is on the filesystem the caller chose for it (on
+/// Linux a tmpfs, as native's writable layer is), so that the difference to native is the
+/// sandbox and not where the compiler's files are written.
 pub struct Bare {
     dir: PathBuf,
     compiler: String,
@@ -344,12 +347,15 @@ impl Strategy for Bare {
         tar::Archive::new(job.inputs)
             .unpack(&root)
             .context("bare: unpacking inputs")?;
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
         let cwd = root.join(CWD.trim_start_matches('/'));
         let out = self.spawner.output(
             Command::new(&self.compiler)
                 .args(job.args())
                 .env_clear()
                 .envs(env_vars())
+                .env("TMPDIR", &tmp)
                 .current_dir(&cwd),
         )?;
         check_compile("bare", job.unit, out.status.success(), &out.stderr)?;
