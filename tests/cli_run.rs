@@ -223,3 +223,71 @@ fn an_error_names_each_cause_once() {
     let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
     assert_eq!(err.matches(cause.as_str()).count(), 1, "{err}");
 }
+
+/// Ctrl-C on a bench (SIGINT) stops it after the compiles in flight, and it removes every
+/// mount it made (native's containers, the cli port's overlays, bwrap's build tmpfs, bare's
+/// tmpfs) before it exits with 130. Before, the signal killed it and left ~65 mounts.
+#[test]
+fn an_interrupted_bench_unmounts_what_it_made_and_exits_130() {
+    require_root!();
+    let have = |c: &str| jailbuilder::toolchain::which(c).is_some();
+    let mut strategies = vec!["native", "bare"];
+    if have("busybox") {
+        strategies.push("cli");
+    }
+    if have("bwrap") {
+        strategies.push("bwrap");
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut report = tempfile::tempfile().unwrap();
+    let mut bench = Command::new(JB)
+        .args([
+            "bench",
+            "--small-functions",
+            "0",
+            "--large-units",
+            "0",
+            "--small-units",
+            "4",
+        ])
+        .args(["--compiles", "200", "--concurrency", "1", "--strategies"])
+        .arg(strategies.join(","))
+        .arg("--state-dir")
+        .arg(state.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(report.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    // The first progress line comes once every strategy is set up and compiling.
+    let mut stderr = std::io::BufReader::new(bench.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "bench ended before compiling: {seen}");
+        seen.push_str(&line);
+        if line.trim_start().starts_with("bench ") && line.contains('/') {
+            break;
+        }
+    }
+    assert!(
+        !common::mounts_beneath(state.path()).is_empty(),
+        "the bench mounts nothing while it runs: the test would prove nothing"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bench.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = bench.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stderr: {seen}{rest}");
+    assert!(rest.contains("interrupted"), "stderr: {rest}");
+    let mut table = String::new();
+    std::io::Seek::rewind(&mut report).unwrap();
+    std::io::Read::read_to_string(&mut report, &mut table).unwrap();
+    assert_eq!(table, "", "an interrupted bench reports no figures");
+    assert_eq!(common::mounts_beneath(state.path()), Vec::<String>::new());
+    assert!(!state.path().join("work/bare").exists());
+}

@@ -8,6 +8,10 @@
 //! - `bare`: the host compiler without a sandbox, the floor.
 //!
 //! Every object must be byte-identical across strategies: a mismatch is an error.
+//!
+//! SIGINT or SIGTERM stops the bench after the compiles in flight: it then shuts every
+//! strategy down, unmounts and removes what it made, and exits with 130. A second signal
+//! ends it at once (`jailbuilder clean` or the next run removes what that leaves).
 
 #[cfg(target_os = "linux")]
 mod census;
@@ -25,7 +29,8 @@ use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -241,6 +246,8 @@ struct Bench<'a> {
     refs: Mutex<HashMap<String, (String, Vec<u8>)>>,
     bar: Mutex<Bar>,
     cpu: CpuMeter,
+    /// Set by SIGINT/SIGTERM: no compile starts after it.
+    stop: Arc<AtomicBool>,
 }
 
 impl Bench<'_> {
@@ -282,6 +289,9 @@ impl Bench<'_> {
                 .map(|_| {
                     scope.spawn(|| -> anyhow::Result<()> {
                         loop {
+                            if self.stop.load(Ordering::Relaxed) {
+                                bail!("interrupted by a signal");
+                            }
                             let Some(pos) = queue.lock().unwrap().pop() else {
                                 return Ok(());
                             };
@@ -321,6 +331,21 @@ impl Bench<'_> {
             tasks,
         })
     }
+}
+
+/// SIGINT and SIGTERM set the returned flag; a second one ends the process at once with
+/// 130, as if no handler were installed.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    Ok(stop)
 }
 
 #[cfg(target_os = "freebsd")]
@@ -452,6 +477,7 @@ impl Ctx {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     common::require_root("jailbuilder bench")?;
+    let stop = stop_on_signals()?;
     let load_before = report::loadavg();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut levels = if args.concurrency.is_empty() {
@@ -603,6 +629,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             names.len() * (warm + args.compiles * levels.len()),
         )),
         cpu: CpuMeter::new(),
+        stop: Arc::clone(&stop),
     };
 
     let t = Instant::now();
@@ -662,6 +689,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 cells.push(cell);
             }
         }
+        if bench.stop.load(Ordering::Relaxed) {
+            bail!("interrupted by a signal");
+        }
         let mut report = Report::new(cells, &levels, cores);
         // The syscall census: a few more compiles of native and bare, traced.
         #[cfg(target_os = "linux")]
@@ -712,6 +742,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     bench.cpu.close();
     for d in ["toolchain", "cli-base", "work/bare"] {
         let _ = std::fs::remove_dir_all(root.join(d));
+    }
+    // A signal also reaches the compilers of bare, cli and bwrap (the terminal's process
+    // group), which then fail: after a signal, any error is the interruption.
+    if bench.stop.load(Ordering::Relaxed) {
+        eprintln!(
+            "jailbuilder bench: interrupted; shut down and removed what it mounted under {}",
+            root.display()
+        );
+        return Ok(ExitCode::from(130));
     }
     let mut report = result?;
     report.set_context(
