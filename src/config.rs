@@ -35,6 +35,11 @@ pub struct BuilderConfig {
     /// overlay's lookups stay cached);
     /// false always mounts a fresh tmpfs and overlay.
     pub reset_in_place: bool,
+    /// Linux: give each new toolchain image that has none an `/etc/ld.so.cache` of the
+    /// libraries every glibc loader would find alike, so that the compiler's processes
+    /// find their libraries without searching every system directory; false keeps images
+    /// exactly as the client sent them.
+    pub ld_cache: bool,
 
     /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".
     pub dataset_root: String,
@@ -121,6 +126,7 @@ impl Default for BuilderConfig {
             container_tmpfs_bytes: 4 << 30,
             cgroup_v2: true,
             reset_in_place: true,
+            ld_cache: true,
             dataset_root: "zroot/jailbuilder".into(),
             mount_root: PathBuf::from("/var/jailbuilder"),
             base_snapshot: None,

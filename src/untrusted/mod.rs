@@ -8,10 +8,14 @@
 
 mod beneath;
 mod file_flags;
+#[cfg(target_os = "linux")]
+mod ld_cache;
 mod tar_guard;
 mod unpack;
 
 pub use beneath::{make_dirs_beneath, open_file_beneath, read_file_beneath, BeneathError, RootDir};
+#[cfg(target_os = "linux")]
+pub use ld_cache::{write_for_image as write_ld_cache, LdCache};
 /// Checks a client path the way every function here will: no `..`, no NUL, bounded
 /// lengths, not the root itself.
 pub fn split_checked(path: &str) -> Result<(), BeneathError> {
