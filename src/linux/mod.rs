@@ -43,6 +43,7 @@
 mod cgroup;
 mod child;
 mod error;
+mod page_cache;
 mod probe;
 mod seccomp;
 mod spawn;
@@ -72,6 +73,9 @@ use crate::untrusted::{unpack_tar_gz, write_ld_cache, LdCache, RootDir, UnpackLi
 
 pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
+pub use page_cache::{
+    refill as refill_page_cache, refill_file as refill_page_cache_file, Refilled,
+};
 pub use probe::{probe, ProbeItem};
 pub use seccomp::SeccompError;
 
@@ -816,6 +820,16 @@ impl LinuxBackend {
         // SAFETY: syncfs(2) on a descriptor we own.
         if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
             return Err(sync_err(io::Error::last_os_error()));
+        }
+        // Written back, so droppable: read the executables and libraries back into large
+        // folios (page_cache). Only an optimisation.
+        match page_cache::refill(layer) {
+            Ok(r) => log::debug!(
+                "toolchain {id}: page cache refilled, {} files, {} bytes",
+                r.files,
+                r.bytes
+            ),
+            Err(e) => log::warn!("toolchain {id}: page cache not refilled: {e}"),
         }
         image_marker::write(stage, id, &stats).map_err(|source| LinuxError::MarkImage {
             path: stage.to_path_buf(),

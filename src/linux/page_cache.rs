@@ -1,0 +1,176 @@
+//! Refilling the page cache of a toolchain's executables and libraries by reading them, so
+//! that every compiler process maps them from large folios.
+//!
+//! How a file's pages came into the page cache changes how fast the compiler runs from it:
+//! pages a `read(2)` brought in come in large folios (the readahead of sequential reads,
+//! `page_cache_ra_order` in mm/readahead.c), while pages faulted in through the mappings of
+//! an `execve` or `mmap` come in single pages (`do_sync_mmap_readahead`). Measured on this
+//! project's machine (AMD EPYC, Linux 6.18, ext4): a near-empty compile with cc1, as and
+//! their libraries refilled this way took 1.35-1.41 ms less (about 7 %) than from freshly
+//! written copies of the same files, and 0.7-1.7 ms less than from pages faulted in; the
+//! number of page faults barely moved, so the gain is in address translation (physically
+//! contiguous folios). Whatever the cause on another machine, refilling costs one sequential
+//! read of those files once per image, off the compile path.
+//!
+//! Only regular files of at least [`MIN_BYTES`] that start with the ELF magic are refilled:
+//! the compiler's text and data. The walk follows no symlink (each directory is opened
+//! beneath its parent with `O_NOFOLLOW`), is bounded in depth and entries, and stops at the
+//! first error: it is an optimisation, never a reason to fail an image.
+
+use std::ffi::CStr;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{posix_fadvise, OFlag, PosixFadviseAdvice};
+use nix::sys::stat::{fstat, Mode, SFlag};
+
+/// Files smaller than this are left alone (headers, scripts, small libraries).
+pub const MIN_BYTES: u64 = 64 << 10;
+const MAX_DEPTH: usize = 64;
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// What [`refill`] read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refilled {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Drops the cached pages of every ELF file of at least [`MIN_BYTES`] beneath `dir` and
+/// reads it back sequentially (see the module's docs). Dirty pages are not dropped
+/// (POSIX_FADV_DONTNEED only starts their writeback): call it on files already written
+/// back, as after syncfs(2).
+pub fn refill(dir: &Path) -> std::io::Result<Refilled> {
+    let top = Dir::open(dir, dir_flags(), Mode::empty())?;
+    let mut done = Refilled::default();
+    let mut seen = 0usize;
+    walk(top, 0, &mut seen, &mut done)?;
+    Ok(done)
+}
+
+/// Refills the single regular file `path` as [`refill`] would, following symlinks (a
+/// host's own toolchain, for the bench); false if it is not such a file.
+pub fn refill_file(path: &Path) -> std::io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    refill_open(file)
+}
+
+fn walk(dir: Dir, depth: usize, seen: &mut usize, done: &mut Refilled) -> std::io::Result<()> {
+    if depth > MAX_DEPTH {
+        return Ok(());
+    }
+    let mut dir = dir;
+    let mut names = Vec::new();
+    for e in dir.iter() {
+        let e = e?;
+        let n = e.file_name();
+        if n == c"." || n == c".." {
+            continue;
+        }
+        *seen += 1;
+        if *seen > MAX_ENTRIES {
+            return Ok(());
+        }
+        names.push((n.to_owned(), e.file_type()));
+    }
+    for (name, kind) in names {
+        match kind {
+            Some(Type::Directory) => {
+                let sub = Dir::openat(dir.as_fd(), name.as_c_str(), dir_flags(), Mode::empty())?;
+                walk(sub, depth + 1, seen, done)?;
+            }
+            Some(Type::File) | None => {
+                if let Some(bytes) = refill_at(&dir, &name)? {
+                    done.files += 1;
+                    done.bytes += bytes;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Opens `name` beneath `dir` without following a symlink or blocking on a FIFO, and
+/// refills it if it is a large enough ELF file; its size if so.
+fn refill_at(dir: &Dir, name: &CStr) -> std::io::Result<Option<u64>> {
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::openat(dir.as_fd(), name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // A symlink, or a directory whose type the listing did not give.
+        Err(nix::errno::Errno::ELOOP | nix::errno::Errno::EISDIR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = std::fs::File::from(fd);
+    let size = file.metadata()?.len();
+    Ok(refill_open(file)?.then_some(size))
+}
+
+fn refill_open(mut file: std::fs::File) -> std::io::Result<bool> {
+    let st = fstat(file.as_fd())?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
+        || (st.st_size as u64) < MIN_BYTES
+    {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
+        return Ok(false);
+    }
+    posix_fadvise(file.as_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
+    // Sequential reads from the start: readahead sees a stream and grows its folios.
+    let mut file = std::io::BufReader::with_capacity(1 << 20, file);
+    std::io::Seek::rewind(&mut file)?;
+    std::io::copy(&mut file, &mut std::io::sink())?;
+    Ok(true)
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn only_large_elf_files_are_read_and_no_symlink_is_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let big_elf = [b"\x7fELF".as_slice(), &vec![0u8; MIN_BYTES as usize]].concat();
+        std::fs::create_dir_all(t.path().join("usr/lib")).unwrap();
+        std::fs::write(t.path().join("usr/lib/libbig.so"), &big_elf).unwrap();
+        std::fs::write(t.path().join("usr/lib/small.so"), b"\x7fELF").unwrap();
+        std::fs::write(
+            t.path().join("usr/lib/big.txt"),
+            vec![b'x'; 2 * MIN_BYTES as usize],
+        )
+        .unwrap();
+        std::fs::write(outside.path().join("libout.so"), &big_elf).unwrap();
+        symlink(outside.path(), t.path().join("usr/escape")).unwrap();
+        symlink(
+            outside.path().join("libout.so"),
+            t.path().join("usr/lib/link.so"),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(&t.path().join("usr/lib/fifo"), Mode::S_IRWXU).unwrap();
+
+        let got = refill(t.path()).unwrap();
+        assert_eq!(
+            got,
+            Refilled {
+                files: 1,
+                bytes: big_elf.len() as u64
+            }
+        );
+        assert!(refill_file(&outside.path().join("libout.so")).unwrap());
+        assert!(!refill_file(&t.path().join("usr/lib/big.txt")).unwrap());
+    }
+}
