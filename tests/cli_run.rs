@@ -12,25 +12,9 @@ use std::sync::OnceLock;
 
 const JB: &str = env!("CARGO_BIN_EXE_jailbuilder");
 
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (overlayfs, namespaces)".into());
-    }
-    if jailbuilder::toolchain::which("cc").is_none() {
-        return Some("no host C compiler (apt-get install build-essential)".into());
-    }
-    None
-}
-
-macro_rules! require_root {
+macro_rules! require_cc {
     () => {
-        if let Some(reason) = skip_reason() {
-            if std::env::var("JAILBUILDER_CI").as_deref() == Ok("1") {
-                panic!("JAILBUILDER_CI=1 but cannot run: {reason}");
-            }
-            eprintln!("SKIP: {reason}");
-            return;
-        }
+        skip_unless!(common::root_and_cc_missing())
     };
 }
 
@@ -61,7 +45,7 @@ int greet(const char *who) { counter++; return printf("hello, %s %d\n", who, twi
 
 #[test]
 fn a_sandboxed_compile_matches_the_host_compile() {
-    require_root!();
+    require_cc!();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -113,7 +97,7 @@ fn a_sandboxed_compile_matches_the_host_compile() {
 
 #[test]
 fn a_compile_error_returns_the_compiler_exit_code_and_stderr() {
-    require_root!();
+    require_cc!();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -229,7 +213,7 @@ fn an_error_names_each_cause_once() {
 /// tmpfs) before it exits with 130. Before, the signal killed it and left ~65 mounts.
 #[test]
 fn an_interrupted_bench_unmounts_what_it_made_and_exits_130() {
-    require_root!();
+    require_cc!();
     let have = |c: &str| jailbuilder::toolchain::which(c).is_some();
     let mut strategies = vec!["native", "bare"];
     if have("busybox") {

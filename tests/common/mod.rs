@@ -32,7 +32,15 @@ pub fn skip_reason() -> Option<String> {
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if let Some(reason) = common::skip_reason() {
+        $crate::skip_unless!(common::skip_reason())
+    };
+}
+
+/// Returns early (SKIP: reason) when `reason` is Some; fails instead under JAILBUILDER_CI=1.
+#[macro_export]
+macro_rules! skip_unless {
+    ($reason:expr) => {
+        if let Some(reason) = $reason {
             if std::env::var("JAILBUILDER_CI").as_deref() == Ok("1") {
                 panic!("JAILBUILDER_CI=1 but cannot run: {reason}");
             }
@@ -40,6 +48,18 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// Root (namespaces, overlayfs) and a host C compiler to package: what the tests that
+/// compile real C in the sandbox need.
+pub fn root_and_cc_missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (overlayfs, namespaces)".into());
+    }
+    if jailbuilder::toolchain::which("cc").is_none() {
+        return Some("no host C compiler (apt-get install build-essential)".into());
+    }
+    None
 }
 
 pub const APPLETS: &[&str] = &[
