@@ -96,6 +96,13 @@ fn walk(dir: Dir, depth: usize, seen: &mut usize, done: &mut Refilled) -> std::i
 /// Opens `name` beneath `dir` without following a symlink or blocking on a FIFO, and
 /// refills it if it is a large enough ELF file; its size if so.
 fn refill_at(dir: &Dir, name: &CStr) -> std::io::Result<Option<u64>> {
+    // Most of a toolchain is small files (headers): judged by fstatat, never opened.
+    let st = nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
+        || (st.st_size as u64) < MIN_BYTES
+    {
+        return Ok(None);
+    }
     let flags = OFlag::O_RDONLY
         | OFlag::O_NOFOLLOW
         | OFlag::O_NONBLOCK
