@@ -125,6 +125,13 @@ fn a_restart_after_a_crash_adopts_the_image_and_removes_everything_else() {
     assert_eq!(echo(&engine, &tc), "served\n");
     assert_eq!(engine.stats().images_created, 0);
     assert_eq!(inode(&image.join("root")), layer);
+    // Its executables were read back into the page cache in the background (the backend's
+    // page_cache module): busybox is the toolchain's one ELF file of 64 KiB or more.
+    let refilled = engine
+        .backend()
+        .wait_page_cache_refill()
+        .expect("adopting an image starts a page-cache refill");
+    assert_eq!(refilled.files, 1, "{refilled:?}");
 
     // `jailbuilder clean` still removes every image.
     drop(engine);

@@ -164,6 +164,8 @@ pub struct LinuxBackend {
     ld_cache: bool,
     resets_in_place: AtomicU64,
     resets_fresh: AtomicU64,
+    /// The page cache of the images adopted at start, refilled in the background.
+    adopted_refill: Mutex<Option<page_cache::Background>>,
 }
 
 /// An unpacked toolchain image. Holds no kernel resource: an image dropped without
@@ -546,6 +548,7 @@ impl LinuxBackend {
             seed_mnt,
             reset_in_place: config.reset_in_place,
             ld_cache: config.ld_cache,
+            adopted_refill: Mutex::new(None),
             resets_in_place: AtomicU64::new(0),
             resets_fresh: AtomicU64::new(0),
         };
@@ -561,6 +564,13 @@ impl LinuxBackend {
 
     pub fn state_dir(&self) -> &Path {
         &self.state
+    }
+
+    /// Waits for the background refill of the adopted images' page cache (started by
+    /// [`Backend::existing_images`]) and returns what it read; None if none was started.
+    pub fn wait_page_cache_refill(&self) -> Option<Refilled> {
+        let refill = self.adopted_refill.lock().unwrap().take();
+        refill.map(page_cache::Background::wait)
     }
 
     /// How this backend's resets went so far.
@@ -1065,6 +1075,19 @@ impl Backend for LinuxBackend {
         let scan = self.scan_images()?;
         for (p, why) in &scan.invalid {
             log::warn!("not adopting {}: {why}", p.display());
+        }
+        if !scan.valid.is_empty() {
+            // Their pages may be gone (a reboot) or have come in through faults: see the
+            // page_cache module. Only an optimisation, off every compile's path.
+            let roots = scan
+                .valid
+                .iter()
+                .map(|(_, top, _)| top.join("root"))
+                .collect();
+            match page_cache::Background::start(roots) {
+                Ok(b) => *self.adopted_refill.lock().unwrap() = Some(b),
+                Err(e) => log::warn!("page cache of adopted images not refilled: {e}"),
+            }
         }
         Ok(scan
             .valid

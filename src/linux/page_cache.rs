@@ -10,7 +10,8 @@
 //! written copies of the same files, and 0.7-1.7 ms less than from pages faulted in; the
 //! number of page faults barely moved, so the gain is in address translation (physically
 //! contiguous folios). Whatever the cause on another machine, refilling costs one sequential
-//! read of those files once per image, off the compile path.
+//! read of those files once per image, off the compile path: when the image is made, and
+//! in a background thread ([`Background`]) for the images adopted at start.
 //!
 //! Only regular files of at least [`MIN_BYTES`] that start with the ELF magic are refilled:
 //! the compiler's text and data. The walk follows no symlink (each directory is opened
@@ -20,7 +21,9 @@
 use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{posix_fadvise, OFlag, PosixFadviseAdvice};
@@ -43,22 +46,89 @@ pub struct Refilled {
 /// (POSIX_FADV_DONTNEED only starts their writeback): call it on files already written
 /// back, as after syncfs(2).
 pub fn refill(dir: &Path) -> std::io::Result<Refilled> {
+    refill_until(dir, &AtomicBool::new(false))
+}
+
+/// [`refill`] that gives up, between two reads of at most 1 MiB, once `stop` is set.
+fn refill_until(dir: &Path, stop: &AtomicBool) -> std::io::Result<Refilled> {
     let top = Dir::open(dir, dir_flags(), Mode::empty())?;
     let mut done = Refilled::default();
     let mut seen = 0usize;
-    walk(top, 0, &mut seen, &mut done)?;
+    walk(top, 0, &mut seen, &mut done, stop)?;
     Ok(done)
+}
+
+/// Refills adopted images in a thread of its own (`jb-page-cache`): after a reboot their
+/// pages would otherwise come in through the compilers' faults. Dropping it stops the
+/// thread at its next read and joins it.
+pub(crate) struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Refilled>>,
+}
+
+impl Background {
+    pub(crate) fn start(dirs: Vec<PathBuf>) -> std::io::Result<Background> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("jb-page-cache".into())
+            .spawn(move || {
+                let mut all = Refilled::default();
+                for dir in dirs {
+                    match refill_until(&dir, &flag) {
+                        Ok(r) => {
+                            (all.files, all.bytes) = (all.files + r.files, all.bytes + r.bytes)
+                        }
+                        // An image removed meanwhile (over max_images), or the backend gone.
+                        Err(e) => log::debug!("page cache of {} not refilled: {e}", dir.display()),
+                    }
+                }
+                log::debug!(
+                    "page cache of adopted images refilled: {} files, {} bytes",
+                    all.files,
+                    all.bytes
+                );
+                all
+            })?;
+        Ok(Background {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the thread to finish its work (not stopping it) and returns what it read.
+    pub(crate) fn wait(mut self) -> Refilled {
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Refills the single regular file `path` as [`refill`] would, following symlinks (a
 /// host's own toolchain, for the bench); false if it is not such a file.
 pub fn refill_file(path: &Path) -> std::io::Result<bool> {
     let file = std::fs::File::open(path)?;
-    refill_open(file)
+    refill_open(file, &AtomicBool::new(false))
 }
 
-fn walk(dir: Dir, depth: usize, seen: &mut usize, done: &mut Refilled) -> std::io::Result<()> {
-    if depth > MAX_DEPTH {
+fn walk(
+    dir: Dir,
+    depth: usize,
+    seen: &mut usize,
+    done: &mut Refilled,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    if depth > MAX_DEPTH || stop.load(Ordering::Relaxed) {
         return Ok(());
     }
     let mut dir = dir;
@@ -79,10 +149,10 @@ fn walk(dir: Dir, depth: usize, seen: &mut usize, done: &mut Refilled) -> std::i
         match kind {
             Some(Type::Directory) => {
                 let sub = Dir::openat(dir.as_fd(), name.as_c_str(), dir_flags(), Mode::empty())?;
-                walk(sub, depth + 1, seen, done)?;
+                walk(sub, depth + 1, seen, done, stop)?;
             }
             Some(Type::File) | None => {
-                if let Some(bytes) = refill_at(&dir, &name)? {
+                if let Some(bytes) = refill_at(&dir, &name, stop)? {
                     done.files += 1;
                     done.bytes += bytes;
                 }
@@ -95,7 +165,7 @@ fn walk(dir: Dir, depth: usize, seen: &mut usize, done: &mut Refilled) -> std::i
 
 /// Opens `name` beneath `dir` without following a symlink or blocking on a FIFO, and
 /// refills it if it is a large enough ELF file; its size if so.
-fn refill_at(dir: &Dir, name: &CStr) -> std::io::Result<Option<u64>> {
+fn refill_at(dir: &Dir, name: &CStr, stop: &AtomicBool) -> std::io::Result<Option<u64>> {
     // Most of a toolchain is small files (headers): judged by fstatat, never opened.
     let st = nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
@@ -116,10 +186,10 @@ fn refill_at(dir: &Dir, name: &CStr) -> std::io::Result<Option<u64>> {
     };
     let file = std::fs::File::from(fd);
     let size = file.metadata()?.len();
-    Ok(refill_open(file)?.then_some(size))
+    Ok(refill_open(file, stop)?.then_some(size))
 }
 
-fn refill_open(mut file: std::fs::File) -> std::io::Result<bool> {
+fn refill_open(mut file: std::fs::File, stop: &AtomicBool) -> std::io::Result<bool> {
     let st = fstat(file.as_fd())?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
         || (st.st_size as u64) < MIN_BYTES
@@ -132,9 +202,16 @@ fn refill_open(mut file: std::fs::File) -> std::io::Result<bool> {
     }
     posix_fadvise(file.as_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
     // Sequential reads from the start: readahead sees a stream and grows its folios.
-    let mut file = std::io::BufReader::with_capacity(1 << 20, file);
     std::io::Seek::rewind(&mut file)?;
-    std::io::copy(&mut file, &mut std::io::sink())?;
+    let mut buf = vec![0u8; 1 << 20];
+    while !stop.load(Ordering::Relaxed) {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(true)
 }
 
