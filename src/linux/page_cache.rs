@@ -41,6 +41,20 @@ pub struct Refilled {
     pub bytes: u64,
 }
 
+impl Refilled {
+    /// Counts one more refilled file of `bytes`.
+    pub fn file(&mut self, bytes: u64) {
+        self.files += 1;
+        self.bytes += bytes;
+    }
+
+    /// Adds what another refill read.
+    pub fn add(&mut self, other: Refilled) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+    }
+}
+
 /// Drops the cached pages of every ELF file of at least [`MIN_BYTES`] beneath `dir` and
 /// reads it back sequentially (see the module's docs). Dirty pages are not dropped
 /// (POSIX_FADV_DONTNEED only starts their writeback): call it on files already written
@@ -76,9 +90,7 @@ impl Background {
                 let mut all = Refilled::default();
                 for dir in dirs {
                     match refill_until(&dir, &flag) {
-                        Ok(r) => {
-                            (all.files, all.bytes) = (all.files + r.files, all.bytes + r.bytes)
-                        }
+                        Ok(r) => all.add(r),
                         // An image removed meanwhile (over max_images), or the backend gone.
                         Err(e) => log::debug!("page cache of {} not refilled: {e}", dir.display()),
                     }
@@ -115,8 +127,8 @@ impl Drop for Background {
 }
 
 /// Refills the single regular file `path` as [`refill`] would, following symlinks (a
-/// host's own toolchain, for the bench); false if it is not such a file.
-pub fn refill_file(path: &Path) -> std::io::Result<bool> {
+/// host's own toolchain, for the bench); its size, or None if it is not such a file.
+pub fn refill_file(path: &Path) -> std::io::Result<Option<u64>> {
     let file = std::fs::File::open(path)?;
     refill_open(file, &AtomicBool::new(false))
 }
@@ -153,8 +165,7 @@ fn walk(
             }
             Some(Type::File) | None => {
                 if let Some(bytes) = refill_at(&dir, &name, stop)? {
-                    done.files += 1;
-                    done.bytes += bytes;
+                    done.file(bytes);
                 }
             }
             _ => {}
@@ -184,21 +195,20 @@ fn refill_at(dir: &Dir, name: &CStr, stop: &AtomicBool) -> std::io::Result<Optio
         Err(nix::errno::Errno::ELOOP | nix::errno::Errno::EISDIR) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let file = std::fs::File::from(fd);
-    let size = file.metadata()?.len();
-    Ok(refill_open(file, stop)?.then_some(size))
+    refill_open(std::fs::File::from(fd), stop)
 }
 
-fn refill_open(mut file: std::fs::File, stop: &AtomicBool) -> std::io::Result<bool> {
+/// Refills an open file if it is a regular ELF file of at least [`MIN_BYTES`] (checked on
+/// the descriptor: what is checked is what is read); its size if so.
+fn refill_open(mut file: std::fs::File, stop: &AtomicBool) -> std::io::Result<Option<u64>> {
     let st = fstat(file.as_fd())?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
-        || (st.st_size as u64) < MIN_BYTES
-    {
-        return Ok(false);
+    let size = st.st_size as u64;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || size < MIN_BYTES {
+        return Ok(None);
     }
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
-        return Ok(false);
+        return Ok(None);
     }
     posix_fadvise(file.as_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
     // Sequential reads from the start: readahead sees a stream and grows its folios.
@@ -212,7 +222,7 @@ fn refill_open(mut file: std::fs::File, stop: &AtomicBool) -> std::io::Result<bo
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok(Some(size))
 }
 
 fn dir_flags() -> OFlag {
@@ -254,7 +264,13 @@ mod tests {
                 bytes: big_elf.len() as u64
             }
         );
-        assert!(refill_file(&outside.path().join("libout.so")).unwrap());
-        assert!(!refill_file(&t.path().join("usr/lib/big.txt")).unwrap());
+        assert_eq!(
+            refill_file(&outside.path().join("libout.so")).unwrap(),
+            Some(big_elf.len() as u64)
+        );
+        assert_eq!(
+            refill_file(&t.path().join("usr/lib/big.txt")).unwrap(),
+            None
+        );
     }
 }

@@ -53,7 +53,7 @@ pub enum BeneathError {
     },
 }
 
-fn io_err(op: &'static str, path: &[u8], e: impl Into<io::Error>) -> BeneathError {
+pub(crate) fn io_err(op: &'static str, path: &[u8], e: impl Into<io::Error>) -> BeneathError {
     BeneathError::Io {
         op,
         path: lossy(path),

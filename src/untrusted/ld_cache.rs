@@ -35,7 +35,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, SFlag};
 
-use super::beneath::{cstr, fstatat_nofollow, openat_raw, resolve_dir, split, Create};
+use super::beneath::{cstr, fstatat_nofollow, io_err, openat_raw, resolve_dir, split, Create};
 use super::{BeneathError, RootDir};
 
 /// The directories a glibc build on x86-64 searches by default, in the union of the
@@ -108,7 +108,7 @@ pub fn write_for_image(root: &RootDir) -> Result<LdCache, BeneathError> {
             Err(BeneathError::Missing { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let st = fstat(fd.as_fd()).map_err(|e| io_err("stat", dir, e))?;
+        let st = fstat(fd.as_fd()).map_err(|e| io_err("stat", dir.as_bytes(), e))?;
         let id = (st.st_dev, st.st_ino);
         if dirs.iter().any(|d| d.id == id) {
             continue;
@@ -168,11 +168,11 @@ pub fn write_for_image(root: &RootDir) -> Result<LdCache, BeneathError> {
     match fstatat_nofollow(etc.as_fd(), &name) {
         Err(Errno::ENOENT) => {}
         Ok(_) => return Ok(LdCache::Skipped("the image has its own")),
-        Err(e) => return Err(io_err("stat", PATH, e)),
+        Err(e) => return Err(io_err("stat", PATH.as_bytes(), e)),
     }
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
     let fd = openat_raw(etc.as_fd(), &name, flags | OFlag::O_CLOEXEC, 0o644)
-        .map_err(|e| io_err("create", PATH, e))?;
+        .map_err(|e| io_err("create", PATH.as_bytes(), e))?;
     let mut file = std::fs::File::from(fd);
     if let Err(e) = file.write_all(&bytes) {
         // A partial file is ignored by the loader; remove it all the same.
@@ -181,7 +181,7 @@ pub fn write_for_image(root: &RootDir) -> Result<LdCache, BeneathError> {
             name.as_c_str(),
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         );
-        return Err(io_err("write", PATH, e));
+        return Err(io_err("write", PATH.as_bytes(), e));
     }
     Ok(LdCache::Written(entries.len()))
 }
@@ -190,17 +190,19 @@ pub fn write_for_image(root: &RootDir) -> Result<LdCache, BeneathError> {
 /// whose name has `.so`, in plain characters), or None if it holds a hwcaps subdirectory.
 fn library_names(fd: OwnedFd, shown: &str) -> Result<Option<Vec<Vec<u8>>>, BeneathError> {
     // A second descriptor of the directory for fstatat while the first is iterated.
-    let at = fd.try_clone().map_err(|e| io_err("open", shown, e))?;
-    let mut dir = Dir::from_fd(fd).map_err(|e| io_err("open", shown, e))?;
+    let at = fd
+        .try_clone()
+        .map_err(|e| io_err("open", shown.as_bytes(), e))?;
+    let mut dir = Dir::from_fd(fd).map_err(|e| io_err("open", shown.as_bytes(), e))?;
     let mut names = Vec::new();
     for entry in dir.iter() {
-        let entry = entry.map_err(|e| io_err("read", shown, e))?;
+        let entry = entry.map_err(|e| io_err("read", shown.as_bytes(), e))?;
         let name = entry.file_name().to_bytes();
         let kind = match entry.file_type() {
             Some(t) => t,
             None => {
                 let st = fstatat_nofollow(at.as_fd(), entry.file_name())
-                    .map_err(|e| io_err("stat", shown, e))?;
+                    .map_err(|e| io_err("stat", shown.as_bytes(), e))?;
                 match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
                     SFlag::S_IFDIR => Type::Directory,
                     SFlag::S_IFREG => Type::File,
@@ -301,14 +303,6 @@ fn encode(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     out.extend_from_slice(&table);
     out.extend_from_slice(&strings);
     out
-}
-
-fn io_err(op: &'static str, path: &str, e: impl Into<std::io::Error>) -> BeneathError {
-    BeneathError::Io {
-        op,
-        path: path.to_string(),
-        source: e.into(),
-    }
 }
 
 #[cfg(test)]

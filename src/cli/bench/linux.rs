@@ -22,8 +22,14 @@ use anyhow::{anyhow, bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+use jailbuilder::linux::{refill_page_cache, refill_page_cache_file, Refilled};
+
 use super::strategy::{check_compile, env_vars, Job, SeedCleanups, Spawner, Strategy};
 use super::workload::CWD;
+
+/// The directories of the bench root the strategies mount beneath (cli's and bwrap's
+/// layers, bare's tmpfs): emptied of mounts before a run and after it.
+pub const MOUNTED_DIRS: [&str; 3] = ["cli", "bwrap", "work"];
 
 /// Unmounts everything mounted beneath `prefix` (deepest first): leftovers of a crashed run.
 pub fn unmount_beneath(prefix: &Path) -> anyhow::Result<()> {
@@ -564,26 +570,24 @@ impl Strategy for Bwrap {
 /// toolchain bare runs (the files the package holds), and the copy cli and bwrap lay
 /// below their overlays. How a compiler's pages came into the cache moves a near-empty
 /// compile by more than a millisecond, more than the sandbox costs; left alone, the bench
-/// would compare page caches. Returns (files, bytes).
-pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<(u64, u64)> {
-    use jailbuilder::linux::{refill_page_cache, refill_page_cache_file};
-    let (mut files, mut bytes) = (0, 0);
-    for strategy in ["native", "native-fresh"] {
-        let Ok(images) = fs::read_dir(root.join(strategy).join("images")) else {
+/// would compare page caches.
+pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<Refilled> {
+    let mut dirs = Vec::new();
+    for parent in ["native/images", "native-fresh/images", "toolchain"] {
+        let Ok(entries) = fs::read_dir(root.join(parent)) else {
             continue;
         };
-        for image in images.flatten() {
-            let r = refill_page_cache(&image.path().join("root"))
-                .with_context(|| format!("refilling {}", image.path().display()))?;
-            (files, bytes) = (files + r.files, bytes + r.bytes);
-        }
+        // An image directory holds its layer in root/; a toolchain copy is the layer.
+        let layer = if parent.ends_with("images") {
+            "root"
+        } else {
+            ""
+        };
+        dirs.extend(entries.flatten().map(|e| e.path().join(layer)));
     }
-    if let Ok(copies) = fs::read_dir(root.join("toolchain")) {
-        for copy in copies.flatten() {
-            let r = refill_page_cache(&copy.path())
-                .with_context(|| format!("refilling {}", copy.path().display()))?;
-            (files, bytes) = (files + r.files, bytes + r.bytes);
-        }
+    let mut done = Refilled::default();
+    for dir in dirs {
+        done.add(refill_page_cache(&dir).with_context(|| format!("refilling {}", dir.display()))?);
     }
     // bare: the host's own files, by the package's names.
     let f = std::io::BufReader::new(fs::File::open(archive)?);
@@ -593,11 +597,9 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<(u64, u6
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let host = Path::new("/").join(entry.path()?);
-        if refill_page_cache_file(&host).unwrap_or(false) {
-            files += 1;
-            bytes += fs::metadata(&host).map_or(0, |m| m.len());
+        if let Ok(Some(bytes)) = refill_page_cache_file(&Path::new("/").join(entry.path()?)) {
+            done.file(bytes);
         }
     }
-    Ok((files, bytes))
+    Ok(done)
 }

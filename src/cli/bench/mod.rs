@@ -510,7 +510,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .create(&root)
         .with_context(|| format!("creating {}", root.display()))?;
     #[cfg(target_os = "linux")]
-    for d in ["cli", "bwrap", "work"] {
+    for d in linux::MOUNTED_DIRS {
         linux::unmount_beneath(&root.join(d))?;
     }
     let mut cfg = args.builder.load()?;
@@ -648,11 +648,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         #[cfg(target_os = "linux")]
         {
-            let (files, bytes) = linux::refill_toolchains(&root, &ctx.archive)?;
+            let r = linux::refill_toolchains(&root, &ctx.archive)?;
             eprintln!(
                 "jailbuilder bench: page cache refilled for every strategy's copy of the \
-                 toolchain: {files} files, {} MiB",
-                bytes >> 20
+                 toolchain: {} files, {} MiB",
+                r.files,
+                r.bytes >> 20
             );
         }
         let mut cells = Vec::new();
@@ -744,7 +745,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     drop(strategies);
     #[cfg(target_os = "linux")]
     {
-        for d in ["cli", "bwrap", "work"] {
+        for d in linux::MOUNTED_DIRS {
             let _ = linux::unmount_beneath(&root.join(d));
         }
     }
