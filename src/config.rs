@@ -40,6 +40,11 @@ pub struct BuilderConfig {
     /// find their libraries without searching every system directory; false keeps images
     /// exactly as the client sent them.
     pub ld_cache: bool,
+    /// Linux: bind each image's top-level directories that the overlay would show
+    /// unchanged, and in which the build user can change nothing, read-only over the
+    /// container root, so that the compiler's lookups of its own files bypass overlayfs
+    /// (faster); false sends every path through the overlay.
+    pub bind_image_dirs: bool,
 
     /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".
     pub dataset_root: String,
@@ -127,6 +132,7 @@ impl Default for BuilderConfig {
             cgroup_v2: true,
             reset_in_place: true,
             ld_cache: true,
+            bind_image_dirs: true,
             dataset_root: "zroot/jailbuilder".into(),
             mount_root: PathBuf::from("/var/jailbuilder"),
             base_snapshot: None,

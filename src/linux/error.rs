@@ -153,6 +153,14 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "bind-mounting the image directory {path} read-only over the container root: {source}"
+    )]
+    BindImageDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("namespace helper thread for {path} panicked")]
     NamespaceThread { path: PathBuf },
     #[error("creating pipes for a sandboxed command: {source}")]

@@ -40,6 +40,7 @@
 //! kernel kills every process left in its pid namespace before the server's wait returns,
 //! so nothing outlives a compile.
 
+mod binds;
 mod cgroup;
 mod child;
 mod error;
@@ -89,6 +90,8 @@ const KILL_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The namespaces pinned per container, by their /proc/<pid>/ns/ names.
 const NS_KINDS: [&str; 3] = ["net", "uts", "mnt"];
+/// The skeleton layer's directories (besides its root) and their modes.
+const SKEL_DIRS: [(&str, u32); 3] = [("dev", 0o755), ("proc", 0o555), ("tmp", 0o1777)];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinuxConfig {
@@ -115,6 +118,11 @@ pub struct LinuxConfig {
     /// system directories that every glibc loader would resolve alike
     /// ([`crate::untrusted::write_ld_cache`]): fewer lookups per compiler process.
     pub ld_cache: bool,
+    /// Bind each image's top-level directories that the overlay would show unchanged and
+    /// that the build user can change nothing in read-only over the container root, in
+    /// the container's mount namespace, so that the compiler's lookups there bypass
+    /// overlayfs (see the `binds` module); false sends every path through the overlay.
+    pub bind_image_dirs: bool,
 }
 
 impl Default for LinuxConfig {
@@ -127,6 +135,7 @@ impl Default for LinuxConfig {
             cgroup_v2: true,
             reset_in_place: true,
             ld_cache: true,
+            bind_image_dirs: true,
         }
     }
 }
@@ -162,6 +171,7 @@ pub struct LinuxBackend {
     seed_mnt: OwnedFd,
     reset_in_place: bool,
     ld_cache: bool,
+    bind_image_dirs: bool,
     resets_in_place: AtomicU64,
     resets_fresh: AtomicU64,
     /// The page cache of the images adopted at start, refilled in the background.
@@ -177,6 +187,9 @@ pub struct LinuxImage {
     top: PathBuf,
     /// `images/<id>/root`: the overlay lower layer.
     dir: PathBuf,
+    /// Its top-level directories bound read-only over each container's root (the `binds`
+    /// module); empty with [`LinuxConfig::bind_image_dirs`] off.
+    binds: Vec<std::ffi::OsString>,
 }
 
 impl LinuxImage {
@@ -230,6 +243,11 @@ pub struct LinuxContainer {
     cgroup: Option<cgroup::ContainerCgroup>,
     /// The stack `exec`'s child runs on until its execve (it shares the server's memory).
     stack: Mutex<spawn::ChildStack>,
+    /// The image directories bound over the root in its mount namespace (`binds`).
+    binds: binds::Binds,
+    /// Whether they are attached now: an exec whose build wrote under one detaches them,
+    /// and the next reset is then a fresh one, which attaches them again.
+    bound: AtomicBool,
     torn_down: bool,
 }
 
@@ -548,6 +566,7 @@ impl LinuxBackend {
             seed_mnt,
             reset_in_place: config.reset_in_place,
             ld_cache: config.ld_cache,
+            bind_image_dirs: config.bind_image_dirs,
             adopted_refill: Mutex::new(None),
             resets_in_place: AtomicU64::new(0),
             resets_fresh: AtomicU64::new(0),
@@ -602,6 +621,22 @@ impl LinuxBackend {
         self.state.join("skel")
     }
 
+    /// The names of `layer`'s (an image's) top-level directories to bind over container
+    /// roots (the `binds` module): none when that is off or the walk fails.
+    fn image_binds(&self, layer: &Path) -> Vec<std::ffi::OsString> {
+        if !self.bind_image_dirs {
+            return Vec::new();
+        }
+        let skel = SKEL_DIRS.map(|(name, _)| name);
+        match binds::bindable(layer, &skel, self.base.as_deref()) {
+            Ok(names) => names,
+            Err(e) => {
+                log::warn!("{}: no directories bound: {e}", layer.display());
+                Vec::new()
+            }
+        }
+    }
+
     /// Builds the shared skeleton layer if it is missing: in `skel.new`, then renamed, so a
     /// crash never leaves a half-built `skel`.
     fn ensure_skel(&self) -> Result<PathBuf, LinuxError> {
@@ -622,12 +657,7 @@ impl LinuxBackend {
             move |source| LinuxError::Skel { path, source }
         };
         remove_tree_if_exists(&new)?;
-        for (d, mode) in [
-            ("", 0o755),
-            ("dev", 0o755),
-            ("proc", 0o555),
-            ("tmp", 0o1777),
-        ] {
+        for (d, mode) in [("", 0o755)].into_iter().chain(SKEL_DIRS) {
             let p = new.join(d);
             DirBuilder::new().mode(mode).create(&p).map_err(err(&p))?;
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(err(&p))?;
@@ -873,18 +903,20 @@ impl LinuxBackend {
         }
         c.mount_layers()?;
         let [net, uts, mnt] = NS_KINDS.map(|k| c.ns_path(k));
-        sys::pin_new_namespaces(
+        let bound = sys::pin_new_namespaces(
             &sys::NsPins {
                 net: Some(&net),
                 uts: Some(&uts),
                 mnt: Some(sys::MntPin::New {
                     pin: &mnt,
                     root: &c.root,
+                    binds: &c.binds,
                 }),
             },
             SANDBOX_HOSTNAME,
             &self.seed_mnt,
         )?;
+        c.bound.store(bound, Ordering::Release);
         c.open_namespaces()
     }
 }
@@ -906,6 +938,17 @@ impl LinuxBackend {
                 source: io::Error::from_raw_os_error(libc::EBADF),
             });
         };
+        // Inputs or directories the engine made under a bound directory are in the upper
+        // layer, where the bind would hide them: this container goes without binds until
+        // its next (fresh) reset.
+        if container.bound.load(Ordering::Acquire) && container.binds.shadowed() {
+            log::debug!(
+                "{}: the build wrote under a bound image directory: detaching the binds",
+                container.name
+            );
+            sys::detach_binds(mnt, &container.binds)?;
+            container.bound.store(false, Ordering::Release);
+        }
         let pipe = || {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
@@ -1096,6 +1139,7 @@ impl Backend for LinuxBackend {
                 image: LinuxImage {
                     id: id.clone(),
                     dir: top.join("root"),
+                    binds: self.image_binds(&top.join("root")),
                     top,
                 },
                 id,
@@ -1156,6 +1200,7 @@ impl Backend for LinuxBackend {
         Ok(LinuxImage {
             id: id.clone(),
             dir: dir.join("root"),
+            binds: self.image_binds(&dir.join("root")),
             top: dir,
         })
     }
@@ -1181,6 +1226,7 @@ impl Backend for LinuxBackend {
         image_marker::touch(&image.top);
         let mut lowers = vec![skel, image.dir.clone()];
         lowers.extend(self.base.clone());
+        let binds = binds::Binds::new(&image.dir, &image.binds, &dir.join("tmp/upper"));
         let mut c = LinuxContainer {
             name,
             tmp: dir.join("tmp"),
@@ -1199,6 +1245,8 @@ impl Backend for LinuxBackend {
             stack: Mutex::new(
                 spawn::ChildStack::new().map_err(|source| LinuxError::ChildStack { source })?,
             ),
+            binds,
+            bound: AtomicBool::new(false),
             torn_down: false,
         };
         // On failure, dropping `c` tears down what was built.
@@ -1234,7 +1282,12 @@ impl Backend for LinuxBackend {
         // clone of the new overlay in place of the old: no file of the previous build
         // survives. (Its SysV objects and POSIX queues died with its command's own ipc
         // namespace.)
+        // Binds come back only with fresh layers: in place, a directory the last build made
+        // under a bound name would stay (emptied) in the upper layer.
+        let rebind = !container.binds.is_empty()
+            && (!container.bound.load(Ordering::Acquire) || container.binds.shadowed());
         let in_place = self.reset_in_place
+            && !rebind
             && match container.empty_upper() {
                 Ok(()) => true,
                 Err(why) => {
@@ -1255,18 +1308,21 @@ impl Backend for LinuxBackend {
                 source: io::Error::from_raw_os_error(libc::EBADF),
             });
         };
-        sys::pin_new_namespaces(
+        let bound = sys::pin_new_namespaces(
             &sys::NsPins {
                 net: None,
                 uts: None,
                 mnt: Some(sys::MntPin::Replace {
                     ns,
                     root: &container.root,
+                    binds: &container.binds,
                 }),
             },
             SANDBOX_HOSTNAME,
             &self.seed_mnt,
-        )
+        )?;
+        container.bound.store(bound, Ordering::Release);
+        Ok(())
     }
 
     fn destroy_container(&self, mut container: LinuxContainer) -> Result<(), LinuxError> {

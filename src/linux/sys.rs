@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+use super::binds::Binds;
 use super::LinuxError;
 
 pub(super) fn io(e: nix::errno::Errno) -> io::Error {
@@ -146,10 +147,18 @@ pub(super) struct NsPins<'a> {
 /// clone of the container root's mount attached at [`SANDBOX_ROOT`].
 pub(super) enum MntPin<'a> {
     /// Make one for `root` and pin it on `pin`.
-    New { pin: &'a Path, root: &'a Path },
+    New {
+        pin: &'a Path,
+        root: &'a Path,
+        binds: &'a Binds,
+    },
     /// Swap the clone in the existing namespace `ns` for one of `root`'s (new) mount: no
     /// new namespace, no new pin (a reset).
-    Replace { ns: &'a OwnedFd, root: &'a Path },
+    Replace {
+        ns: &'a OwnedFd,
+        root: &'a Path,
+        binds: &'a Binds,
+    },
 }
 
 /// Where the container root is attached in its mount namespace, and what exec's child
@@ -277,6 +286,9 @@ fn attach_mount(tree: &OwnedFd, target: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Namespace descriptors and the files to pin them on.
+type NsFiles<'a> = Vec<(OwnedFd, &'a Path)>;
+
 /// Creates new namespaces and pins each with a bind mount of its nsfs file onto an existing
 /// empty file, without creating a process: a short-lived thread unshares (a thread of a
 /// multi-threaded process may unshare net, uts, and with CLONE_FS a mount namespace)
@@ -284,12 +296,13 @@ fn attach_mount(tree: &OwnedFd, target: &str) -> io::Result<()> {
 /// [`seed_mount_namespace`]) with a clone of the container root's mount attached at
 /// [`SANDBOX_ROOT`] ([`MntPin`]); no pivot_root, which walks every task on the machine
 /// (chroot_fs_refs in fs/namespace.c). This thread then bind-mounts the descriptors; the
-/// namespaces outlive the helper thread through the mounts.
+/// namespaces outlive the helper thread through the mounts. With a root, its binds (the
+/// `binds` module) are attached over it; returns whether they were.
 pub(super) fn pin_new_namespaces(
     pins: &NsPins<'_>,
     hostname: &str,
     seed: &OwnedFd,
-) -> Result<(), LinuxError> {
+) -> Result<bool, LinuxError> {
     let kinds: [(CloneFlags, &str, Option<&Path>); 2] = [
         (CloneFlags::CLONE_NEWNET, "net", pins.net),
         (CloneFlags::CLONE_NEWUTS, "uts", pins.uts),
@@ -304,15 +317,17 @@ pub(super) fn pin_new_namespaces(
         })
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let fds = in_helper_thread(&first, || -> Result<Vec<(OwnedFd, &Path)>, LinuxError> {
+    let fds = in_helper_thread(&first, || -> Result<(NsFiles<'_>, bool), LinuxError> {
         let unshare_err = |source| LinuxError::Unshare {
             path: first.clone(),
             source,
         };
         let proc = open_proc_dir().map_err(unshare_err)?;
-        let root = match &pins.mnt {
-            Some(MntPin::New { root, .. } | MntPin::Replace { root, .. }) => Some(*root),
-            None => None,
+        let (root, binds) = match &pins.mnt {
+            Some(MntPin::New { root, binds, .. } | MntPin::Replace { root, binds, .. }) => {
+                (Some(*root), Some(*binds))
+            }
+            None => (None, None),
         };
         let attach_err = |source| LinuxError::CloneRoot {
             root: root.unwrap_or(Path::new("")).to_path_buf(),
@@ -322,6 +337,17 @@ pub(super) fn pin_new_namespaces(
             Some(root) => Some(clone_mount(root).map_err(attach_err)?),
             None => None,
         };
+        // Cloned here, while the host's paths still resolve. Binds are an optimisation: a
+        // kernel without mount_setattr(2) (before 5.12) runs every path through the overlay.
+        let bind_trees = match binds.map(read_only_clones) {
+            Some(Ok(trees)) => trees,
+            Some(Err(e)) => {
+                log::warn!("{e}; this container's root is the overlay alone");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let bound = !bind_trees.is_empty();
         let mut flags = CloneFlags::empty();
         for (f, _, p) in &kinds {
             if p.is_some() {
@@ -349,19 +375,23 @@ pub(super) fn pin_new_namespaces(
                 nix::sched::setns(seed, CloneFlags::CLONE_NEWNS).map_err(|e| attach_err(io(e)))?;
                 unshare(CloneFlags::CLONE_NEWNS).map_err(|e| unshare_err(io(e)))?;
                 attach_mount(&tree, SEED_ATTACH).map_err(attach_err)?;
+                attach_binds(&bind_trees)?;
                 make_private(SEED_ATTACH).map_err(attach_err)?;
                 fds.push((open_ns_at(&proc, "thread-self/ns/mnt")?, *pin));
             }
             (Some(tree), Some(MntPin::Replace { ns, .. })) => {
                 nix::sched::setns(*ns, CloneFlags::CLONE_NEWNS).map_err(|e| attach_err(io(e)))?;
+                // Detaches the old clone with the binds on it.
                 umount2(SEED_ATTACH, MntFlags::MNT_DETACH).map_err(|e| attach_err(io(e)))?;
                 attach_mount(&tree, SEED_ATTACH).map_err(attach_err)?;
+                attach_binds(&bind_trees)?;
                 make_private(SEED_ATTACH).map_err(attach_err)?;
             }
             _ => {}
         }
-        Ok(fds)
+        Ok((fds, bound))
     })?;
+    let (fds, bound) = fds;
     for (fd, target) in fds {
         let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
         mount(
@@ -376,7 +406,90 @@ pub(super) fn pin_new_namespaces(
             source: io(e),
         })?;
     }
+    Ok(bound)
+}
+
+/// Detached read-only, nosuid, nodev clones of each bound image directory (see the
+/// `binds` module), each with the path it is attached at in the container's namespace.
+fn read_only_clones(binds: &Binds) -> Result<Vec<(OwnedFd, String)>, LinuxError> {
+    let mut trees = Vec::with_capacity(binds.dirs.len());
+    for (source, name) in &binds.dirs {
+        let err = |source_err| LinuxError::BindImageDir {
+            path: source.clone(),
+            source: source_err,
+        };
+        let tree = clone_mount(source).map_err(err)?;
+        set_read_only(&tree).map_err(err)?;
+        let at = Path::new(SEED_ATTACH).join(name);
+        let at = at
+            .to_str()
+            .ok_or_else(|| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        trees.push((tree, at.to_string()));
+    }
+    Ok(trees)
+}
+
+/// mount_setattr(2) on a detached tree: read-only, nosuid, nodev (Linux 5.12). Read-only
+/// matters most: the image is every container's, and a file a build could write through
+/// the bind would be changed for all of them (through the overlay it is copied up).
+fn set_read_only(tree: &OwnedFd) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr with our descriptor, an empty path, and a pointer to a local
+    // struct of the size given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
+}
+
+/// Attaches the clones of [`read_only_clones`] in this thread's mount namespace, over the
+/// directories of the root attached at [`SEED_ATTACH`].
+fn attach_binds(trees: &[(OwnedFd, String)]) -> Result<(), LinuxError> {
+    for (tree, at) in trees {
+        attach_mount(tree, at).map_err(|source| LinuxError::BindImageDir {
+            path: PathBuf::from(at),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Detaches a container's binds in its mount namespace `ns` (see the `binds` module):
+/// afterwards the whole root is the overlay again.
+pub(super) fn detach_binds(ns: &OwnedFd, binds: &Binds) -> Result<(), LinuxError> {
+    let first = binds
+        .dirs
+        .first()
+        .map(|(p, _)| p.clone())
+        .unwrap_or_default();
+    in_helper_thread(&first.clone(), || {
+        let err = |source| LinuxError::BindImageDir {
+            path: first.clone(),
+            source,
+        };
+        unshare(CloneFlags::CLONE_FS).map_err(|e| err(io(e)))?;
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| err(io(e)))?;
+        for (_, name) in &binds.dirs {
+            umount2(&Path::new(SEED_ATTACH).join(name), MntFlags::MNT_DETACH)
+                .map_err(|e| err(io(e)))?;
+        }
+        Ok(())
+    })
 }
 
 /// In a thread that has its own mount namespace and fs attributes: makes every mount

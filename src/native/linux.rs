@@ -19,6 +19,7 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<LinuxBackend, LinuxError> {
         cgroup_v2: cfg.cgroup_v2,
         reset_in_place: cfg.reset_in_place,
         ld_cache: cfg.ld_cache,
+        bind_image_dirs: cfg.bind_image_dirs,
     })
 }
 

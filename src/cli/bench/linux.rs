@@ -573,7 +573,12 @@ impl Strategy for Bwrap {
 /// would compare page caches.
 pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<Refilled> {
     let mut dirs = Vec::new();
-    for parent in ["native/images", "native-fresh/images", "toolchain"] {
+    for parent in [
+        "native/images",
+        "native-fresh/images",
+        "native-overlay/images",
+        "toolchain",
+    ] {
         let Ok(entries) = fs::read_dir(root.join(parent)) else {
             continue;
         };

@@ -63,7 +63,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "N,N")]
     pub concurrency: Vec<usize>,
     /// Strategies, comma-separated: native, cli, bwrap (Linux), bare; also native-fresh
-    /// (Linux: native with `reset_in_place = false`).
+    /// (Linux: native with `reset_in_place = false`) and native-overlay (Linux: native with
+    /// `bind_image_dirs = false`).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_STRATEGIES, value_name = "S,S")]
     pub strategies: Vec<String>,
     /// Write the results as JSON.
@@ -384,6 +385,15 @@ fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
             cfg.state_dir = ctx.root.join("native-fresh");
             native_strategy("native-fresh", &cfg, ctx)?
         }
+        // The native backend with every path through the overlay (no binds of the image's
+        // directories).
+        #[cfg(target_os = "linux")]
+        "native-overlay" => {
+            let mut cfg = ctx.cfg.clone();
+            cfg.bind_image_dirs = false;
+            cfg.state_dir = ctx.root.join("native-overlay");
+            native_strategy("native-overlay", &cfg, ctx)?
+        }
         "bare" => {
             let dir = ctx.root.join("work/bare");
             // Native builds on a tmpfs upper layer: so does bare, or the comparison
@@ -430,7 +440,7 @@ fn make_strategy(name: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn Strategy>> {
             "unknown strategy {other:?} on {}: expected one of {DEFAULT_STRATEGIES}{}",
             std::env::consts::OS,
             if cfg!(target_os = "linux") {
-                ",native-fresh"
+                ",native-fresh,native-overlay"
             } else {
                 ""
             }

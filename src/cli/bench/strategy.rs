@@ -190,7 +190,8 @@ impl<B: Backend> Backend for Timed<B> {
 }
 
 pub struct Native {
-    /// "native", or "native-fresh" (Linux: every reset mounts fresh layers).
+    /// "native", "native-fresh" (Linux: every reset mounts fresh layers) or "native-overlay"
+    /// (Linux: no image directory bound over the overlay).
     name: &'static str,
     engine: Engine<Timed<NativeBackend>>,
     phases: Mutex<Vec<PhaseTimings>>,
