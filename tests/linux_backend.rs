@@ -759,10 +759,10 @@ fn probe_reports_the_kernel_features() {
     }
 }
 
-/// A sandbox sees two mounts, its root (the overlay) and its /proc, however many the host
-/// has: each container's mount namespace is a copy of the one-mount seed with its root
-/// attached, not of the host's table (which holds every other container's mounts too), and
-/// stays so across resets.
+/// A sandbox sees its root (the overlay), the read-only bind of the image's /bin (the
+/// `binds` module) and its /proc, however many mounts the host has: each container's mount
+/// namespace is a copy of the one-mount seed with its root attached, not of the host's
+/// table (which holds every other container's mounts too), and stays so across resets.
 #[test]
 fn the_sandbox_mount_table_is_its_root_and_proc_whatever_the_host_has() {
     require_root!();
@@ -794,7 +794,7 @@ fn the_sandbox_mount_table_is_its_root_and_proc_whatever_the_host_has() {
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4))
             .collect();
-        assert_eq!(points, ["/", "/proc"], "round {round}: {table}");
+        assert_eq!(points, ["/", "/bin", "/proc"], "round {round}: {table}");
         f.backend.reset(&mut c).unwrap();
     }
     drop(others);

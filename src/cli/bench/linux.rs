@@ -571,7 +571,13 @@ impl Strategy for Bwrap {
 /// below their overlays. How a compiler's pages came into the cache moves a near-empty
 /// compile by more than a millisecond, more than the sandbox costs; left alone, the bench
 /// would compare page caches.
-pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<Refilled> {
+///
+/// Reading a file back does not guarantee large folios: the kernel falls back to single
+/// pages when free memory is fragmented. So memory is compacted first
+/// (`/proc/sys/vm/compact_memory`), and each copy of the package's largest file (cc1 for
+/// gcc) whose pages are less than [`FOLIO_TARGET`] in large folios is read back again, up to
+/// three times. The returned shares say how equal the copies ended up.
+pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCacheState> {
     let mut dirs = Vec::new();
     for parent in [
         "native/images",
@@ -588,23 +594,145 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<Refilled
         } else {
             ""
         };
-        dirs.extend(entries.flatten().map(|e| e.path().join(layer)));
+        dirs.extend(entries.flatten().map(|e| (parent, e.path().join(layer))));
     }
+    compact_memory();
     let mut done = Refilled::default();
-    for dir in dirs {
-        done.add(refill_page_cache(&dir).with_context(|| format!("refilling {}", dir.display()))?);
+    for (_, dir) in &dirs {
+        done.add(refill_page_cache(dir).with_context(|| format!("refilling {}", dir.display()))?);
     }
     // bare: the host's own files, by the package's names.
     let f = std::io::BufReader::new(fs::File::open(archive)?);
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut largest: Option<(u64, PathBuf)> = None;
     for entry in tar.entries()? {
         let entry = entry?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        if let Ok(Some(bytes)) = refill_page_cache_file(&Path::new("/").join(entry.path()?)) {
+        let rel = entry.path()?.into_owned();
+        if largest
+            .as_ref()
+            .is_none_or(|(size, _)| entry.size() > *size)
+        {
+            largest = Some((entry.size(), rel.clone()));
+        }
+        if let Ok(Some(bytes)) = refill_page_cache_file(&Path::new("/").join(rel)) {
             done.file(bytes);
         }
     }
-    Ok(done)
+    let mut state = PageCacheState {
+        refilled: done,
+        file: PathBuf::new(),
+        shares: Vec::new(),
+    };
+    let Some((_, rel)) = largest else {
+        return Ok(state);
+    };
+    let mut copies = vec![("bare".to_string(), Path::new("/").join(&rel))];
+    for (parent, dir) in &dirs {
+        let name = parent.trim_end_matches("/images");
+        copies.push((name.to_string(), dir.join(&rel)));
+    }
+    for (name, path) in copies {
+        let mut share = large_folio_share(&path);
+        for _ in 0..3 {
+            if share.as_ref().map_or(true, |s| *s >= FOLIO_TARGET) {
+                break;
+            }
+            compact_memory();
+            let _ = refill_page_cache_file(&path);
+            share = large_folio_share(&path);
+        }
+        match share {
+            Ok(s) => state.shares.push((name, s)),
+            Err(e) => log::warn!("large folios of {}: {e}", path.display()),
+        }
+    }
+    state.file = rel;
+    Ok(state)
+}
+
+/// The share of a copy's pages in large folios below which it is read back again.
+pub const FOLIO_TARGET: f64 = 0.8;
+
+/// What [`refill_toolchains`] did, and the share of the pages of `file` (the package's
+/// largest, relative to each copy's root) in large folios, per strategy's copy.
+pub struct PageCacheState {
+    pub refilled: Refilled,
+    pub file: PathBuf,
+    pub shares: Vec<(String, f64)>,
+}
+
+/// Asks the kernel to compact all memory (vm.compact_memory, root only), so that reading a
+/// file back can get large folios. Best effort.
+fn compact_memory() {
+    if let Err(e) = fs::write("/proc/sys/vm/compact_memory", "1") {
+        log::warn!("compacting memory: {e}");
+    }
+}
+
+/// The share of `path`'s pages that the page cache holds in large folios: maps the file,
+/// touches every page (read-only faults map the cached pages), and looks their frames up
+/// in /proc/self/pagemap and /proc/kpageflags (KPF_COMPOUND_HEAD/TAIL; root only:
+/// others read frame numbers as 0). Documentation/admin-guide/mm/pagemap.rst.
+pub fn large_folio_share(path: &Path) -> std::io::Result<f64> {
+    use std::os::unix::fs::FileExt;
+    const COMPOUND: u64 = (1 << 15) | (1 << 16);
+    let file = fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    // SAFETY: sysconf with a valid name.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if len == 0 || len > 1 << 34 {
+        return Ok(0.0);
+    }
+    // SAFETY: a new private read-only mapping of a file we hold open; unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let pages = len.div_ceil(page);
+    let mut sum = 0u8;
+    for i in 0..pages {
+        // SAFETY: inside the mapping made above (the last page is partly the file's).
+        sum ^= unsafe { std::ptr::read_volatile(base.cast::<u8>().add(i * page)) };
+    }
+    std::hint::black_box(sum);
+    let result = (|| {
+        let pagemap = fs::File::open("/proc/self/pagemap")?;
+        let flags = fs::File::open("/proc/kpageflags")?;
+        let mut entries = vec![0u8; pages * 8];
+        pagemap.read_exact_at(&mut entries, (base as u64 / page as u64) * 8)?;
+        let (mut present, mut large) = (0u64, 0u64);
+        for e in entries.chunks_exact(8) {
+            let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            let pfn = e & ((1 << 55) - 1);
+            if e >> 63 == 0 || pfn == 0 {
+                continue;
+            }
+            let mut f = [0u8; 8];
+            flags.read_exact_at(&mut f, pfn * 8)?;
+            present += 1;
+            if u64::from_le_bytes(f) & COMPOUND != 0 {
+                large += 1;
+            }
+        }
+        Ok(if present == 0 {
+            0.0
+        } else {
+            large as f64 / present as f64
+        })
+    })();
+    // SAFETY: unmapping exactly the mapping made above.
+    unsafe { libc::munmap(base, len) };
+    result
 }

@@ -649,6 +649,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             strategies
                 .push(make_strategy(n, &ctx).with_context(|| format!("setting up strategy {n}"))?);
         }
+        // How equal the page caches of the toolchain's copies ended up (Linux).
+        let page_cache_note: Option<String>;
         // Warm-up: builds the images and fills the pools; checks objects too.
         let warm_positions: Vec<usize> = (0..warm).collect();
         for s in &strategies {
@@ -662,9 +664,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "jailbuilder bench: page cache refilled for every strategy's copy of the \
                  toolchain: {} files, {} MiB",
-                r.files,
-                r.bytes >> 20
+                r.refilled.files,
+                r.refilled.bytes >> 20
             );
+            page_cache_note = Some(format!(
+                "page cache: share of {}'s pages in large folios: {}",
+                r.file.display(),
+                r.shares
+                    .iter()
+                    .map(|(name, s)| format!("{name} {:.0} %", s * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            page_cache_note = None;
         }
         let mut cells = Vec::new();
         for &c in &levels {
@@ -713,6 +728,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             bail!("interrupted by a signal");
         }
         let mut report = Report::new(cells, &levels, cores);
+        report.page_cache = page_cache_note;
         // The syscall census: a few more compiles of native and bare, traced.
         #[cfg(target_os = "linux")]
         {

@@ -133,6 +133,8 @@ pub struct Report {
     pub census_note: Option<String>,
     /// What the census counted, for the table's heading.
     pub census_what: &'static str,
+    /// How equal the toolchain copies' page caches are (Linux: large folios, per copy).
+    pub page_cache: Option<String>,
 }
 
 /// native compared with another strategy at one level.
@@ -193,6 +195,7 @@ impl Report {
             load_after: String::new(),
             census: Vec::new(),
             census_note: None,
+            page_cache: None,
             census_what: "syscalls (strace -ff; compile path = the bench's threads + the child until its execve)",
         }
     }
@@ -353,6 +356,9 @@ impl Report {
                 ""
             }
         );
+        if let Some(p) = &self.page_cache {
+            let _ = writeln!(s, "{p}\n");
+        }
         let _ = writeln!(
             s,
             "{:<12} {:>4} {:>9} {:>9} {:>12} {:>11} {:>9} {:>9} {:>7} {:>7} {:>11}",
@@ -509,11 +515,12 @@ impl Report {
         let mut s = String::from("{\n");
         let _ = writeln!(
             s,
-            "  \"machine\": {{\"os\": {}, \"cores\": {}, \"load_before\": {}, \"load_after\": {}}},",
+            "  \"machine\": {{\"os\": {}, \"cores\": {}, \"load_before\": {}, \"load_after\": {}, \"page_cache\": {}}},",
             st(std::env::consts::OS),
             self.cores,
             st(&self.load_before),
-            st(&self.load_after)
+            st(&self.load_after),
+            self.page_cache.as_deref().map_or("null".to_string(), st)
         );
         let _ = writeln!(
             s,
