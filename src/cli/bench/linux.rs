@@ -574,9 +574,9 @@ impl Strategy for Bwrap {
 ///
 /// Reading a file back does not guarantee large folios: the kernel falls back to single
 /// pages when free memory is fragmented. So memory is compacted first
-/// (`/proc/sys/vm/compact_memory`), and each copy of the package's largest file (cc1 for
-/// gcc) whose pages are less than [`FOLIO_TARGET`] in large folios is read back again, up to
-/// three times. The returned shares say how equal the copies ended up.
+/// (`/proc/sys/vm/compact_memory`), and in a copy whose pages are less than [`FOLIO_TARGET`]
+/// in large folios, each file below it is read back again, up to three times. The returned
+/// shares say how equal the copies ended up.
 pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCacheState> {
     let mut dirs = Vec::new();
     for parent in [
@@ -604,64 +604,86 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCach
     // bare: the host's own files, by the package's names.
     let f = std::io::BufReader::new(fs::File::open(archive)?);
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let mut largest: Option<(u64, PathBuf)> = None;
+    let mut large_files = Vec::new();
     for entry in tar.entries()? {
         let entry = entry?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
         let rel = entry.path()?.into_owned();
-        if largest
-            .as_ref()
-            .is_none_or(|(size, _)| entry.size() > *size)
-        {
-            largest = Some((entry.size(), rel.clone()));
-        }
-        if let Ok(Some(bytes)) = refill_page_cache_file(&Path::new("/").join(rel)) {
+        if let Ok(Some(bytes)) = refill_page_cache_file(&Path::new("/").join(&rel)) {
             done.file(bytes);
+            large_files.push(rel);
         }
     }
-    let mut state = PageCacheState {
-        refilled: done,
-        file: PathBuf::new(),
-        shares: Vec::new(),
-    };
-    let Some((_, rel)) = largest else {
-        return Ok(state);
-    };
-    let mut copies = vec![("bare".to_string(), Path::new("/").join(&rel))];
+    let mut copies = vec![("bare".to_string(), PathBuf::from("/"))];
     for (parent, dir) in &dirs {
-        let name = parent.trim_end_matches("/images");
-        copies.push((name.to_string(), dir.join(&rel)));
+        copies.push((parent.trim_end_matches("/images").to_string(), dir.clone()));
     }
-    for (name, path) in copies {
-        let mut share = large_folio_share(&path);
+    let mut shares = Vec::new();
+    for (name, root) in copies {
+        let files: Vec<PathBuf> = large_files.iter().map(|rel| root.join(rel)).collect();
+        let mut share = Folios::of(&files);
         for _ in 0..3 {
-            if share.as_ref().map_or(true, |s| *s >= FOLIO_TARGET) {
+            if share.share() >= FOLIO_TARGET {
                 break;
             }
             compact_memory();
-            let _ = refill_page_cache_file(&path);
-            share = large_folio_share(&path);
+            for f in &files {
+                if Folios::of(std::slice::from_ref(f)).share() < FOLIO_TARGET {
+                    let _ = refill_page_cache_file(f);
+                }
+            }
+            share = Folios::of(&files);
         }
-        match share {
-            Ok(s) => state.shares.push((name, s)),
-            Err(e) => log::warn!("large folios of {}: {e}", path.display()),
-        }
+        shares.push((name, share.share()));
     }
-    state.file = rel;
-    Ok(state)
+    Ok(PageCacheState {
+        refilled: done,
+        files: large_files.len(),
+        shares,
+    })
 }
 
 /// The share of a copy's pages in large folios below which it is read back again.
 pub const FOLIO_TARGET: f64 = 0.8;
 
-/// What [`refill_toolchains`] did, and the share of the pages of `file` (the package's
-/// largest, relative to each copy's root) in large folios, per strategy's copy.
+/// What [`refill_toolchains`] did, and per strategy's copy the share of the pages of the
+/// package's refilled files (`files` of them: ELF files of 64 KiB or more) in large folios.
 pub struct PageCacheState {
     pub refilled: Refilled,
-    pub file: PathBuf,
+    pub files: usize,
     pub shares: Vec<(String, f64)>,
+}
+
+/// Pages of some files in the page cache, and how many of them are in large folios.
+#[derive(Default)]
+struct Folios {
+    present: u64,
+    large: u64,
+}
+
+impl Folios {
+    fn of(files: &[PathBuf]) -> Folios {
+        let mut all = Folios::default();
+        for f in files {
+            match large_folio_pages(f) {
+                Ok((present, large)) => {
+                    all.present += present;
+                    all.large += large;
+                }
+                Err(e) => log::warn!("large folios of {}: {e}", f.display()),
+            }
+        }
+        all
+    }
+
+    fn share(&self) -> f64 {
+        if self.present == 0 {
+            return 0.0;
+        }
+        self.large as f64 / self.present as f64
+    }
 }
 
 /// Asks the kernel to compact all memory (vm.compact_memory, root only), so that reading a
@@ -672,11 +694,11 @@ fn compact_memory() {
     }
 }
 
-/// The share of `path`'s pages that the page cache holds in large folios: maps the file,
+/// `path`'s pages in the page cache, and how many of them are in large folios: maps the file,
 /// touches every page (read-only faults map the cached pages), and looks their frames up
 /// in /proc/self/pagemap and /proc/kpageflags (KPF_COMPOUND_HEAD/TAIL; root only:
 /// others read frame numbers as 0). Documentation/admin-guide/mm/pagemap.rst.
-pub fn large_folio_share(path: &Path) -> std::io::Result<f64> {
+fn large_folio_pages(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::FileExt;
     const COMPOUND: u64 = (1 << 15) | (1 << 16);
     let file = fs::File::open(path)?;
@@ -684,7 +706,7 @@ pub fn large_folio_share(path: &Path) -> std::io::Result<f64> {
     // SAFETY: sysconf with a valid name.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     if len == 0 || len > 1 << 34 {
-        return Ok(0.0);
+        return Ok((0, 0));
     }
     // SAFETY: a new private read-only mapping of a file we hold open; unmapped below.
     let base = unsafe {
@@ -726,11 +748,7 @@ pub fn large_folio_share(path: &Path) -> std::io::Result<f64> {
                 large += 1;
             }
         }
-        Ok(if present == 0 {
-            0.0
-        } else {
-            large as f64 / present as f64
-        })
+        Ok((present, large))
     })();
     // SAFETY: unmapping exactly the mapping made above.
     unsafe { libc::munmap(base, len) };

@@ -668,8 +668,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 r.refilled.bytes >> 20
             );
             page_cache_note = Some(format!(
-                "page cache: share of {}'s pages in large folios: {}",
-                r.file.display(),
+                "page cache: share of the pages of the toolchain's {} large files in large folios: {}",
+                r.files,
                 r.shares
                     .iter()
                     .map(|(name, s)| format!("{name} {:.0} %", s * 100.0))
