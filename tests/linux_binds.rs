@@ -7,11 +7,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{dir, file, linux_config, toolchain_with, BUSYBOX, USER};
-use jailbuilder::backend::{Backend, ExitStatus, Limits, ToolchainId};
-use jailbuilder::exec::{CommandSpec, PreparedCommand};
+use common::{dir, file, linux_config, toolchain_with};
+use jailbuilder::backend::{Backend, ExitStatus, ToolchainId};
 use jailbuilder::linux::{LinuxBackend, LinuxContainer, LinuxImage, ResetCounts};
 
 struct Fixture {
@@ -52,18 +49,7 @@ fn fixture(bind: bool) -> Fixture {
 
 /// Runs `script` in `c` as the build user; returns (exit code, stdout + stderr).
 fn sh(f: &Fixture, c: &LinuxContainer, script: &str) -> (ExitStatus, String) {
-    let cmd = PreparedCommand::new(CommandSpec {
-        executable: BUSYBOX.into(),
-        arguments: vec!["sh".into(), "-c".into(), script.into()],
-        env_vars: vec![("PATH".into(), "/bin".into())],
-        cwd: "/work".into(),
-    })
-    .unwrap();
-    let limits = Limits {
-        timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let o = f.backend.exec(c, &cmd, USER, &limits, None).unwrap();
+    let o = common::backend_sh(&f.backend, c, script);
     let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
     out.push_str(&String::from_utf8_lossy(&o.stderr));
     (o.status, out)

@@ -8,11 +8,9 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::{dir, file, linux_config, toolchain_with, BUSYBOX, USER};
-use jailbuilder::backend::{Backend, ExitStatus, Limits, ToolchainId};
-use jailbuilder::exec::{CommandSpec, PreparedCommand};
+use common::{dir, file, linux_config, toolchain_with};
+use jailbuilder::backend::{Backend, ExitStatus, ToolchainId};
 use jailbuilder::linux::{LinuxBackend, LinuxConfig, LinuxContainer, LinuxImage, ResetCounts};
 
 struct Fixture {
@@ -52,18 +50,7 @@ fn fixture() -> Fixture {
 }
 
 fn sh(f: &Fixture, c: &LinuxContainer, script: &str) -> String {
-    let cmd = PreparedCommand::new(CommandSpec {
-        executable: BUSYBOX.into(),
-        arguments: vec!["sh".into(), "-c".into(), script.into()],
-        env_vars: vec![("PATH".into(), "/bin".into())],
-        cwd: "/work".into(),
-    })
-    .unwrap();
-    let limits = Limits {
-        timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let o = f.backend.exec(c, &cmd, USER, &limits, None).unwrap();
+    let o = common::backend_sh(&f.backend, c, script);
     assert_eq!(
         o.status,
         ExitStatus::Code(0),

@@ -917,6 +917,10 @@ impl LinuxBackend {
             &self.seed_mnt,
         )?;
         c.bound.store(bound, Ordering::Release);
+        if !bound {
+            // None to attach, or the kernel refused them (logged): none to come back either.
+            c.binds = binds::Binds::default();
+        }
         c.open_namespaces()
     }
 }
@@ -1322,6 +1326,9 @@ impl Backend for LinuxBackend {
             &self.seed_mnt,
         )?;
         container.bound.store(bound, Ordering::Release);
+        if !bound {
+            container.binds = binds::Binds::default();
+        }
         Ok(())
     }
 

@@ -245,6 +245,23 @@ pub fn fixture() -> Fixture {
     fixture_with(|_| {}, |_| {})
 }
 
+/// Runs `script` with the toolchain's busybox sh in `c`, as slot 0's user, in /work, with
+/// a minute's time limit.
+#[allow(dead_code)] // not every test binary runs backend commands
+pub fn backend_sh(
+    backend: &LinuxBackend,
+    c: &jailbuilder::linux::LinuxContainer,
+    script: &str,
+) -> jailbuilder::backend::ExecOutcome {
+    use jailbuilder::backend::Backend;
+    let cmd = jailbuilder::exec::PreparedCommand::new(spec(&["sh", "-c", script])).unwrap();
+    let limits = Limits {
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    backend.exec(c, &cmd, USER, &limits, None).unwrap()
+}
+
 pub fn spec(args: &[&str]) -> CommandSpec {
     CommandSpec {
         executable: BUSYBOX.into(),
