@@ -45,6 +45,10 @@ pub struct BuilderConfig {
     /// container root, so that the compiler's lookups of its own files bypass overlayfs
     /// (faster); false sends every path through the overlay.
     pub bind_image_dirs: bool,
+    /// Linux: when a toolchain image's executables, read back into the page cache, got
+    /// fewer than 60 % of their pages in large folios, compact memory (machine-wide, once
+    /// per such image) and read them again; false never compacts.
+    pub compact_memory: bool,
 
     /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".
     pub dataset_root: String,
@@ -133,6 +137,7 @@ impl Default for BuilderConfig {
             reset_in_place: true,
             ld_cache: true,
             bind_image_dirs: true,
+            compact_memory: true,
             dataset_root: "zroot/jailbuilder".into(),
             mount_root: PathBuf::from("/var/jailbuilder"),
             base_snapshot: None,

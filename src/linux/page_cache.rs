@@ -17,6 +17,10 @@
 //! the compiler's text and data. The walk follows no symlink (each directory is opened
 //! beneath its parent with `O_NOFOLLOW`), is bounded in depth and entries, and stops at the
 //! first error: it is an optimisation, never a reason to fail an image.
+//!
+//! A read gets large folios only from contiguous free memory (the `folios` module): after
+//! reading, each file's pages are counted, and [`refill_compacting`] compacts memory and
+//! reads an image again once when fewer than [`folios::TARGET`] of them are large.
 
 use std::ffi::CStr;
 use std::io::Read;
@@ -29,6 +33,8 @@ use nix::dir::{Dir, Type};
 use nix::fcntl::{posix_fadvise, OFlag, PosixFadviseAdvice};
 use nix::sys::stat::{fstat, Mode, SFlag};
 
+use super::folios::{self, FolioCount};
+
 /// Files smaller than this are left alone (headers, scripts, small libraries).
 pub const MIN_BYTES: u64 = 64 << 10;
 const MAX_DEPTH: usize = 64;
@@ -39,6 +45,11 @@ const MAX_ENTRIES: usize = 1 << 20;
 pub struct Refilled {
     pub files: u64,
     pub bytes: u64,
+    /// Their pages in the page cache afterwards, and how many are in large folios (none
+    /// counted without CAP_SYS_ADMIN).
+    pub folios: FolioCount,
+    /// Memory was compacted and the files read again ([`refill_compacting`]).
+    pub compacted: bool,
 }
 
 impl Refilled {
@@ -52,6 +63,8 @@ impl Refilled {
     pub fn add(&mut self, other: Refilled) {
         self.files += other.files;
         self.bytes += other.bytes;
+        self.folios.add(other.folios);
+        self.compacted |= other.compacted;
     }
 }
 
@@ -61,6 +74,43 @@ impl Refilled {
 /// back, as after syncfs(2).
 pub fn refill(dir: &Path) -> std::io::Result<Refilled> {
     refill_until(dir, &AtomicBool::new(false))
+}
+
+/// [`refill`], then, if fewer than [`folios::TARGET`] of the pages read came in large
+/// folios, compacts memory (machine-wide, once) and refills again.
+pub fn refill_compacting(dir: &Path) -> std::io::Result<Refilled> {
+    refill_large(dir, &AtomicBool::new(false), true)
+}
+
+/// [`refill_until`], compacting and reading again once if `compact` and the share of large
+/// folios is under target.
+fn refill_large(dir: &Path, stop: &AtomicBool, compact: bool) -> std::io::Result<Refilled> {
+    let first = refill_until(dir, stop)?;
+    let share = first.folios.share();
+    if !compact
+        || first.folios.present == 0
+        || share >= folios::TARGET
+        || stop.load(Ordering::Relaxed)
+    {
+        return Ok(first);
+    }
+    if let Err(e) = folios::compact_memory() {
+        log::warn!(
+            "{}: large folios {:.0} %; compacting memory: {e}",
+            dir.display(),
+            share * 100.0
+        );
+        return Ok(first);
+    }
+    let mut again = refill_until(dir, stop)?;
+    again.compacted = true;
+    log::debug!(
+        "{}: large folios {:.0} %, after compacting memory {:.0} %",
+        dir.display(),
+        share * 100.0,
+        again.folios.share() * 100.0
+    );
+    Ok(again)
 }
 
 /// [`refill`] that gives up, between two reads of at most 1 MiB, once `stop` is set.
@@ -81,7 +131,7 @@ pub(crate) struct Background {
 }
 
 impl Background {
-    pub(crate) fn start(dirs: Vec<PathBuf>) -> std::io::Result<Background> {
+    pub(crate) fn start(dirs: Vec<PathBuf>, compact: bool) -> std::io::Result<Background> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -89,7 +139,7 @@ impl Background {
             .spawn(move || {
                 let mut all = Refilled::default();
                 for dir in dirs {
-                    match refill_until(&dir, &flag) {
+                    match refill_large(&dir, &flag, compact) {
                         Ok(r) => all.add(r),
                         // An image removed meanwhile (over max_images), or the backend gone.
                         Err(e) => log::debug!("page cache of {} not refilled: {e}", dir.display()),
@@ -130,7 +180,13 @@ impl Drop for Background {
 /// host's own toolchain, for the bench); its size, or None if it is not such a file.
 pub fn refill_file(path: &Path) -> std::io::Result<Option<u64>> {
     let file = std::fs::File::open(path)?;
-    refill_open(file, &AtomicBool::new(false))
+    Ok(refill_open(file, &AtomicBool::new(false))?.map(|(size, _)| size))
+}
+
+/// The pages of the file at `path` in the page cache, and how many are in large folios
+/// (see the `folios` module).
+pub fn large_folios_of(path: &Path) -> std::io::Result<FolioCount> {
+    folios::count(&std::fs::File::open(path)?)
 }
 
 fn walk(
@@ -164,8 +220,9 @@ fn walk(
                 walk(sub, depth + 1, seen, done, stop)?;
             }
             Some(Type::File) | None => {
-                if let Some(bytes) = refill_at(&dir, &name, stop)? {
+                if let Some((bytes, f)) = refill_at(&dir, &name, stop)? {
                     done.file(bytes);
+                    done.folios.add(f);
                 }
             }
             _ => {}
@@ -176,7 +233,11 @@ fn walk(
 
 /// Opens `name` beneath `dir` without following a symlink or blocking on a FIFO, and
 /// refills it if it is a large enough ELF file; its size if so.
-fn refill_at(dir: &Dir, name: &CStr, stop: &AtomicBool) -> std::io::Result<Option<u64>> {
+fn refill_at(
+    dir: &Dir,
+    name: &CStr,
+    stop: &AtomicBool,
+) -> std::io::Result<Option<(u64, FolioCount)>> {
     // Most of a toolchain is small files (headers): judged by fstatat, never opened.
     let st = nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
@@ -199,8 +260,11 @@ fn refill_at(dir: &Dir, name: &CStr, stop: &AtomicBool) -> std::io::Result<Optio
 }
 
 /// Refills an open file if it is a regular ELF file of at least [`MIN_BYTES`] (checked on
-/// the descriptor: what is checked is what is read); its size if so.
-fn refill_open(mut file: std::fs::File, stop: &AtomicBool) -> std::io::Result<Option<u64>> {
+/// the descriptor: what is checked is what is read); its size and its folios if so.
+fn refill_open(
+    mut file: std::fs::File,
+    stop: &AtomicBool,
+) -> std::io::Result<Option<(u64, FolioCount)>> {
     let st = fstat(file.as_fd())?;
     let size = st.st_size as u64;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || size < MIN_BYTES {
@@ -222,7 +286,9 @@ fn refill_open(mut file: std::fs::File, stop: &AtomicBool) -> std::io::Result<Op
             Err(e) => return Err(e),
         }
     }
-    Ok(Some(size))
+    // Counting is an optimisation's measurement: its failure counts nothing.
+    let f = folios::count(&file).unwrap_or_default();
+    Ok(Some((size, f)))
 }
 
 fn dir_flags() -> OFlag {
@@ -257,13 +323,11 @@ mod tests {
         nix::unistd::mkfifo(&t.path().join("usr/lib/fifo"), Mode::S_IRWXU).unwrap();
 
         let got = refill(t.path()).unwrap();
-        assert_eq!(
-            got,
-            Refilled {
-                files: 1,
-                bytes: big_elf.len() as u64
-            }
-        );
+        assert_eq!((got.files, got.bytes), (1, big_elf.len() as u64), "{got:?}");
+        // Every page of the one file read, counted (root only: frame numbers).
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(got.folios.present, (big_elf.len() as u64).div_ceil(4096));
+        }
         assert_eq!(
             refill_file(&outside.path().join("libout.so")).unwrap(),
             Some(big_elf.len() as u64)

@@ -20,6 +20,7 @@ pub fn open_backend(cfg: &BuilderConfig) -> Result<LinuxBackend, LinuxError> {
         reset_in_place: cfg.reset_in_place,
         ld_cache: cfg.ld_cache,
         bind_image_dirs: cfg.bind_image_dirs,
+        compact_memory: cfg.compact_memory,
     })
 }
 

@@ -22,7 +22,9 @@ use anyhow::{anyhow, bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-use jailbuilder::linux::{refill_page_cache, refill_page_cache_file, Refilled};
+use jailbuilder::linux::{
+    large_folios_of, refill_page_cache, refill_page_cache_file, FolioCount, Refilled,
+};
 
 use super::strategy::{check_compile, env_vars, Job, SeedCleanups, Spawner, Strategy};
 use super::workload::CWD;
@@ -623,18 +625,18 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCach
     let mut shares = Vec::new();
     for (name, root) in copies {
         let files: Vec<PathBuf> = large_files.iter().map(|rel| root.join(rel)).collect();
-        let mut share = Folios::of(&files);
+        let mut share = folios_of(&files);
         for _ in 0..3 {
             if share.share() >= FOLIO_TARGET {
                 break;
             }
             compact_memory();
             for f in &files {
-                if Folios::of(std::slice::from_ref(f)).share() < FOLIO_TARGET {
+                if folios_of(std::slice::from_ref(f)).share() < FOLIO_TARGET {
                     let _ = refill_page_cache_file(f);
                 }
             }
-            share = Folios::of(&files);
+            share = folios_of(&files);
         }
         shares.push((name, share.share()));
     }
@@ -645,8 +647,9 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCach
     })
 }
 
-/// The share of a copy's pages in large folios below which it is read back again.
-pub const FOLIO_TARGET: f64 = 0.8;
+/// The share of a copy's pages in large folios below which it is read back again: the
+/// backend's own.
+pub const FOLIO_TARGET: f64 = jailbuilder::linux::LARGE_FOLIO_TARGET;
 
 /// What [`refill_toolchains`] did, and per strategy's copy the share of the pages of the
 /// package's refilled files (`files` of them: ELF files of 64 KiB or more) in large folios.
@@ -656,34 +659,17 @@ pub struct PageCacheState {
     pub shares: Vec<(String, f64)>,
 }
 
-/// Pages of some files in the page cache, and how many of them are in large folios.
-#[derive(Default)]
-struct Folios {
-    present: u64,
-    large: u64,
-}
-
-impl Folios {
-    fn of(files: &[PathBuf]) -> Folios {
-        let mut all = Folios::default();
-        for f in files {
-            match large_folio_pages(f) {
-                Ok((present, large)) => {
-                    all.present += present;
-                    all.large += large;
-                }
-                Err(e) => log::warn!("large folios of {}: {e}", f.display()),
-            }
+/// Pages of `files` in the page cache, and how many are in large folios (unreadable files
+/// logged and left out).
+fn folios_of(files: &[PathBuf]) -> FolioCount {
+    let mut all = FolioCount::default();
+    for f in files {
+        match large_folios_of(f) {
+            Ok(n) => all.add(n),
+            Err(e) => log::warn!("large folios of {}: {e}", f.display()),
         }
-        all
     }
-
-    fn share(&self) -> f64 {
-        if self.present == 0 {
-            return 0.0;
-        }
-        self.large as f64 / self.present as f64
-    }
+    all
 }
 
 /// Asks the kernel to compact all memory (vm.compact_memory, root only), so that reading a
@@ -692,65 +678,4 @@ fn compact_memory() {
     if let Err(e) = fs::write("/proc/sys/vm/compact_memory", "1") {
         log::warn!("compacting memory: {e}");
     }
-}
-
-/// `path`'s pages in the page cache, and how many of them are in large folios: maps the file,
-/// touches every page (read-only faults map the cached pages), and looks their frames up
-/// in /proc/self/pagemap and /proc/kpageflags (KPF_COMPOUND_HEAD/TAIL; root only:
-/// others read frame numbers as 0). Documentation/admin-guide/mm/pagemap.rst.
-fn large_folio_pages(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::FileExt;
-    const COMPOUND: u64 = (1 << 15) | (1 << 16);
-    let file = fs::File::open(path)?;
-    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-    // SAFETY: sysconf with a valid name.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    if len == 0 || len > 1 << 34 {
-        return Ok((0, 0));
-    }
-    // SAFETY: a new private read-only mapping of a file we hold open; unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let pages = len.div_ceil(page);
-    let mut sum = 0u8;
-    for i in 0..pages {
-        // SAFETY: inside the mapping made above (the last page is partly the file's).
-        sum ^= unsafe { std::ptr::read_volatile(base.cast::<u8>().add(i * page)) };
-    }
-    std::hint::black_box(sum);
-    let result = (|| {
-        let pagemap = fs::File::open("/proc/self/pagemap")?;
-        let flags = fs::File::open("/proc/kpageflags")?;
-        let mut entries = vec![0u8; pages * 8];
-        pagemap.read_exact_at(&mut entries, (base as u64 / page as u64) * 8)?;
-        let (mut present, mut large) = (0u64, 0u64);
-        for e in entries.chunks_exact(8) {
-            let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
-            let pfn = e & ((1 << 55) - 1);
-            if e >> 63 == 0 || pfn == 0 {
-                continue;
-            }
-            let mut f = [0u8; 8];
-            flags.read_exact_at(&mut f, pfn * 8)?;
-            present += 1;
-            if u64::from_le_bytes(f) & COMPOUND != 0 {
-                large += 1;
-            }
-        }
-        Ok((present, large))
-    })();
-    // SAFETY: unmapping exactly the mapping made above.
-    unsafe { libc::munmap(base, len) };
-    result
 }
