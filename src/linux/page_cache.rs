@@ -37,6 +37,10 @@ use super::folios::{self, FolioCount};
 
 /// Files smaller than this are left alone (headers, scripts, small libraries).
 pub const MIN_BYTES: u64 = 64 << 10;
+/// Images whose refilled files are smaller than this together are never worth compacting
+/// memory for: a compiler's large files are (cc1 alone is about 30 MB), and a small
+/// file's pages mostly stay in small folios whatever is free.
+const COMPACT_MIN_BYTES: u64 = 16 << 20;
 const MAX_DEPTH: usize = 64;
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -87,11 +91,7 @@ pub fn refill_compacting(dir: &Path) -> std::io::Result<Refilled> {
 fn refill_large(dir: &Path, stop: &AtomicBool, compact: bool) -> std::io::Result<Refilled> {
     let first = refill_until(dir, stop)?;
     let share = first.folios.share();
-    if !compact
-        || first.folios.present == 0
-        || share >= folios::TARGET
-        || stop.load(Ordering::Relaxed)
-    {
+    if !compact || !worth_compacting(&first) || stop.load(Ordering::Relaxed) {
         return Ok(first);
     }
     if let Err(e) = folios::compact_memory() {
@@ -111,6 +111,12 @@ fn refill_large(dir: &Path, stop: &AtomicBool, compact: bool) -> std::io::Result
         again.folios.share() * 100.0
     );
     Ok(again)
+}
+
+/// Whether a refill that read `r` should compact memory and read again: enough bytes to
+/// matter, pages counted (root), and too few of them in large folios.
+fn worth_compacting(r: &Refilled) -> bool {
+    r.bytes >= COMPACT_MIN_BYTES && r.folios.present > 0 && r.folios.share() < folios::TARGET
 }
 
 /// [`refill`] that gives up, between two reads of at most 1 MiB, once `stop` is set.
@@ -299,6 +305,30 @@ fn dir_flags() -> OFlag {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn memory_is_compacted_only_for_a_large_image_mostly_in_small_folios() {
+        let r = |bytes: u64, present: u64, large: u64| Refilled {
+            files: 1,
+            bytes,
+            folios: FolioCount { present, large },
+            compacted: false,
+        };
+        let big = 80 << 20;
+        assert!(worth_compacting(&r(big, 20_000, 9_000)));
+        assert!(
+            !worth_compacting(&r(big, 20_000, 15_000)),
+            "above the target"
+        );
+        assert!(
+            !worth_compacting(&r(big, 0, 0)),
+            "nothing counted: not root"
+        );
+        assert!(
+            !worth_compacting(&r(2 << 20, 500, 0)),
+            "a busybox-sized image"
+        );
+    }
 
     #[test]
     fn only_large_elf_files_are_read_and_no_symlink_is_followed() {
