@@ -16,7 +16,9 @@
 //! containers/c<n>/root/ the overlay mount: lowerdir=skel:image[:base], nosuid
 //! containers/c<n>/ns/{net,uts,mnt}  bind mounts pinning the container's namespaces;
 //!                       mnt holds the seed's empty tmpfs and a clone of root/'s mount
-//!                       at /r (reset swaps the clone); exec chroots into /r
+//!                       at /r (reset swaps the clone), with the image's unchangeable
+//!                       top-level directories bound read-only over it (`binds`);
+//!                       exec chroots into /r
 //! ```
 //!
 //! An image is published complete: unpacked in staging/, flushed (syncfs(2)), marked (the
@@ -77,9 +79,7 @@ pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
 pub use folios::{FolioCount, TARGET as LARGE_FOLIO_TARGET};
 pub use page_cache::{
-    large_folios_of, refill as refill_page_cache,
-    refill_compacting as refill_page_cache_compacting, refill_file as refill_page_cache_file,
-    Refilled,
+    large_folios_of, refill as refill_page_cache, refill_file as refill_page_cache_file, Refilled,
 };
 pub use probe::{probe, ProbeItem};
 pub use seccomp::SeccompError;
