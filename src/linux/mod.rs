@@ -199,8 +199,10 @@ pub struct LinuxImage {
     /// `images/<id>/root`: the overlay lower layer.
     dir: PathBuf,
     /// Its top-level directories bound read-only over each container's root (the `binds`
-    /// module); empty with [`LinuxConfig::bind_image_dirs`] off.
-    binds: Vec<std::ffi::OsString>,
+    /// module); empty with [`LinuxConfig::bind_image_dirs`] off. Found by a walk of the
+    /// image when its first container is made: not at start-up for every adopted image,
+    /// some of which the engine then removes (`max_images`).
+    binds: std::sync::OnceLock<Vec<std::ffi::OsString>>,
 }
 
 impl LinuxImage {
@@ -1162,7 +1164,7 @@ impl Backend for LinuxBackend {
                 image: LinuxImage {
                     id: id.clone(),
                     dir: top.join("root"),
-                    binds: self.image_binds(&top.join("root")),
+                    binds: std::sync::OnceLock::new(),
                     top,
                 },
                 id,
@@ -1223,7 +1225,7 @@ impl Backend for LinuxBackend {
         Ok(LinuxImage {
             id: id.clone(),
             dir: dir.join("root"),
-            binds: self.image_binds(&dir.join("root")),
+            binds: std::sync::OnceLock::new(),
             top: dir,
         })
     }
@@ -1249,7 +1251,6 @@ impl Backend for LinuxBackend {
         image_marker::touch(&image.top);
         let mut lowers = vec![skel, image.dir.clone()];
         lowers.extend(self.base.clone());
-        let binds = binds::Binds::new(&image.dir, &image.binds, &dir.join("tmp/upper"));
         let mut c = LinuxContainer {
             name,
             tmp: dir.join("tmp"),
@@ -1268,10 +1269,12 @@ impl Backend for LinuxBackend {
             stack: Mutex::new(
                 spawn::ChildStack::new().map_err(|source| LinuxError::ChildStack { source })?,
             ),
-            binds,
+            binds: binds::Binds::default(),
             bound: AtomicBool::new(false),
             torn_down: false,
         };
+        let names = image.binds.get_or_init(|| self.image_binds(&image.dir));
+        c.binds = binds::Binds::new(&image.dir, names, &c.upper());
         // On failure, dropping `c` tears down what was built.
         self.make_container(&mut c)?;
         Ok(c)

@@ -247,7 +247,6 @@ pub fn fixture() -> Fixture {
 
 /// Runs `script` with the toolchain's busybox sh in `c`, as slot 0's user, in /work, with
 /// a minute's time limit.
-#[allow(dead_code)] // not every test binary runs backend commands
 pub fn backend_sh(
     backend: &LinuxBackend,
     c: &jailbuilder::linux::LinuxContainer,
