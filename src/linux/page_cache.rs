@@ -238,7 +238,7 @@ fn walk(
 }
 
 /// Opens `name` beneath `dir` without following a symlink or blocking on a FIFO, and
-/// refills it if it is a large enough ELF file; its size if so.
+/// refills it if it is a large enough ELF file; its size and its pages in the page cache (see the `folios` module) if so.
 fn refill_at(
     dir: &Dir,
     name: &CStr,
@@ -262,15 +262,17 @@ fn refill_at(
         Err(nix::errno::Errno::ELOOP | nix::errno::Errno::EISDIR) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    refill_open(std::fs::File::from(fd), stop)
+    // Counting is an optimisation's measurement: its failure counts nothing.
+    Ok(refill_open(std::fs::File::from(fd), stop)?
+        .map(|(size, file)| (size, folios::count(&file).unwrap_or_default())))
 }
 
 /// Refills an open file if it is a regular ELF file of at least [`MIN_BYTES`] (checked on
-/// the descriptor: what is checked is what is read); its size and its folios if so.
+/// the descriptor: what is checked is what is read); its size, and the file back, if so.
 fn refill_open(
     mut file: std::fs::File,
     stop: &AtomicBool,
-) -> std::io::Result<Option<(u64, FolioCount)>> {
+) -> std::io::Result<Option<(u64, std::fs::File)>> {
     let st = fstat(file.as_fd())?;
     let size = st.st_size as u64;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || size < MIN_BYTES {
@@ -292,9 +294,7 @@ fn refill_open(
             Err(e) => return Err(e),
         }
     }
-    // Counting is an optimisation's measurement: its failure counts nothing.
-    let f = folios::count(&file).unwrap_or_default();
-    Ok(Some((size, f)))
+    Ok(Some((size, file)))
 }
 
 fn dir_flags() -> OFlag {
