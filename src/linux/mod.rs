@@ -77,7 +77,7 @@ use crate::untrusted::{unpack_tar_gz, write_ld_cache, LdCache, RootDir, UnpackLi
 
 pub use cgroup::LimitMechanism;
 pub use error::LinuxError;
-pub use folios::{FolioCount, TARGET as LARGE_FOLIO_TARGET};
+pub use folios::{compact_memory, FolioCount, TARGET as LARGE_FOLIO_TARGET};
 pub use page_cache::{
     large_folios_of, refill as refill_page_cache, refill_file as refill_page_cache_file, Refilled,
 };

@@ -23,7 +23,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 use jailbuilder::linux::{
-    large_folios_of, refill_page_cache, refill_page_cache_file, FolioCount, Refilled,
+    compact_memory, large_folios_of, refill_page_cache, refill_page_cache_file, FolioCount,
+    Refilled, LARGE_FOLIO_TARGET,
 };
 
 use super::strategy::{check_compile, env_vars, Job, SeedCleanups, Spawner, Strategy};
@@ -576,17 +577,27 @@ impl Strategy for Bwrap {
 ///
 /// Reading a file back does not guarantee large folios: the kernel falls back to single
 /// pages when free memory is fragmented. So memory is compacted first
-/// (`/proc/sys/vm/compact_memory`), and in a copy whose pages are less than [`FOLIO_TARGET`]
-/// in large folios, each file below it is read back again, up to three times. The returned
+/// (`/proc/sys/vm/compact_memory`), and in a copy whose pages are less than the backend's
+/// [`LARGE_FOLIO_TARGET`] in large folios, each file below it is read back again, up to
+/// three times. The returned
 /// shares say how equal the copies ended up.
-pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCacheState> {
+pub fn refill_toolchains(
+    root: &Path,
+    archive: &Path,
+    strategies: &[String],
+) -> anyhow::Result<PageCacheState> {
     let mut dirs = Vec::new();
-    for parent in [
-        "native/images",
-        "native-fresh/images",
-        "native-overlay/images",
-        "toolchain",
+    // Only the copies of this run's strategies: the state directory keeps earlier runs'
+    // images of the others.
+    for (parent, users) in [
+        ("native/images", &["native"][..]),
+        ("native-fresh/images", &["native-fresh"]),
+        ("native-overlay/images", &["native-overlay"]),
+        ("toolchain", &["cli", "bwrap"]),
     ] {
+        if !users.iter().any(|u| strategies.iter().any(|s| s == u)) {
+            continue;
+        }
         let Ok(entries) = fs::read_dir(root.join(parent)) else {
             continue;
         };
@@ -598,7 +609,7 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCach
         };
         dirs.extend(entries.flatten().map(|e| (parent, e.path().join(layer))));
     }
-    compact_memory();
+    compact();
     let mut done = Refilled::default();
     for (_, dir) in &dirs {
         done.add(refill_page_cache(dir).with_context(|| format!("refilling {}", dir.display()))?);
@@ -625,20 +636,20 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCach
     let mut shares = Vec::new();
     for (name, root) in copies {
         let files: Vec<PathBuf> = large_files.iter().map(|rel| root.join(rel)).collect();
-        let mut share = folios_of(&files);
+        let mut counts = folios_of(&files);
         for _ in 0..3 {
-            if share.share() >= FOLIO_TARGET {
+            if total(&counts).share() >= LARGE_FOLIO_TARGET {
                 break;
             }
-            compact_memory();
-            for f in &files {
-                if folios_of(std::slice::from_ref(f)).share() < FOLIO_TARGET {
+            compact();
+            for (f, n) in files.iter().zip(&counts) {
+                if n.share() < LARGE_FOLIO_TARGET {
                     let _ = refill_page_cache_file(f);
                 }
             }
-            share = folios_of(&files);
+            counts = folios_of(&files);
         }
-        shares.push((name, share.share()));
+        shares.push((name, total(&counts).share()));
     }
     Ok(PageCacheState {
         refilled: done,
@@ -646,10 +657,6 @@ pub fn refill_toolchains(root: &Path, archive: &Path) -> anyhow::Result<PageCach
         shares,
     })
 }
-
-/// The share of a copy's pages in large folios below which it is read back again: the
-/// backend's own.
-pub const FOLIO_TARGET: f64 = jailbuilder::linux::LARGE_FOLIO_TARGET;
 
 /// What [`refill_toolchains`] did, and per strategy's copy the share of the pages of the
 /// package's refilled files (`files` of them: ELF files of 64 KiB or more) in large folios.
@@ -659,23 +666,31 @@ pub struct PageCacheState {
     pub shares: Vec<(String, f64)>,
 }
 
-/// Pages of `files` in the page cache, and how many are in large folios (unreadable files
-/// logged and left out).
-fn folios_of(files: &[PathBuf]) -> FolioCount {
+/// Each file's pages in the page cache, and how many are in large folios (an unreadable
+/// file logged and counted as none).
+fn folios_of(files: &[PathBuf]) -> Vec<FolioCount> {
+    files
+        .iter()
+        .map(|f| {
+            large_folios_of(f).unwrap_or_else(|e| {
+                log::warn!("large folios of {}: {e}", f.display());
+                FolioCount::default()
+            })
+        })
+        .collect()
+}
+
+fn total(counts: &[FolioCount]) -> FolioCount {
     let mut all = FolioCount::default();
-    for f in files {
-        match large_folios_of(f) {
-            Ok(n) => all.add(n),
-            Err(e) => log::warn!("large folios of {}: {e}", f.display()),
-        }
+    for n in counts {
+        all.add(*n);
     }
     all
 }
 
-/// Asks the kernel to compact all memory (vm.compact_memory, root only), so that reading a
-/// file back can get large folios. Best effort.
-fn compact_memory() {
-    if let Err(e) = fs::write("/proc/sys/vm/compact_memory", "1") {
+/// The backend's memory compaction, best effort.
+fn compact() {
+    if let Err(e) = compact_memory() {
         log::warn!("compacting memory: {e}");
     }
 }

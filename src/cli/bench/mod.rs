@@ -660,7 +660,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         #[cfg(target_os = "linux")]
         {
-            let r = linux::refill_toolchains(&root, &ctx.archive)?;
+            let r = linux::refill_toolchains(&root, &ctx.archive, &names)?;
             eprintln!(
                 "jailbuilder bench: page cache refilled for every strategy's copy of the \
                  toolchain: {} files, {} MiB",
