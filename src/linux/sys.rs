@@ -317,7 +317,7 @@ pub(super) fn pin_new_namespaces(
         })
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let fds = in_helper_thread(&first, || -> Result<(NsFiles<'_>, bool), LinuxError> {
+    let (fds, bound) = in_helper_thread(&first, || -> Result<(NsFiles<'_>, bool), LinuxError> {
         let unshare_err = |source| LinuxError::Unshare {
             path: first.clone(),
             source,
@@ -391,7 +391,6 @@ pub(super) fn pin_new_namespaces(
         }
         Ok((fds, bound))
     })?;
-    let (fds, bound) = fds;
     for (fd, target) in fds {
         let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
         mount(
@@ -477,7 +476,7 @@ pub(super) fn detach_binds(ns: &OwnedFd, binds: &Binds) -> Result<(), LinuxError
         .first()
         .map(|(p, _)| p.clone())
         .unwrap_or_default();
-    in_helper_thread(&first.clone(), || {
+    in_helper_thread(&first, || {
         let err = |source| LinuxError::BindImageDir {
             path: first.clone(),
             source,
