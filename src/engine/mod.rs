@@ -4,6 +4,7 @@
 
 mod build;
 mod error;
+mod job_queue;
 mod pool;
 mod stats;
 

@@ -15,11 +15,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::build::ToolchainSource;
+use super::job_queue::JobQueue;
 use super::{BuildError, EngineConfig, EngineStats, Health, ToolchainPoolStats};
 use crate::backend::{Backend, ExistingImage, ToolchainId};
 use crate::exec::CancelToken;
@@ -90,7 +91,7 @@ pub(crate) struct Pool<B: Backend> {
     pub(crate) health: Health,
     state: Mutex<State<B>>,
     changed: Condvar,
-    jobs: Mutex<Option<mpsc::Sender<Job<B>>>>,
+    jobs: JobQueue<Job<B>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     counters: Counters,
     /// Cancel tokens of the builds running now, so shutdown can stop those that outlive
@@ -109,7 +110,6 @@ fn backend_error<B: Backend>(backend: &B, step: &'static str, e: B::Error) -> Bu
 
 impl<B: Backend> Pool<B> {
     pub(crate) fn start(backend: B, config: EngineConfig) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel::<Job<B>>();
         let pool = Arc::new(Pool {
             backend,
             health: Health {
@@ -128,28 +128,24 @@ impl<B: Backend> Pool<B> {
                 shutting_down: false,
             }),
             changed: Condvar::new(),
-            jobs: Mutex::new(Some(tx)),
+            jobs: JobQueue::new(),
             threads: Mutex::new(Vec::new()),
             counters: Counters::default(),
             running: Mutex::new(Vec::new()),
             next_build: AtomicU64::new(0),
             config,
         });
-        let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for i in 0..pool.config.recycler_threads.max(1) {
-            let (pool, rx) = (Arc::clone(&pool), Arc::clone(&rx));
+            let pool = Arc::clone(&pool);
             let spawned = std::thread::Builder::new()
                 .name(format!("jb-recycler-{i}"))
-                .spawn(move || loop {
-                    // The receiver lock is held only while waiting for the next job.
-                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    };
-                    pool.run_job(job);
-                    pool.lock().queued -= 1;
-                    pool.changed.notify_all();
+                .spawn(move || {
+                    while let Some(job) = pool.jobs.pop() {
+                        pool.run_job(job);
+                        pool.lock().queued -= 1;
+                        pool.changed.notify_all();
+                    }
                 });
             match spawned {
                 Ok(t) => threads.push(t),
@@ -225,16 +221,12 @@ impl<B: Backend> Pool<B> {
     /// Queues a job for the recycler; hands it back when there is none (shut down), for the
     /// caller to run itself.
     fn send(&self, st: &mut State<B>, job: Job<B>) -> Option<Job<B>> {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = jobs.as_ref() else {
-            return Some(job);
-        };
-        match tx.send(job) {
+        match self.jobs.push(job) {
             Ok(()) => {
                 st.queued += 1;
                 None
             }
-            Err(mpsc::SendError(job)) => Some(job),
+            Err(job) => Some(job),
         }
     }
 
@@ -723,7 +715,7 @@ impl<B: Backend> Pool<B> {
                 }
             }
         }
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.jobs.close();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
