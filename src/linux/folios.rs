@@ -2,10 +2,18 @@
 //!
 //! Reading a file back sequentially (the `page_cache` module) gives large folios only when
 //! the kernel finds physically contiguous free memory; on a fragmented machine it falls
-//! back to single pages (mm/readahead.c `page_cache_ra_order`, then `ra_alloc_folio` at a
-//! lower order). Measured on this project's machine after a refill: the host's cc1 had 91 %
-//! of its pages in large folios, an image's copy 46-49 %. So the share is measured, and a
-//! refill that ends below [`TARGET`] may compact memory and read again.
+//! back to smaller ones, down to single pages (mm/readahead.c `page_cache_ra_order`, then
+//! `ra_alloc_folio` at a lower order). Measured on this project's machine after a refill:
+//! the host's cc1 had 91 % of its pages in large folios, an image's copy 46-49 %. So the
+//! share is measured, and a refill that ends below [`TARGET`] may compact memory and read
+//! again.
+//!
+//! A folio counts as large from [`LARGE_BYTES`] (64 KiB) on, not from two pages: a copy of
+//! cc1 read back on fragmented memory had 75 % of its pages in compound folios, but none
+//! over 64 KiB and most of 16 KiB, and a process mapping all of it took 1.04-1.15 ms against
+//! 0.62 ms for the host's copy (256 KiB-1 MiB folios for half its pages): a fault maps the
+//! folios inside its fault-around window (`fault_around_bytes`, 64 KiB by default;
+//! mm/memory.c `do_fault_around`, mm/filemap.c `filemap_map_pages`) and pays per folio.
 
 use std::fs::File;
 use std::io;
@@ -14,11 +22,15 @@ use std::os::unix::fs::FileExt;
 
 /// The share of pages in large folios below which a refill compacts memory and reads again.
 /// Not higher: a file's first pages and small files stay in small folios (readahead starts
-/// small and grows), so gcc's 17 executables and libraries of 64 KiB or more reach 79 % at
-/// best here, compacted or not; the bad case measured was about half.
+/// small and grows), so gcc's 17 executables and libraries of 64 KiB or more reach 68 % at
+/// best here, compacted or not; cc1 read back on fragmented memory had 24 %.
 pub const TARGET: f64 = 0.6;
 
-/// Pages of some files in the page cache, and how many of them are in large folios.
+/// The smallest folio counted as large: one fault-around window (see the module's docs).
+pub const LARGE_BYTES: u64 = 64 << 10;
+
+/// Pages of some files in the page cache, and how many of them are in large folios (of at
+/// least [`LARGE_BYTES`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FolioCount {
     pub present: u64,
@@ -42,11 +54,10 @@ impl FolioCount {
 
 /// Counts `file`'s pages in the page cache and those in large folios: maps it, touches
 /// every page (read faults map the cached pages), and looks the frames up in
-/// /proc/self/pagemap and /proc/kpageflags (KPF_COMPOUND_HEAD and KPF_COMPOUND_TAIL;
-/// Documentation/admin-guide/mm/pagemap.rst). Needs CAP_SYS_ADMIN: without it the kernel
-/// reports every frame as 0, and nothing is counted.
+/// /proc/self/pagemap and /proc/kpageflags (Documentation/admin-guide/mm/pagemap.rst).
+/// Needs CAP_SYS_ADMIN: without it the kernel reports every frame as 0, and nothing is
+/// counted.
 pub fn count(file: &File) -> io::Result<FolioCount> {
-    const COMPOUND: u64 = (1 << 15) | (1 << 16);
     const PRESENT: u64 = 1 << 63;
     const PFN: u64 = (1 << 55) - 1;
     let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
@@ -68,20 +79,67 @@ pub fn count(file: &File) -> io::Result<FolioCount> {
     let flags = File::open("/proc/kpageflags")?;
     let mut entries = vec![0u8; pages * 8];
     pagemap.read_exact_at(&mut entries, (mapping.addr() / page as u64) * 8)?;
-    let mut n = FolioCount::default();
+    let mut frames = Vec::with_capacity(pages);
     for e in entries.chunks_exact(8) {
         let e = u64::from_le_bytes(e.try_into().expect("chunks of 8"));
         if e & PRESENT == 0 || e & PFN == 0 {
+            frames.push(None);
             continue;
         }
         let mut f = [0u8; 8];
         flags.read_exact_at(&mut f, (e & PFN) * 8)?;
-        n.present += 1;
-        if u64::from_le_bytes(f) & COMPOUND != 0 {
-            n.large += 1;
-        }
+        frames.push(Some(Frame {
+            pfn: e & PFN,
+            flags: u64::from_le_bytes(f),
+        }));
     }
-    Ok(n)
+    Ok(classify(&frames, (LARGE_BYTES / page as u64).max(2)))
+}
+
+/// One mapped page: its frame number and its /proc/kpageflags word.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    pfn: u64,
+    flags: u64,
+}
+
+/// Counts the present pages of a mapping's frames (`None`: not present) and those in
+/// folios of at least `large_pages` pages. A folio is a KPF_COMPOUND_HEAD frame and the
+/// KPF_COMPOUND_TAIL frames that follow it at consecutive frame numbers; a page outside
+/// any compound folio, or a run the mapping cuts short (a hole, a tail without its head),
+/// counts only as large as what is seen of it.
+fn classify(frames: &[Option<Frame>], large_pages: u64) -> FolioCount {
+    const HEAD: u64 = 1 << 15;
+    const TAIL: u64 = 1 << 16;
+    let mut n = FolioCount::default();
+    let mut run = 0u64;
+    let mut last: Option<u64> = None;
+    let close = |run: &mut u64, n: &mut FolioCount| {
+        if *run >= large_pages {
+            n.large += *run;
+        }
+        *run = 0;
+    };
+    for frame in frames {
+        let Some(f) = frame else {
+            close(&mut run, &mut n);
+            last = None;
+            continue;
+        };
+        n.present += 1;
+        let continues = f.flags & TAIL != 0 && last.is_some_and(|p| p + 1 == f.pfn);
+        if !continues {
+            close(&mut run, &mut n);
+        }
+        run += 1;
+        // A page of no compound folio is a folio of one page, closed at once.
+        if f.flags & (HEAD | TAIL) == 0 {
+            close(&mut run, &mut n);
+        }
+        last = Some(f.pfn);
+    }
+    close(&mut run, &mut n);
+    n
 }
 
 /// Asks the kernel to compact all memory (`vm.compact_memory`, root only), so that reading
@@ -140,6 +198,48 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    fn frames(folios: &[(u64, u64)]) -> Vec<Option<Frame>> {
+        // (first pfn, pages): a compound folio when pages > 1, a single page otherwise.
+        let mut v = Vec::new();
+        for &(pfn, pages) in folios {
+            for i in 0..pages {
+                let flags = match (pages, i) {
+                    (1, _) => 0,
+                    (_, 0) => 1 << 15,
+                    _ => 1 << 16,
+                };
+                v.push(Some(Frame {
+                    pfn: pfn + i,
+                    flags,
+                }));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn only_folios_of_the_large_size_or_more_count_as_large() {
+        // 16 KiB folios and single pages are small; 64 KiB and 1 MiB folios are large.
+        let f = frames(&[(100, 4), (200, 1), (300, 16), (1000, 256), (5000, 4)]);
+        assert_eq!(
+            classify(&f, 16),
+            FolioCount {
+                present: 281,
+                large: 272
+            }
+        );
+        // Two small folios back to back at consecutive frames are still two folios.
+        assert_eq!(classify(&frames(&[(0, 8), (8, 8)]), 16).large, 0);
+        // A hole, or a tail whose frame does not follow, cuts a folio to what is seen.
+        let mut holed = frames(&[(0, 32)]);
+        holed[10] = None;
+        assert_eq!(classify(&holed, 16).large, 21);
+        let mut moved = frames(&[(0, 32)]);
+        moved[20].as_mut().unwrap().pfn = 900;
+        assert_eq!(classify(&moved, 16).large, 20);
+        assert_eq!(classify(&[], 16), FolioCount::default());
+    }
 
     #[test]
     fn every_cached_page_of_a_file_is_counted_once() {

@@ -128,7 +128,7 @@ pub struct LinuxConfig {
     /// overlayfs (see the `binds` module); false sends every path through the overlay.
     pub bind_image_dirs: bool,
     /// When a new or adopted image's executables, read back into the page cache, got fewer
-    /// than 60 % of their pages in large folios, compact memory (`vm.compact_memory`,
+    /// than 60 % of their pages in large folios (64 KiB or more), compact memory (`vm.compact_memory`,
     /// machine-wide, once per such image) and read them again (the `folios` module):
     /// a compiler runs measurably faster from large folios.
     pub compact_memory: bool,
@@ -884,7 +884,7 @@ impl LinuxBackend {
         };
         match refilled {
             Ok(r) => log::debug!(
-                "toolchain {id}: page cache refilled, {} files, {} bytes, {:.0} % in large folios{}",
+                "toolchain {id}: page cache refilled, {} files, {} bytes, {:.0} % in folios of 64 KiB or more{}",
                 r.files,
                 r.bytes,
                 r.folios.share() * 100.0,

@@ -575,8 +575,8 @@ impl Strategy for Bwrap {
 /// compile by more than a millisecond, more than the sandbox costs; left alone, the bench
 /// would compare page caches.
 ///
-/// Reading a file back does not guarantee large folios: the kernel falls back to single
-/// pages when free memory is fragmented. So memory is compacted first
+/// Reading a file back does not guarantee large folios (64 KiB or more, the `folios`
+/// module): the kernel falls back to smaller ones when free memory is fragmented. So memory is compacted first
 /// (`/proc/sys/vm/compact_memory`), and in a copy whose pages are less than the backend's
 /// [`LARGE_FOLIO_TARGET`] in large folios, each file below it is read back again, up to
 /// three times. The returned

@@ -668,7 +668,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 r.refilled.bytes >> 20
             );
             page_cache_note = Some(format!(
-                "page cache: share of the pages of the toolchain's {} large files in large folios: {}",
+                "page cache: share of the pages of the toolchain's {} large files in folios of 64 KiB or more: {}",
                 r.files,
                 r.shares
                     .iter()
