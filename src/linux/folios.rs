@@ -3,10 +3,10 @@
 //! Reading a file back sequentially (the `page_cache` module) gives large folios only when
 //! the kernel finds physically contiguous free memory; on a fragmented machine it falls
 //! back to smaller ones, down to single pages (mm/readahead.c `page_cache_ra_order`, then
-//! `ra_alloc_folio` at a lower order). Measured on this project's machine after a refill:
-//! the host's cc1 had 91 % of its pages in large folios, an image's copy 46-49 %. So the
-//! share is measured, and a refill that ends below [`TARGET`] may compact memory and read
-//! again.
+//! `ra_alloc_folio` at a lower order). Measured on this project's machine after a refill,
+//! counting any compound page as large: the host's cc1 had 91 % of its pages in large
+//! folios, an image's copy 46-49 %. So the share is measured, and a refill that ends below
+//! [`TARGET`] may compact memory and read again.
 //!
 //! A folio counts as large from [`LARGE_BYTES`] (64 KiB) on, not from two pages: a copy of
 //! cc1 read back on fragmented memory had 75 % of its pages in compound folios, but none
@@ -79,21 +79,21 @@ pub fn count(file: &File) -> io::Result<FolioCount> {
     let flags = File::open("/proc/kpageflags")?;
     let mut entries = vec![0u8; pages * 8];
     pagemap.read_exact_at(&mut entries, (mapping.addr() / page as u64) * 8)?;
-    let mut frames = Vec::with_capacity(pages);
+    let mut runs = FolioRuns::new((LARGE_BYTES / page as u64).max(2));
     for e in entries.chunks_exact(8) {
         let e = u64::from_le_bytes(e.try_into().expect("chunks of 8"));
         if e & PRESENT == 0 || e & PFN == 0 {
-            frames.push(None);
+            runs.page(None);
             continue;
         }
         let mut f = [0u8; 8];
         flags.read_exact_at(&mut f, (e & PFN) * 8)?;
-        frames.push(Some(Frame {
+        runs.page(Some(Frame {
             pfn: e & PFN,
             flags: u64::from_le_bytes(f),
         }));
     }
-    Ok(classify(&frames, (LARGE_BYTES / page as u64).max(2)))
+    Ok(runs.finish())
 }
 
 /// One mapped page: its frame number and its /proc/kpageflags word.
@@ -103,43 +103,62 @@ struct Frame {
     flags: u64,
 }
 
-/// Counts the present pages of a mapping's frames (`None`: not present) and those in
-/// folios of at least `large_pages` pages. A folio is a KPF_COMPOUND_HEAD frame and the
-/// KPF_COMPOUND_TAIL frames that follow it at consecutive frame numbers; a page outside
-/// any compound folio, or a run the mapping cuts short (a hole, a tail without its head),
-/// counts only as large as what is seen of it.
-fn classify(frames: &[Option<Frame>], large_pages: u64) -> FolioCount {
+/// Counts a mapping's pages, fed in order (`None`: not present), and those in folios of at
+/// least `large_pages` pages, without keeping them. A folio is a KPF_COMPOUND_HEAD frame and
+/// the KPF_COMPOUND_TAIL frames that follow it at consecutive frame numbers; a page outside
+/// any compound folio is a folio of one page (never large: `large_pages` is at least 2),
+/// and a folio the mapping cuts short (a hole, a tail without its head) counts only as
+/// large as what is seen of it.
+struct FolioRuns {
+    large_pages: u64,
+    counted: FolioCount,
+    /// Pages of the compound folio being walked.
+    run: u64,
+    /// The previous page's frame, if it was present.
+    last: Option<u64>,
+}
+
+impl FolioRuns {
     const HEAD: u64 = 1 << 15;
     const TAIL: u64 = 1 << 16;
-    let mut n = FolioCount::default();
-    let mut run = 0u64;
-    let mut last: Option<u64> = None;
-    let close = |run: &mut u64, n: &mut FolioCount| {
-        if *run >= large_pages {
-            n.large += *run;
+
+    fn new(large_pages: u64) -> FolioRuns {
+        FolioRuns {
+            large_pages,
+            counted: FolioCount::default(),
+            run: 0,
+            last: None,
         }
-        *run = 0;
-    };
-    for frame in frames {
-        let Some(f) = frame else {
-            close(&mut run, &mut n);
-            last = None;
-            continue;
-        };
-        n.present += 1;
-        let continues = f.flags & TAIL != 0 && last.is_some_and(|p| p + 1 == f.pfn);
-        if !continues {
-            close(&mut run, &mut n);
-        }
-        run += 1;
-        // A page of no compound folio is a folio of one page, closed at once.
-        if f.flags & (HEAD | TAIL) == 0 {
-            close(&mut run, &mut n);
-        }
-        last = Some(f.pfn);
     }
-    close(&mut run, &mut n);
-    n
+
+    fn page(&mut self, frame: Option<Frame>) {
+        let Some(f) = frame else {
+            self.end_run();
+            self.last = None;
+            return;
+        };
+        self.counted.present += 1;
+        let continues = f.flags & Self::TAIL != 0 && self.last.is_some_and(|p| p + 1 == f.pfn);
+        if !continues {
+            self.end_run();
+        }
+        if f.flags & (Self::HEAD | Self::TAIL) != 0 {
+            self.run += 1;
+        }
+        self.last = Some(f.pfn);
+    }
+
+    fn end_run(&mut self) {
+        if self.run >= self.large_pages {
+            self.counted.large += self.run;
+        }
+        self.run = 0;
+    }
+
+    fn finish(mut self) -> FolioCount {
+        self.end_run();
+        self.counted
+    }
 }
 
 /// Asks the kernel to compact all memory (`vm.compact_memory`, root only), so that reading
@@ -198,6 +217,14 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    fn classify(frames: &[Option<Frame>], large_pages: u64) -> FolioCount {
+        let mut runs = FolioRuns::new(large_pages);
+        for f in frames {
+            runs.page(*f);
+        }
+        runs.finish()
+    }
 
     fn frames(folios: &[(u64, u64)]) -> Vec<Option<Frame>> {
         // (first pfn, pages): a compound folio when pages > 1, a single page otherwise.
