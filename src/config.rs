@@ -46,8 +46,8 @@ pub struct BuilderConfig {
     /// (faster); false sends every path through the overlay.
     pub bind_image_dirs: bool,
     /// Linux: when a toolchain image's executables, read back into the page cache, got
-    /// fewer than 60 % of their pages in large folios (64 KiB or more), compact memory (machine-wide, once
-    /// per such image) and read them again; false never compacts.
+    /// fewer than 60 % of their pages in large folios (64 KiB or more), compact memory
+    /// (machine-wide, once per such image) and read them again; false never compacts.
     pub compact_memory: bool,
 
     /// FreeBSD: the ZFS dataset everything is created under, e.g. "zroot/jailbuilder".

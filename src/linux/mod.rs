@@ -128,9 +128,9 @@ pub struct LinuxConfig {
     /// overlayfs (see the `binds` module); false sends every path through the overlay.
     pub bind_image_dirs: bool,
     /// When a new or adopted image's executables, read back into the page cache, got fewer
-    /// than 60 % of their pages in large folios (64 KiB or more), compact memory (`vm.compact_memory`,
-    /// machine-wide, once per such image) and read them again (the `folios` module):
-    /// a compiler runs measurably faster from large folios.
+    /// than 60 % of their pages in large folios (64 KiB or more), compact memory
+    /// (`vm.compact_memory`, machine-wide, once per such image) and read them again (the
+    /// `folios` module): a compiler runs measurably faster from large folios.
     pub compact_memory: bool,
 }
 

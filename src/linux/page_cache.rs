@@ -238,7 +238,8 @@ fn walk(
 }
 
 /// Opens `name` beneath `dir` without following a symlink or blocking on a FIFO, and
-/// refills it if it is a large enough ELF file; its size and its pages in the page cache (see the `folios` module) if so.
+/// refills it if it is a large enough ELF file; its size and its pages in the page cache
+/// (see the `folios` module) if so.
 fn refill_at(
     dir: &Dir,
     name: &CStr,

@@ -576,11 +576,11 @@ impl Strategy for Bwrap {
 /// would compare page caches.
 ///
 /// Reading a file back does not guarantee large folios (64 KiB or more, the `folios`
-/// module): the kernel falls back to smaller ones when free memory is fragmented. So memory is compacted first
-/// (`/proc/sys/vm/compact_memory`), and in a copy whose pages are less than the backend's
-/// [`LARGE_FOLIO_TARGET`] in large folios, each file below it is read back again, up to
-/// three times. The returned
-/// shares say how equal the copies ended up.
+/// module): the kernel falls back to smaller ones when free memory is fragmented. So
+/// memory is compacted first (`/proc/sys/vm/compact_memory`), and in a copy whose pages
+/// are less than the backend's [`LARGE_FOLIO_TARGET`] in large folios, each file below it
+/// is read back again, up to three times. The returned shares say how equal the copies
+/// ended up.
 pub fn refill_toolchains(
     root: &Path,
     archive: &Path,
