@@ -36,6 +36,9 @@ pub mod native;
 pub mod toolchain;
 pub mod untrusted;
 
+#[cfg(test)]
+mod test_support;
+
 #[cfg(target_os = "linux")]
 pub mod linux;
 

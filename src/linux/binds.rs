@@ -149,6 +149,7 @@ impl Binds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::skip_unless_root;
     use std::os::unix::fs::PermissionsExt;
 
     const SKEL: &[&str] = &["dev", "proc", "tmp"];
@@ -205,8 +206,7 @@ mod tests {
 
     #[test]
     fn only_real_root_owned_unwritable_directories_no_other_layer_has_are_bindable() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: the tree must be root's (run as root)");
+        if skip_unless_root("bindable directories", "the tree must be root's") {
             return;
         }
         let (_t, image, base) = tree();
@@ -241,8 +241,7 @@ mod tests {
 
     #[test]
     fn a_tree_past_the_walk_bounds_is_not_bound() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: the tree must be root's (run as root)");
+        if skip_unless_root("bindable directories", "the tree must be root's") {
             return;
         }
         let (_t, image, _base) = tree();

@@ -216,6 +216,7 @@ impl Drop for Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::skip_unless_root;
     use std::io::Read;
 
     fn classify(frames: &[Option<Frame>], large_pages: u64) -> FolioCount {
@@ -270,8 +271,7 @@ mod tests {
 
     #[test]
     fn every_cached_page_of_a_file_is_counted_once() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: frame numbers need CAP_SYS_ADMIN (run as root)");
+        if skip_unless_root("folio count", "frame numbers need CAP_SYS_ADMIN") {
             return;
         }
         let t = tempfile::tempdir().unwrap();

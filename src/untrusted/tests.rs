@@ -5,6 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::*;
+use crate::test_support::skip_unless_root;
 
 /// Builds a tar entry by hand so hostile names (`..`, absolute) get through: the tar
 /// crate's own builder refuses them, a hostile client's does not.
@@ -716,22 +717,9 @@ fn outputs_are_opened_only_if_the_build_user_could_read_them() {
     assert!(open("work/o644", Some(owner)).is_ok());
 }
 
-/// Root is needed to give files to another user; say so, and fail under CI.
-fn skip_unless_root(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("JAILBUILDER_CI").is_none(),
-        "{what} needs root (JAILBUILDER_CI=1 forbids skipping)"
-    );
-    println!("SKIP({what}): needs root to chown");
-    true
-}
-
 #[test]
 fn inputs_are_given_to_the_build_user_with_their_modes() {
-    if skip_unless_root("unpack owner") {
+    if skip_unless_root("unpack owner", "to chown") {
         return;
     }
     let f = fixture();
@@ -805,7 +793,7 @@ fn inputs_are_given_to_the_build_user_with_their_modes() {
 
 #[test]
 fn a_toolchain_stays_root_owned() {
-    if skip_unless_root("unpack owner") {
+    if skip_unless_root("unpack owner", "to chown") {
         return;
     }
     let f = fixture();
@@ -831,7 +819,7 @@ fn an_immutable_file_under_the_archive_is_replaced() {
     // FreeBSD's base installs libc.so.7 `schg`: unlink gives EPERM until the flag is
     // cleared (bsd.lib.mk PRECIOUSLIB). Linux's `chattr +i` is the same rule; the unpack
     // clears the flag and replaces the file.
-    if skip_unless_root("immutable flag") {
+    if skip_unless_root("immutable flag", "to set the immutable flag") {
         return;
     }
     let f = fixture();
