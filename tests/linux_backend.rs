@@ -799,3 +799,66 @@ fn the_sandbox_mount_table_is_its_root_and_proc_whatever_the_host_has() {
     }
     drop(others);
 }
+
+/// The mount points of the mount namespace pinned at `pin`, read by a thread that enters it
+/// (with filesystem attributes of its own, as setns(2) requires for CLONE_NEWNS) through a
+/// descriptor of the host's /proc opened before.
+fn mount_points_in(pin: &Path) -> Vec<String> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let proc = std::fs::File::open("/proc").unwrap();
+            let ns = std::fs::File::open(pin).unwrap();
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            let fd = nix::fcntl::openat(
+                &proc,
+                "thread-self/mountinfo",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            let table = std::io::read_to_string(std::fs::File::from(fd)).unwrap();
+            table
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+                .collect()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A command mounts its /proc in its container's mount namespace (no namespace of its own,
+/// whose teardown made its exit wait for an RCU grace period), and the reset after it
+/// detaches it there: the next command finds none, and a /proc never stacks on another.
+#[test]
+fn a_commands_proc_is_detached_by_the_next_reset() {
+    require_root!();
+    let f = fixture();
+    let img = image(&f.backend);
+    let mut c = f.backend.create_container(&img).unwrap();
+    let pin = f
+        .backend
+        .state_dir()
+        .join("containers")
+        .join(c.name())
+        .join("ns/mnt");
+    let procs = || {
+        mount_points_in(&pin)
+            .iter()
+            .filter(|p| *p == "/r/proc")
+            .count()
+    };
+    assert_eq!(procs(), 0, "{:?}", mount_points_in(&pin));
+    for round in 0..3 {
+        assert_eq!(stdout(&sh(&f.backend, &c, "echo ran")), "ran\n");
+        assert_eq!(procs(), 1, "round {round}: {:?}", mount_points_in(&pin));
+        f.backend.reset(&mut c).unwrap();
+        assert_eq!(procs(), 0, "round {round}: {:?}", mount_points_in(&pin));
+    }
+    // Without a reset between them, the second command's exec detaches the first's.
+    sh(&f.backend, &c, "true");
+    sh(&f.backend, &c, "true");
+    assert_eq!(procs(), 1, "{:?}", mount_points_in(&pin));
+    f.backend.destroy_container(c).unwrap();
+}

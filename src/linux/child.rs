@@ -9,10 +9,10 @@
 //! namespace, which the child does), sharing the server's memory until its execve ([`super::spawn`]). As pid 1 of that namespace it joins the container's cgroup (if any),
 //! dies with the server (`PR_SET_PDEATHSIG`), moves its descriptors into place, joins the
 //! container's net/uts namespaces and its mount namespace (the seed's empty tmpfs with
-//! a clone of the container root at `/r`), chroots into `/r`, unshares a private copy
-//! of the latter (and a cgroup namespace), leaves the server's session, mounts /proc,
-//! drops to the build user, sets rlimits, installs the seccomp filter and execs the
-//! compiler. When the compiler (pid 1) exits, the kernel kills every other process of its
+//! a clone of the container root at `/r`), chroots into `/r`, unshares a cgroup
+//! namespace, leaves the server's session, mounts /proc (in the container's mount
+//! namespace, where the next reset detaches it), drops to the build user, sets rlimits,
+//! installs the seccomp filter and execs the compiler. When the compiler (pid 1) exits, the kernel kills every other process of its
 //! pid namespace before the server's wait returns. (It used to fork twice: A, then B.)
 
 use std::os::raw::{c_char, c_int, c_long, c_ulong};
@@ -162,12 +162,15 @@ pub(super) fn first_child(p: &ChildPlan) -> ! {
     let r = unsafe { libc::syscall(libc::SYS_setsid) };
     check(ERR_FD, SetupStep::Setsid, r);
 
-    // A private copy of the container's mount namespace (one mount, all private) for this
-    // command's /proc, and a cgroup namespace rooted at the cgroup joined above (or the
-    // server's, without cgroup limits): /proc/self/cgroup then shows "0::/", not the host's
-    // cgroup paths (cgroup_namespaces(7)).
+    // A cgroup namespace rooted at the cgroup joined above (or the server's, without cgroup
+    // limits): /proc/self/cgroup then shows "0::/", not the host's cgroup paths
+    // (cgroup_namespaces(7)). No mount namespace of its own: this command's /proc goes into
+    // the container's (all private, one command at a time), and the server's next reset
+    // detaches it (the proc_detach module). A namespace per command cost its exit an
+    // expedited RCU grace period (namespace_unlock in fs/namespace.c, from free_nsproxy)
+    // before the server saw the command end (measured in README, Benchmark).
     // SAFETY: unshare(2) with integer flags; this process is single-threaded.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP) };
+    let r = unsafe { libc::unshare(libc::CLONE_NEWCGROUP) };
     check(ERR_FD, SetupStep::Unshare, r as c_long);
     exec_in_sandbox(p)
 }

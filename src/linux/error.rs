@@ -161,6 +161,14 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "detaching the last command's /proc ({path}) in the container's mount namespace: {source}"
+    )]
+    DetachProc {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("namespace helper thread for {path} panicked")]
     NamespaceThread { path: PathBuf },
     #[error("creating pipes for a sandboxed command: {source}")]

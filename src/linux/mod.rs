@@ -35,10 +35,11 @@
 //! command, and a reset has no ipc namespace to replace). It
 //! joins the container's pinned net/uts namespaces and its mount namespace (a copy of
 //! a one-mount seed with the root attached at /r, so neither exec nor reset costs grow with
-//! the host's mount table) and chroots into /r, unshares a private copy of the latter and a cgroup
-//! namespace, leaves the server's session (no controlling terminal), mounts /proc (pid
-//! directories only), drops privileges, installs the seccomp filter and execs the compiler
-//! as pid 1 (see the `child` and `seccomp` modules). When it exits the
+//! the host's mount table) and chroots into /r, unshares a cgroup namespace, leaves the
+//! server's session (no controlling terminal), mounts /proc (pid directories only) in the
+//! container's mount namespace, drops privileges, installs the seccomp filter and execs the
+//! compiler as pid 1 (see the `child` and `seccomp` modules). The next reset detaches that
+//! /proc off the compile's path (the `proc_detach` module's thread). When it exits the
 //! kernel kills every process left in its pid namespace before the server's wait returns,
 //! so nothing outlives a compile.
 
@@ -49,6 +50,7 @@ mod error;
 mod folios;
 mod page_cache;
 mod probe;
+mod proc_detach;
 mod seccomp;
 mod spawn;
 mod sys;
@@ -179,6 +181,8 @@ pub struct LinuxBackend {
     seccomp: seccomp::Filters,
     /// The seed of every container's mount namespace (see `sys::seed_mount_namespace`).
     seed_mnt: OwnedFd,
+    /// Detaches the `/proc` each command leaves in its container's mount namespace.
+    proc_detacher: proc_detach::ProcDetacher,
     reset_in_place: bool,
     ld_cache: bool,
     bind_image_dirs: bool,
@@ -261,6 +265,10 @@ pub struct LinuxContainer {
     /// Whether they are attached now: an exec whose build wrote under one detaches them,
     /// and the next reset is then a fresh one, which attaches them again.
     bound: AtomicBool,
+    /// Set when an exec clones its child, which mounts the command's `/proc` in the mount
+    /// namespace (`sys::COMMAND_PROC`); cleared when the next reset (or, without one, the
+    /// next exec) has detached it.
+    proc_mounted: AtomicBool,
     torn_down: bool,
 }
 
@@ -288,6 +296,18 @@ impl LinuxContainer {
     }
 
     /// Kills whatever is left in the container, if anything may be.
+    /// Detaches the `/proc` the last command mounted, if it may have (see `proc_mounted`).
+    fn detach_command_procs(&self, by: &proc_detach::ProcDetacher) -> Result<(), LinuxError> {
+        if !self.proc_mounted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(mnt) = &self.mnt {
+            by.detach(mnt)?;
+        }
+        self.proc_mounted.store(false, Ordering::Release);
+        Ok(())
+    }
+
     fn sweep(&self) -> Result<(), LinuxError> {
         if !self.dirty.load(Ordering::Acquire) {
             return Ok(());
@@ -565,6 +585,7 @@ impl LinuxBackend {
         };
         // The seed's tmpfs goes on the state directory, in the seed's namespace only.
         let seed_mnt = sys::seed_mount_namespace(&state)?;
+        let proc_detacher = proc_detach::ProcDetacher::start(&seed_mnt)?;
         let backend = LinuxBackend {
             limit_mechanism,
             state,
@@ -577,6 +598,7 @@ impl LinuxBackend {
             skel_lock: Mutex::new(()),
             seccomp,
             seed_mnt,
+            proc_detacher,
             reset_in_place: config.reset_in_place,
             ld_cache: config.ld_cache,
             bind_image_dirs: config.bind_image_dirs,
@@ -974,6 +996,9 @@ impl LinuxBackend {
             sys::detach_binds(mnt, &container.binds)?;
             container.bound.store(false, Ordering::Release);
         }
+        // Normally the reset after the last command detached its /proc; a caller that runs
+        // two commands without one pays for it here, or this command's would stack on it.
+        container.detach_command_procs(&self.proc_detacher)?;
         let pipe = || {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| LinuxError::Pipe { source: sys::io(e) })
@@ -1023,6 +1048,7 @@ impl LinuxBackend {
             seccomp: self.seccomp.program(),
         };
 
+        container.proc_mounted.store(true, Ordering::Release);
         let pid = {
             let mut stack = container
                 .stack
@@ -1271,6 +1297,7 @@ impl Backend for LinuxBackend {
             ),
             binds: binds::Binds::default(),
             bound: AtomicBool::new(false),
+            proc_mounted: AtomicBool::new(false),
             torn_down: false,
         };
         let names = image.binds.get_or_init(|| self.image_binds(&image.dir));
@@ -1297,6 +1324,8 @@ impl Backend for LinuxBackend {
 
     fn reset(&self, container: &mut LinuxContainer) -> Result<(), LinuxError> {
         container.sweep()?;
+        // The last command's /proc, here rather than in its exit (see the `proc_detach` module).
+        container.detach_command_procs(&self.proc_detacher)?;
         // The next build's baseline of the cgroup's limit counters, read here, off the
         // critical path: a build that tripped a limit and still succeeded (a fork it
         // retried) moved them, and its events must not be put down to the next one.

@@ -468,6 +468,11 @@ fn attach_binds(trees: &[(OwnedFd, String)]) -> Result<(), LinuxError> {
     Ok(())
 }
 
+/// Where a command's `/proc` is, in its container's mount namespace: below the root
+/// attached at [`SEED_ATTACH`] (the command chroots there and mounts `/proc`); the
+/// `proc_detach` module detaches it.
+pub(super) const COMMAND_PROC: &str = "/r/proc";
+
 /// Detaches a container's binds in its mount namespace `ns` (see the `binds` module):
 /// afterwards the whole root is the overlay again.
 pub(super) fn detach_binds(ns: &OwnedFd, binds: &Binds) -> Result<(), LinuxError> {
